@@ -1,0 +1,33 @@
+"""Rich progress bars on stderr (stdout stays clean for --json)."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True):
+    """A progress bar with ETA; a no-op object when disabled (tests, library use)."""
+    if not enabled:
+        yield _Silent()
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as bar:
+        yield bar
+
+
+class _Silent:
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, *args, **kwargs):
+        pass
+
+    def advance(self, *args, **kwargs):
+        pass
