@@ -12,8 +12,8 @@ BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
 
 
-def batch_norm(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+def batch_norm(channels: int, momentum: float = BN_MOMENTUM) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=momentum)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -40,21 +40,24 @@ class MAILConfig:
     inference_dropout: bool = False  # the authors' always-on dropout (§1.5); makes MAIL randomized
     ca_sum_pool: bool = True  # code: CA descriptor 2·GMP + GSP; paper: 2·GMP
     code_faithful_m2: bool = True  # code's sequential EMSCA pairing for m = 2
-    per_branch_heads: bool = False  # paired mode: head i sees the concatenated features, predicts task i
+    # Keras' 0.99 running-average momentum (0.01 here) needs the code's long schedule; the CPU preset's
+    # few hundred steps leave running statistics far from the batch statistics, so it uses 0.1.
+    bn_momentum: float = 0.01
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 class MSGDC(nn.Module):
     """EMILA's multi-scale grouped/depthwise conv: GPC ‖ DW3 ‖ DW5 → shuffle → 2-group fuse → BN."""
 
-    def __init__(self, cin: int, cout: int, stride: int, groups: int):
+    def __init__(self, cin: int, cout: int, stride: int, cfg: MAILConfig):
         super().__init__()
+        groups = cfg.groups
         self.gpc = nn.Conv2d(cin, cout, 1, stride, groups=groups)
         self.dw3 = nn.Conv2d(cin, cin, 3, stride, padding=1, groups=cin)
         self.dw5 = nn.Conv2d(cin, cin, 5, stride, padding=2, groups=cin)
         self.shuffle_groups = groups
         self.fuse = nn.Conv2d(cout + 2 * cin, cout, 1, groups=2)
-        self.bn = batch_norm(cout)
+        self.bn = batch_norm(cout, cfg.bn_momentum)
 
     def branches(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [self.gpc(x), self.dw3(x), self.dw5(x)]
@@ -90,10 +93,10 @@ class EMILA(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, cfg: MAILConfig):
         super().__init__()
-        self.msgdc = MSGDC(cin, cout, stride, cfg.groups)
+        self.msgdc = MSGDC(cin, cout, stride, cfg)
         self.ca = ChannelAttention(cout, cfg.ca_reduction, cfg.ca_sum_pool)
         self.proj = nn.Conv2d(cin, cout, 1, stride)
-        self.proj_bn = batch_norm(cout)
+        self.proj_bn = batch_norm(cout, cfg.bn_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.msgdc(x)
@@ -106,12 +109,12 @@ class ERLA(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, cfg: MAILConfig):
         super().__init__()
         self.emila1 = EMILA(cin, cout, stride, cfg)
-        self.bn1 = batch_norm(cout)
+        self.bn1 = batch_norm(cout, cfg.bn_momentum)
         self.emila2 = EMILA(cout, cout, 1, cfg)
         self.pointwise = nn.Conv2d(cout, cout, 1)
-        self.bn2 = batch_norm(cout)
+        self.bn2 = batch_norm(cout, cfg.bn_momentum)
         self.shortcut = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride), batch_norm(cout))
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride), batch_norm(cout, cfg.bn_momentum))
             if stride != 1 or cin != cout
             else nn.Identity()
         )
@@ -196,7 +199,7 @@ class Stem(nn.Module):
         width, k = cfg.widths[0], cfg.stem_kernel
         self.input_site = Site()  # CTRW's random input weight
         self.conv = nn.Conv2d(cfg.in_channels, width, k, cfg.stem_stride, padding=k // 2)
-        self.bn = batch_norm(width)
+        self.bn = batch_norm(width, cfg.bn_momentum)
         self.post_bn = Site()  # Learn2Perturb injects after the stem BN, before ReLU
         self.pool = nn.MaxPool2d(3, 2, padding=1) if cfg.stem_pool else nn.Identity()
 

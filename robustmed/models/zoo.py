@@ -36,6 +36,7 @@ MODELS.register("mail-rn18", ModelPreset(
 MODELS.register("mail-rn18-mini", ModelPreset(
     "mail-rn18-mini",
     "CPU preset: widths 16-128, one ERLA per stage, 3x3/2 stem, native input size (≈0.42 M parameters)",
-    MAILConfig(widths=(16, 32, 64, 128), depths=(1, 1, 1, 1), stem_kernel=3, stem_stride=2, stem_pool=False),
+    MAILConfig(widths=(16, 32, 64, 128), depths=(1, 1, 1, 1), stem_kernel=3, stem_stride=2, stem_pool=False,
+               bn_momentum=0.1),
     input_size=None,
 ))

@@ -1,0 +1,132 @@
+"""Attack families, the spec grammar and the result every attack returns (check E1: full spec per row)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from typing import Callable
+
+import torch
+
+from robustmed.errors import UserError
+from robustmed.registry import Registry
+
+SPEC_VERSION = "1"
+_SPEC_RE = re.compile(r"^(?P<family>[a-z][a-z-]*?)(?P<steps>\d+)?(?::(?P<options>.*))?$")
+
+
+def parse_number(text: str) -> float:
+    """``4/255`` or ``0.0157`` → float; anything else is a UserError naming the text."""
+    try:
+        value = float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"bad number {text!r}: use a decimal (0.0157) or a fraction (4/255)") from None
+    return value
+
+
+def parse_eps_list(text: str) -> tuple[float, ...]:
+    """``2/255,4/255,8/255`` → sorted, de-duplicated budgets in (0, 1]."""
+    values = sorted({parse_number(part) for part in text.split(",") if part.strip()})
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise UserError(f"bad ε list {text!r}: give values in (0, 1], e.g. 2/255,4/255,8/255")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A fully expanded attack: everything needed to rerun it, stored with every row."""
+
+    name: str  # what the user typed, e.g. "pgd100"
+    family: str
+    steps: int
+    alpha: float | None = None  # absolute step; None: the family's rule of ε and steps
+    alpha_rule: str = ""
+    random_start: bool = True
+    restarts: int = 1
+    loss: str = "ce"
+    momentum: float = 0.0
+    norm: str = "Linf"
+    eot: int = 1
+    keep_best: bool = True
+    early_stop: bool = True
+    impl: str = "robustmed"
+    version: str = SPEC_VERSION
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def step_size(self, eps: float) -> float:
+        return self.alpha if self.alpha is not None else FAMILIES.get(self.family).alpha(eps, self.steps)
+
+    def expanded(self, eps: float) -> dict:
+        spec = asdict(self)
+        spec.update(eps=eps, alpha=self.step_size(eps))
+        return spec
+
+    def to_json(self, eps: float) -> str:
+        return json.dumps(self.expanded(eps), sort_keys=True)
+
+    def digest(self, eps: float) -> str:
+        return hashlib.sha256(self.to_json(eps).encode()).hexdigest()[:16]
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome: the returned (best) iterate and when each sample first broke."""
+
+    x_adv: torch.Tensor
+    success: torch.Tensor  # bool (N,)
+    first_success: torch.Tensor  # long (N,), step index of the first adversarial iterate, -1 if none
+    loss: torch.Tensor  # loss at x_adv (N,)
+    adv_pred: torch.Tensor  # prediction at x_adv (N,)
+    forward_backward: int = 0  # sample-level forward+backward passes spent (cost accounting)
+
+
+@dataclass(frozen=True)
+class AttackFamily:
+    """A registered attack: defaults for the spec and the function that runs it.
+
+    ``run(forward, x, y, *, spec, eps, start)`` → :class:`AttackResult`; ``start`` is the
+    per-sample seeded initial perturbation (zeros when the spec has no random start).
+    """
+
+    name: str
+    description: str
+    run: Callable[..., AttackResult]
+    default_steps: int
+    alpha: Callable[[float, int], float]
+    alpha_rule: str
+    defaults: dict = field(default_factory=dict)
+
+
+FAMILIES: Registry[AttackFamily] = Registry("attack")
+
+_OPTION_TYPES = {"alpha": parse_number, "restarts": int, "eot": int, "loss": str, "momentum": float,
+                 "random_start": lambda v: v.lower() in ("1", "true", "yes"),
+                 "keep_best": lambda v: v.lower() in ("1", "true", "yes"),
+                 "early_stop": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def parse_attack(text: str) -> AttackSpec:
+    """``pgd100`` or ``pgd100:alpha=1/255,restarts=2`` → an :class:`AttackSpec`."""
+    match = _SPEC_RE.match(text.strip().lower())
+    if not match or match["family"] not in FAMILIES:
+        raise UserError(f"unknown attack {text!r}; choices: {', '.join(f'{n}N' for n in FAMILIES.names())} "
+                        "(e.g. pgd100, pgd10:alpha=1/255)")
+    family = FAMILIES.get(match["family"])
+    steps = int(match["steps"]) if match["steps"] else family.default_steps
+    if steps < 1:
+        raise UserError(f"attack {text!r}: the number of steps must be at least 1")
+    spec = AttackSpec(name=text.strip().lower(), family=family.name, steps=steps,
+                      alpha_rule=family.alpha_rule, **family.defaults)
+    for item in filter(None, (match["options"] or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in _OPTION_TYPES or not value:
+            raise UserError(f"attack {text!r}: bad option {item!r}; options: {', '.join(_OPTION_TYPES)}")
+        try:
+            spec = replace(spec, **{key: _OPTION_TYPES[key](value)})
+        except ValueError:
+            raise UserError(f"attack {text!r}: bad value in {item!r}") from None
+        if key == "alpha":
+            spec = replace(spec, alpha_rule="given")
+    return spec

@@ -1,0 +1,51 @@
+"""Human-readable output: the bench table and registry listings."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _ci(ci) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def print_bench(report) -> None:
+    m = report.manifest
+    table = Table(title=f"{m['defense']} · {m['model']} · {m['dataset']} ({report.config.split})")
+    for column in ("attack", "ε", "n", "clean acc", "robust acc", "95% CI", "time"):
+        table.add_column(column, justify="right" if column not in ("attack",) else "left")
+    for s in report.summary:
+        eps = s["eps"]
+        table.add_row(report.config.attack, f"{eps * 255:.3g}/255", str(s["n"]), _pct(s["clean_accuracy"]),
+                      _pct(s["robust_accuracy"]), _ci(s["robust_ci"]), f"{s['attack_time_s']:.1f} s")
+    console = Console()
+    console.print(table)
+    console.print(f"rows: {report.run_dir / 'rows.parquet'}  (wall time {m['wall_time_s']:.1f} s)")
+
+
+def registry_listing(what: str) -> list[dict]:
+    if what == "models":
+        from robustmed.models.zoo import MODELS
+
+        return [{"name": n, "description": p.description, "input_size": p.input_size} for n, p in MODELS.items()]
+    if what == "defenses":
+        from robustmed.defenses import DEFENSES
+
+        return [{"name": n, "description": d.description, "family": d.family, "randomized": d.randomized,
+                 "nondiff_ops": list(d.nondiff_ops), "forward_passes": d.forward_passes, "reference": d.reference}
+                for n, d in DEFENSES.items()]
+    if what == "attacks":
+        from robustmed.attacks import FAMILIES
+
+        return [{"name": f"{n}N", "description": f.description, "default_steps": f.default_steps,
+                 "alpha_rule": f.alpha_rule} for n, f in FAMILIES.items()]
+    from robustmed.data import data_root, file_name, medmnist_info
+
+    root = data_root()
+    return [{"name": n, "description": f"{i['task']}, {len(i['label'])} classes, {i['n_channels']} channel(s)",
+             "available": (root / file_name(n, 28)).is_file()}
+            for n, i in medmnist_info().items() if not n.endswith("3d")]

@@ -1,0 +1,149 @@
+"""`bench` as an API: a validated config in, a stored run (rows + manifest) and a summary out."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from robustmed import data as data_mod, store
+from robustmed.attacks import parse_attack, parse_eps_list
+from robustmed.defenses import DEFENSES
+from robustmed.errors import UserError
+from robustmed.factory import from_checkpoint, shipped_checkpoint
+from robustmed.harness import attack_rows, select_subset, summarize
+from robustmed.models.zoo import DEFAULT_MODEL, MODELS
+from robustmed.provenance import git_commit, machine, package_versions, resolve_device
+from robustmed.usermodel import load_model_file
+
+DEFAULT_EPS = "4/255"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything `robustmed bench` needs; validated before any work or write happens."""
+
+    defense: str = "none"
+    attack: str = "pgd100"
+    model: str | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+    checkpoint: str | None = None
+    model_file: str | None = None
+    eps: str = DEFAULT_EPS
+    n: int | None = None
+    seed: int = 0
+    split: str = "test"
+    batch_size: int = 256
+    device: str = "auto"
+    out: str | None = None
+    progress: bool = True
+
+    def specs(self):
+        return [parse_attack(a) for a in self.attack.split(",") if a.strip()]
+
+    def eps_values(self) -> tuple[float, ...]:
+        return parse_eps_list(self.eps)
+
+
+@dataclass
+class BenchReport:
+    config: BenchConfig
+    run_dir: Path
+    manifest: dict
+    summary: list[dict]
+    rows: object = field(repr=False)
+
+    def to_json(self) -> dict:
+        robust = {str(s["eps"]): s["robust_accuracy"] for s in self.summary}
+        one = len(self.summary) == 1
+        return {
+            "run_id": self.manifest["run_id"],
+            "defense": self.manifest["defense"], "attack": self.config.attack, "model": self.manifest["model"],
+            "dataset": self.manifest["dataset"], "split": self.config.split, "n": self.summary[0]["n"],
+            "eps": self.summary[0]["eps"] if one else [s["eps"] for s in self.summary],
+            "clean_accuracy": self.summary[0]["clean_accuracy"],
+            "robust_accuracy": self.summary[0]["robust_accuracy"] if one else robust,
+            "robust_ci": self.summary[0]["robust_ci"] if one else {str(s["eps"]): s["robust_ci"] for s in self.summary},
+            "per_attack": self.summary[0]["per_attack"] if one else {str(s["eps"]): s["per_attack"] for s in self.summary},
+            "wall_time_s": self.manifest["wall_time_s"],
+            "results": str(self.run_dir / store.ROWS_FILE),
+            "manifest": str(self.run_dir / store.MANIFEST_FILE),
+        }
+
+
+def _resolve_model(cfg: BenchConfig, device):
+    """(model, dataset, provenance) for a shipped entry, a checkpoint file, or a user's model file."""
+    if cfg.model_file:
+        model, prov = load_model_file(cfg.model_file)
+        dataset = data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET, cfg.data_root)
+        return model.to(device), dataset, {"model": f"file:{Path(prov['model_file']).name}", "defense": "custom",
+                                           "checkpoint": prov}
+    if cfg.model:
+        MODELS.get(cfg.model)
+    DEFENSES.get(cfg.defense)
+    path = cfg.checkpoint
+    if path is None:
+        dataset = data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET, cfg.data_root)
+        path = shipped_checkpoint(cfg.defense, cfg.model, dataset.key)
+        model, meta = from_checkpoint(path, device)
+    else:
+        model, meta = from_checkpoint(path, device)
+        dataset = data_mod.load(cfg.dataset or meta.get("dataset", data_mod.DEFAULT_DATASET), cfg.data_root)
+    prov = {"path": str(path), "sha256": meta["sha256"], "val_accuracy": meta.get("val_accuracy"),
+            "test_accuracy": meta.get("test_accuracy"), "trained_on": meta.get("dataset")}
+    return model, dataset, {"model": meta["model"], "defense": meta["defense"], "checkpoint": prov}
+
+
+def _check_classes(model, x, dataset, device) -> None:
+    with torch.no_grad():
+        width = model(x[:1].to(device)).shape[-1]
+    if width != dataset.num_classes:
+        raise UserError(f"the model predicts {width} classes but {dataset.key} has {dataset.num_classes}")
+
+
+def run_id_for(cfg: BenchConfig, defense: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    tag = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:6]
+    safe_attack = cfg.attack.replace(",", "+").replace(":", "_").replace("=", "").replace("/", "-")
+    return f"{stamp}-{defense}-{safe_attack}-{tag}"
+
+
+def run_bench(cfg: BenchConfig) -> BenchReport:
+    specs, eps_values = cfg.specs(), cfg.eps_values()  # parse first: bad input fails before any work
+    if not specs:
+        raise UserError("no attack given; e.g. --attack pgd100")
+    if cfg.n is not None and cfg.n < 1:
+        raise UserError(f"--n must be positive, got {cfg.n}")
+    device = resolve_device(cfg.device)
+    model, dataset, prov = _resolve_model(cfg, device)
+    x_all, y_all = dataset.split(cfg.split)
+    _check_classes(model, x_all, dataset, device)
+    ids = select_subset(len(x_all), cfg.n, cfg.seed)
+    x, y = x_all[ids], y_all[ids]
+    started = time.perf_counter()
+    rows = attack_rows(model, x, y, ids, specs, eps_values, seed=cfg.seed, batch_size=cfg.batch_size,
+                       device=device, progress=cfg.progress)
+    wall = time.perf_counter() - started
+    run_id = run_id_for(cfg, prov["defense"])
+    rows.insert(0, "run_id", run_id)
+    for column in ("model", "defense", "dataset", "split"):
+        rows.insert(1, column, {"model": prov["model"], "defense": prov["defense"], "dataset": dataset.key,
+                                "split": cfg.split}[column])
+    summary = summarize(rows)
+    manifest = {
+        "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(), "config": asdict(cfg),
+        "model": prov["model"], "defense": prov["defense"], "checkpoint": prov["checkpoint"],
+        "dataset": dataset.key, "dataset_path": dataset.path.name, "dataset_sha256": dataset.sha256,
+        "split": cfg.split, "sample_ids": [int(i) for i in ids],
+        "sample_ids_sha256": hashlib.sha256(json.dumps([int(i) for i in ids]).encode()).hexdigest(),
+        "attacks": {s.name: s.expanded(eps_values[0]) for s in specs}, "eps": list(eps_values),
+        "summary": summary, "wall_time_s": round(wall, 2),
+        "git_commit": git_commit(), "packages": package_versions(), "machine": machine(device),
+    }
+    run_dir = store.write_run(rows, manifest, cfg.out)
+    return BenchReport(cfg, run_dir, manifest, summary, rows)

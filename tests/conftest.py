@@ -1,0 +1,63 @@
+"""Shared fixtures: the real data in ../shared/data (or $ROBUSTMED_DATA) and tiny seeded models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _data_root() -> Path | None:
+    root = os.environ.get("ROBUSTMED_DATA")
+    if root and Path(root).is_dir():
+        return Path(root)
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    if root is None or not (root / "pneumoniamnist.npz").is_file():
+        pytest.skip("real MedMNIST data not available (set ROBUSTMED_DATA)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    """Every test reads the shared data and writes results into its own temporary folder."""
+    root = _data_root()
+    if root is not None:
+        monkeypatch.setenv("ROBUSTMED_DATA", str(root))
+    monkeypatch.setenv("ROBUSTMED_RESULTS", str(tmp_path / "runs"))
+
+
+@pytest.fixture(scope="session")
+def pneumonia(data_root):
+    from robustmed import data
+
+    return data.load("pneumoniamnist", data_root)
+
+
+class TinyCNN(nn.Module):
+    """A small seeded classifier for fast, exact attack tests."""
+
+    def __init__(self, channels: int = 1, classes: int = 2, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture
+def tiny_model():
+    return TinyCNN().eval()
