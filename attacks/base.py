@@ -13,7 +13,7 @@ import torch
 from robustmed.errors import UserError
 from robustmed.registry import Registry
 
-SPEC_VERSION = "1"
+SPEC_VERSION = "2"  # 2: eot/draws resolved per model, protocol, adapted cascades
 _SPEC_RE = re.compile(r"^(?P<family>[a-z][a-z-]*?)(?P<steps>\d+)?(?::(?P<options>.*))?$")
 
 
@@ -48,7 +48,9 @@ class AttackSpec:
     loss: str = "ce"
     momentum: float = 0.0
     norm: str = "Linf"
-    eot: int = 1
+    eot: int = 0  # gradient samples per step; 0: resolved by the harness (1 deterministic, family default randomized)
+    draws: int = 0  # inference draws judging each sample (C2); 0: resolved (1 deterministic, 10 randomized)
+    protocol: str = "adaptive"  # "paper": the single-draw, non-EOT protocol of the defense papers (labelled)
     keep_best: bool = True
     early_stop: bool = True
     impl: str = "robustmed"
@@ -86,8 +88,9 @@ class AttackResult:
 class AttackFamily:
     """A registered attack: defaults for the spec and the function that runs it.
 
-    ``run(forward, x, y, *, spec, eps, start)`` → :class:`AttackResult`; ``start`` is the
-    per-sample seeded initial perturbation (zeros when the spec has no random start).
+    ``run(forward, x, y, *, spec, eps, start, seed)`` → :class:`AttackResult`; ``start`` is the
+    per-sample seeded initial perturbation (zeros when the spec has no random start) and
+    ``seed`` seeds kernels that draw their own randomness (APGD, Square).
     """
 
     name: str
@@ -97,11 +100,28 @@ class AttackFamily:
     alpha: Callable[[float, int], float]
     alpha_rule: str
     defaults: dict = field(default_factory=dict)
+    randomized_eot: int = 1  # EOT samples used on randomized models when the user gave no ``eot=``
+    adapt: Callable[[AttackSpec, int], AttackSpec] | None = None  # per class count (check A7)
 
 
 FAMILIES: Registry[AttackFamily] = Registry("attack")
 
-_OPTION_TYPES = {"alpha": parse_number, "restarts": int, "eot": int, "loss": str, "momentum": float,
+def _protocol(value: str) -> str:
+    if value not in PROTOCOLS:
+        raise ValueError(value)
+    return value
+
+
+def _loss(value: str) -> str:
+    if value not in LOSS_NAMES:
+        raise ValueError(value)
+    return value
+
+
+PROTOCOLS = ("adaptive", "paper")
+LOSS_NAMES = ("ce", "margin")
+_OPTION_TYPES = {"alpha": parse_number, "restarts": int, "eot": int, "draws": int, "protocol": _protocol,
+                 "loss": _loss, "momentum": float,
                  "random_start": lambda v: v.lower() in ("1", "true", "yes"),
                  "keep_best": lambda v: v.lower() in ("1", "true", "yes"),
                  "early_stop": lambda v: v.lower() in ("1", "true", "yes")}
@@ -129,4 +149,8 @@ def parse_attack(text: str) -> AttackSpec:
             raise UserError(f"attack {text!r}: bad value in {item!r}") from None
         if key == "alpha":
             spec = replace(spec, alpha_rule="given")
+    if spec.protocol == "paper":  # single draw, no EOT: the defense papers' protocol, never a default
+        spec = replace(spec, eot=1, draws=1)
+    if spec.eot < 0 or spec.draws < 0 or spec.restarts < 1:
+        raise UserError(f"attack {text!r}: eot and draws must be ≥ 1 (or left out), restarts ≥ 1")
     return spec

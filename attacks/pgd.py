@@ -1,16 +1,17 @@
 """L∞ PGD (Madry et al. 2018) keeping the best iterate and each sample's first-success step.
 
 Samples leave the batch the step they break (their adversarial example is kept), so
-each step costs one forward+backward over the samples still being attacked.
+each step costs one forward+backward over the samples still being attacked. BIM and MIM
+(``bim.py``, ``mim.py``) are this loop with other defaults.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from robustmed.attacks.base import FAMILIES, AttackFamily, AttackResult, AttackSpec
+from robustmed.attacks.eot import LOSSES, eot_loss_grad
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -31,18 +32,21 @@ def _better(broke, loss, best_broke, best_loss):
 
 def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *, eps: float,
         steps: int, step_size: float, start: torch.Tensor | None = None, random_start: bool = True,
-        momentum: float = 0.0, keep_best: bool = True, early_stop: bool = True,
-        generator: torch.Generator | None = None) -> AttackResult:
-    """Sign-gradient ascent on cross-entropy within ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1].
+        momentum: float = 0.0, keep_best: bool = True, early_stop: bool = True, eot: int = 1,
+        loss: str = "ce", generator: torch.Generator | None = None) -> AttackResult:
+    """Sign-gradient ascent on ``loss`` (ce | margin) within ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1].
 
     ``start`` is the initial perturbation (per-sample seeded by the harness); without it a
     uniform start is drawn from ``generator`` when ``random_start`` is set (BIM: no start).
     ``momentum`` > 0 gives MIM: momentum on the L1-normalised gradient, still projected
-    around the clean input. ``keep_best=False, early_stop=False`` returns the last iterate,
-    as torchattacks does (used by conformance tests).
+    around the clean input. ``eot`` > 1 averages loss, logits and gradient over that many
+    separate forward+backward passes (randomized models); "broke" is then judged on the
+    averaged logits. ``keep_best=False, early_stop=False`` returns the last iterate, as
+    torchattacks does (used by conformance tests).
     """
     x = x.detach()
     n = len(x)
+    loss_fn = LOSSES[loss]
     if start is None:
         start = uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
     current = project(x + start.to(x), x, eps)
@@ -55,23 +59,22 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     active = torch.arange(n, device=x.device)
     spent = 0
     for step in range(steps + 1):
-        x_active = current[active].requires_grad_(step < steps)
-        logits = forward(x_active)
-        losses = F.cross_entropy(logits, y[active], reduction="none")
+        x_active = current[active]
+        losses, logits, grad = eot_loss_grad(forward, x_active, y[active], loss=loss_fn, samples=eot,
+                                             grad=step < steps)
         preds = logits.argmax(1)
         broke = preds != y[active]
         first[active[broke & (first[active] < 0)]] = step
-        update = _better(broke, losses.detach(), best_broke[active], best_loss[active]) if keep_best else \
+        update = _better(broke, losses, best_broke[active], best_loss[active]) if keep_best else \
             torch.ones_like(broke)
         chosen = active[update]
-        best[chosen] = x_active.detach()[update]
-        best_loss[chosen], best_broke[chosen], best_pred[chosen] = losses.detach()[update], broke[update], preds[update]
+        best[chosen] = x_active[update]
+        best_loss[chosen], best_broke[chosen], best_pred[chosen] = losses[update], broke[update], preds[update]
         if step == steps:
             break
-        grad, = torch.autograd.grad(losses.sum(), x_active)
-        spent += len(active)
+        spent += len(active) * max(1, eot)
         keep = ~broke if early_stop else torch.ones_like(broke)
-        active, grad, x_active = active[keep], grad[keep], x_active.detach()[keep]
+        active, grad, x_active = active[keep], grad[keep], x_active[keep]
         if momentum:
             grad = grad / grad.abs().sum(dim=tuple(range(1, grad.ndim)), keepdim=True).clamp_min(1e-12)
             velocity[active] = momentum * velocity[active] + grad
@@ -83,15 +86,38 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
                         forward_backward=spent)
 
 
+def _merge(total: AttackResult, trial: AttackResult, rows: torch.Tensor) -> None:
+    """Keep, per sample, the better of two restarts (adversarial first, then higher loss)."""
+    take = _better(trial.success, trial.loss, total.success[rows], total.loss[rows])
+    chosen = rows[take]
+    total.x_adv[chosen], total.loss[chosen] = trial.x_adv[take], trial.loss[take]
+    total.success[chosen], total.adv_pred[chosen] = trial.success[take], trial.adv_pred[take]
+    total.first_success[chosen] = trial.first_success[take]
+    total.forward_backward += trial.forward_backward
+
+
+def run_pgd(forward, x, y, *, spec: AttackSpec, eps: float, start: torch.Tensor | None = None,
+            seed: int = 0) -> AttackResult:
+    """Registry entry point for PGD, BIM and MIM: the spec's fields become the loop's options.
+
+    With ``restarts`` > 1, ``start`` holds one start per restart (shape ``(restarts, *x.shape)``);
+    a restart only attacks the samples no earlier restart broke.
+    """
+    starts = start if start is not None and start.ndim == x.ndim + 1 else [start]
+    options = dict(eps=eps, steps=spec.steps, step_size=spec.step_size(eps), random_start=spec.random_start,
+                   momentum=spec.momentum, keep_best=spec.keep_best, early_stop=spec.early_stop,
+                   eot=max(1, spec.eot), loss=spec.loss, generator=torch.Generator().manual_seed(seed))
+    total = pgd(forward, x, y, start=starts[0], **options)
+    for restart_start in starts[1:]:
+        rows = torch.nonzero(~total.success).flatten()
+        if len(rows) == 0:
+            break
+        _merge(total, pgd(forward, x[rows], y[rows], start=restart_start[rows], **options), rows)
+    return total
+
+
 def _pgd_alpha(eps: float, steps: int) -> float:
     return 2.5 * eps / steps
-
-
-def run_pgd(forward, x, y, *, spec: AttackSpec, eps: float, start: torch.Tensor | None = None) -> AttackResult:
-    """Registry entry point: the spec's fields become PGD's options."""
-    return pgd(forward, x, y, eps=eps, steps=spec.steps, step_size=spec.step_size(eps), start=start,
-               random_start=spec.random_start, momentum=spec.momentum, keep_best=spec.keep_best,
-               early_stop=spec.early_stop)
 
 
 FAMILIES.register("pgd", AttackFamily(
@@ -101,4 +127,5 @@ FAMILIES.register("pgd", AttackFamily(
     default_steps=10,
     alpha=_pgd_alpha,
     alpha_rule="2.5*eps/steps",
+    randomized_eot=20,
 ))

@@ -1,0 +1,50 @@
+"""Expectation over Transformation (Athalye et al. 2018): average ∇ₓL over N separate passes.
+
+Randomized defenses draw one realization per forward, shared by the batch, so the N
+samples are N separate forward+backward passes — never a replicated batch (defenses.md §3.3).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CW margin max_{j≠y} z_j − z_y per sample (positive once misclassified); safe for 2 classes."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -torch.inf).amax(1)
+    return other - true
+
+
+LOSSES: dict[str, Loss] = {
+    "ce": lambda logits, y: F.cross_entropy(logits, y, reduction="none"),
+    "margin": margin_loss,
+}
+
+
+def eot_loss_grad(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
+                  loss: Loss, samples: int = 1, grad: bool = True):
+    """Mean per-sample loss, mean logits and mean input gradient over ``samples`` passes.
+
+    With ``samples=1`` this is exactly one forward and one backward (the float ops of a
+    plain attack step, so conformance with reference libraries is bit-exact). The gradient
+    is None when ``grad`` is False.
+    """
+    x = x.detach().requires_grad_(grad)
+    loss_sum = logits_sum = grad_sum = None
+    for _ in range(max(1, samples)):
+        logits = forward(x)
+        losses = loss(logits, y)
+        if grad:
+            g, = torch.autograd.grad(losses.sum(), x)
+            grad_sum = g if grad_sum is None else grad_sum + g
+        losses, logits = losses.detach(), logits.detach()
+        loss_sum = losses if loss_sum is None else loss_sum + losses
+        logits_sum = logits if logits_sum is None else logits_sum + logits
+    if samples <= 1:
+        return loss_sum, logits_sum, grad_sum
+    return loss_sum / samples, logits_sum / samples, None if grad_sum is None else grad_sum / samples

@@ -1,0 +1,115 @@
+"""PGD, BIM and MIM: conformance with torchattacks 3.5.1 and the loop's invariants (checks B1, B13)."""
+import pytest
+import torch
+import torchattacks
+
+from conftest import TinyCNN
+from robustmed.attacks import parse_attack
+from robustmed.attacks.pgd import pgd, run_pgd
+
+EPS = 8 / 255
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(11)
+    return torch.rand(8, 1, 28, 28, generator=gen), torch.randint(0, 2, (8,), generator=gen)
+
+
+def _last_iterate(spec: str):
+    """The spec with best-iterate tracking and early exit off: torchattacks returns the last iterate."""
+    from dataclasses import replace
+
+    return replace(parse_attack(spec), keep_best=False, early_stop=False, eot=1)
+
+
+def test_pgd_matches_torchattacks_given_the_same_start(tiny_model, batch):
+    x, y = batch
+    torch.manual_seed(5)
+    reference = torchattacks.PGD(tiny_model, eps=EPS, alpha=2 / 255, steps=10, random_start=True)(x, y)
+    torch.manual_seed(5)
+    start = torch.empty_like(x).uniform_(-EPS, EPS)  # the tensor torchattacks drew
+    spec = _last_iterate("pgd10:alpha=2/255")
+    ours = run_pgd(tiny_model, x, y, spec=spec, eps=EPS, start=start).x_adv
+    assert (ours - reference).abs().max().item() <= 1e-6
+    assert (ours - x).abs().max().item() > EPS / 2  # the attack moved: the comparison is not vacuous
+
+
+def test_bim_matches_torchattacks(tiny_model, batch):
+    x, y = batch
+    spec = _last_iterate("bim10")
+    reference = torchattacks.BIM(tiny_model, eps=EPS, alpha=spec.step_size(EPS), steps=10)(x, y)
+    ours = run_pgd(tiny_model, x, y, spec=spec, eps=EPS, start=torch.zeros_like(x)).x_adv
+    assert spec.step_size(EPS) == pytest.approx(1.25 * EPS / 10)
+    assert (ours - reference).abs().max().item() <= 1e-6
+
+
+def test_mim_matches_torchattacks_mifgsm(tiny_model, batch):
+    x, y = batch
+    spec = _last_iterate("mim10")
+    reference = torchattacks.MIFGSM(tiny_model, eps=EPS, alpha=spec.step_size(EPS), steps=10, decay=1.0)(x, y)
+    ours = run_pgd(tiny_model, x, y, spec=spec, eps=EPS, start=torch.zeros_like(x)).x_adv
+    assert spec.momentum == 1.0 and spec.random_start is False
+    assert (ours - reference).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["pgd20", "bim20", "mim20"])
+def test_budget_and_box_respected(tiny_model, batch, name):
+    x, y = batch
+    x = x.clamp(0.02, 0.98)
+    x[0] = 0.0  # pixels on the box edge must stay in [0, 1]
+    spec = parse_attack(name)
+    start = torch.empty_like(x).uniform_(-EPS, EPS, generator=torch.Generator().manual_seed(1))
+    result = run_pgd(tiny_model, x, y, spec=spec, eps=EPS, start=start)
+    assert (result.x_adv - x).abs().max().item() <= EPS + 1e-7
+    assert result.x_adv.min().item() >= 0 and result.x_adv.max().item() <= 1
+
+
+def test_best_iterate_loss_never_below_last_iterate(batch):
+    x, y = batch
+    model = TinyCNN(classes=2, seed=3).eval()
+    start = torch.empty_like(x).uniform_(-EPS, EPS, generator=torch.Generator().manual_seed(2))
+    kwargs = dict(eps=EPS, steps=15, step_size=EPS / 2, start=start, early_stop=False)  # big steps oscillate
+    best = pgd(model, x, y, keep_best=True, **kwargs)
+    last = pgd(model, x, y, keep_best=False, **kwargs)
+    broke_last = last.success
+    assert (best.success >= broke_last).all()
+    same_class = best.success == broke_last
+    assert (best.loss[same_class] >= last.loss[same_class]).all()
+    assert (best.loss > last.loss).any()  # best-iterate tracking mattered on this seed (B13)
+
+
+def test_early_exit_never_raises_robust_accuracy(batch):
+    x, y = batch
+    x = torch.cat([x, x.flip(0)])
+    y = torch.cat([y, 1 - y])
+    model = TinyCNN(classes=2, seed=4).eval()
+    start = torch.empty_like(x).uniform_(-EPS, EPS, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(eps=EPS, steps=10, step_size=2.5 * EPS / 10, start=start, keep_best=True)
+    early = pgd(model, x, y, early_stop=True, **kwargs)
+    full = pgd(model, x, y, early_stop=False, **kwargs)
+    assert torch.equal(early.first_success, full.first_success)  # identical trajectories until each break
+    assert early.success.sum() >= full.success.sum() and early.forward_backward < full.forward_backward
+    with torch.no_grad():
+        assert torch.equal(model(early.x_adv).argmax(1), early.adv_pred)
+
+
+def test_restarts_only_help(tiny_model, batch):
+    x, y = batch
+    spec = parse_attack("pgd3:restarts=3,alpha=1/255")
+    starts = torch.empty((3, *x.shape)).uniform_(-EPS, EPS, generator=torch.Generator().manual_seed(4))
+    one = run_pgd(tiny_model, x, y, spec=parse_attack("pgd3:alpha=1/255"), eps=EPS, start=starts[0])
+    three = run_pgd(tiny_model, x, y, spec=spec, eps=EPS, start=starts)
+    assert (three.success >= one.success).all()
+    assert (three.loss[~one.success] >= one.loss[~one.success]).all()
+
+
+def test_unknown_options_and_losses_are_refused():
+    from robustmed.errors import UserError
+
+    with pytest.raises(UserError, match="bad value"):
+        parse_attack("pgd10:loss=dlr")
+    with pytest.raises(UserError, match="bad value"):
+        parse_attack("pgd10:protocol=fast")
+    spec = parse_attack("pgd10:protocol=paper")
+    assert (spec.eot, spec.draws, spec.protocol) == (1, 1, "paper")
