@@ -126,8 +126,9 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
     ids = select_subset(len(x_all), cfg.n, cfg.seed)
     x, y = x_all[ids], y_all[ids]
     started = time.perf_counter()
+    declared = prov["defense"] in DEFENSES and DEFENSES.get(prov["defense"]).randomized
     rows = attack_rows(model, x, y, ids, specs, eps_values, seed=cfg.seed, batch_size=cfg.batch_size,
-                       device=device, progress=cfg.progress)
+                       device=device, progress=cfg.progress, randomized=declared)
     wall = time.perf_counter() - started
     run_id = run_id_for(cfg, prov["defense"])
     rows.insert(0, "run_id", run_id)
@@ -141,7 +142,8 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
         "dataset": dataset.key, "dataset_path": dataset.path.name, "dataset_sha256": dataset.sha256,
         "split": cfg.split, "sample_ids": [int(i) for i in ids],
         "sample_ids_sha256": hashlib.sha256(json.dumps([int(i) for i in ids]).encode()).hexdigest(),
-        "attacks": {s.name: s.expanded(eps_values[0]) for s in specs}, "eps": list(eps_values),
+        "attacks": {name: json.loads(spec) for name, spec in rows.groupby("attack").spec.first().items()},
+        "eps": list(eps_values),
         "summary": summary, "wall_time_s": round(wall, 2),
         "git_commit": git_commit(), "packages": package_versions(), "machine": machine(device),
     }
