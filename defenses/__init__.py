@@ -5,5 +5,6 @@ needs one), register a :class:`DefenseInfo`, and import the module here.
 """
 from robustmed.defenses.base import DEFENSES, DefenseInfo
 from robustmed.defenses import none  # noqa: F401  (registers)
+from robustmed.defenses import cap, ctrw, dbn, learn2perturb, pgd_at, pni, rpan, rpf  # noqa: F401  (registers)
 
 __all__ = ["DEFENSES", "DefenseInfo"]

@@ -11,6 +11,7 @@ from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
 from robustmed.models.adapter import RobustModel
 from robustmed.models.zoo import DEFAULT_MODEL, MODELS
+from robustmed.randomness import seed_model
 
 
 def build(model: str, defense: str, num_classes: tuple[int, ...], mode: str = "replicated",
@@ -19,7 +20,9 @@ def build(model: str, defense: str, num_classes: tuple[int, ...], mode: str = "r
     """A fresh (untrained) model; ``config`` overrides MAILConfig fields."""
     preset, info = MODELS.get(model), DEFENSES.get(defense)
     network = preset.build(tuple(num_classes), mode, tuple(input_names), **(config or {}))
-    return info.attach(network, **{**info.options, **(defense_options or {})})
+    defended = info.attach(network, **{**info.options, **(defense_options or {})})
+    seed_model(defended, 0)  # distinct noise streams per random module (all share seed 0 otherwise)
+    return defended
 
 
 def from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[RobustModel, dict]:

@@ -1,20 +1,33 @@
-"""Training: seeded, recipe-driven, model selection on validation accuracy, checkpoint + metadata."""
+"""Training: seeded, recipe-driven, model selection on validation accuracy, checkpoint + metadata.
+
+Steps (spec §4.7): ``standard``; ``pgd-at`` (PGD-AT with per-defense loss weights, attack mode,
+[A]/[I] realizations, predicted-label targets and delays); ``dbn``; ``l2p``; ``cap``. Defenses
+trained adversarially are selected on robust validation accuracy (EOT-PGD for randomized ones).
+"""
 from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parameter import UninitializedParameter
 
 from robustmed import checkpoints, data as data_mod
+from robustmed.attacks.pgd import pgd, project, uniform_start
 from robustmed.defenses import DEFENSES
+from robustmed.defenses.base import parameter_groups
+from robustmed.defenses.cap import attention_parameters, contour_augment
+from robustmed.defenses.dbn import routed
+from robustmed.defenses.learn2perturb import injections, regularizer
 from robustmed.factory import build
 from robustmed.models.zoo import DEFAULT_MODEL
 from robustmed.progress import progress_bar
 from robustmed.provenance import git_commit, machine, package_versions
+from robustmed.randomness import frozen, is_randomized, seed_model
 from robustmed.registry import Registry
 from robustmed.tensors import predict, take
 
@@ -33,10 +46,26 @@ class Recipe:
     min_lr: float = 0.0
     patience: int = 10
     augment: bool = True
+    # adversarial training and robust model selection (spec §4.7 defaults)
+    train_eps: float = 4 / 255
+    train_attack_steps: int = 10
+    train_attack_step: float = 1 / 255
+    batches_per_epoch: int | None = None  # None: the whole training split every epoch
+    val_attack_steps: int = 10
+    val_eot: int = 4  # gradient samples per step on randomized models
+    val_robust_images: int | None = None  # None: the whole validation split
+    note: str = ""
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.register("cpu", Recipe("cpu", "adam", 2e-3, 12, 128, 1e-4, "cosine"))
+RECIPES.register("cpu-at", Recipe(
+    "cpu-at", "adam", 2e-3, 3, 128, 1e-4, "cosine", train_attack_steps=3, train_attack_step=2 / 255,
+    batches_per_epoch=10, val_robust_images=32,
+    note="CPU budget, not the spec recipe: PGD-3 (step 2/255) instead of PGD-10 (step 1/255) for training, "
+         "10 random batches of 128 per epoch (about a quarter of the split), 3 epochs; robust selection "
+         "(EOT-PGD-10, N = 4 on randomized models) on 32 validation images",
+))
 RECIPES.register("paper", Recipe("paper", "sgd", 1e-3, 200, 32, 5e-4, "plateau", min_lr=1e-6, patience=10))
 RECIPES.register("code", Recipe("code", "adam", 1e-4, 200, 32, 0.0, "plateau", min_lr=1e-5, patience=70))
 
@@ -63,8 +92,165 @@ def standard_step(model, x, y, ctx: StepContext) -> torch.Tensor:
     return task_loss(model(x), y)
 
 
+def delay_epochs(fraction: float, epochs: int) -> int:
+    """A reference delay given as a fraction of its schedule (e.g. 5/160), scaled to this budget."""
+    return round(fraction * epochs)
+
+
+def attack_labels(model, x, y, options: dict) -> torch.Tensor:
+    """Training-attack targets: ground truth, or the model's clean predictions (PNI/L2P: no label leaking)."""
+    labels = y if y.ndim == 1 else y[:, 0]
+    if options.get("targets") != "predicted":
+        return labels
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@contextmanager
+def attack_phase(model, options: dict):
+    """Mode and realization while crafting training examples (spec §4.7, §5.3).
+
+    Eval mode keeps BN statistics frozen (RPF/CTRW use train mode, as their references do);
+    ``realization="ai"`` holds one fresh draw for the whole attack ([A]); leaving the context
+    unfreezes, so the update forward draws a new one ([I]).
+    """
+    was_training = model.training
+    model.train(options.get("attack_mode", "eval") == "train")
+    try:
+        with frozen(model) if options.get("realization") == "ai" else nullcontext():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def adversarial_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """PGD (uniform start, sign steps, last iterate) at the recipe's training budget."""
+    options, recipe = ctx.extras["options"], ctx.recipe
+    with attack_phase(model, options):
+        labels = attack_labels(model, x, y, options)
+        start = uniform_start(x, recipe.train_eps, ctx.generator)
+        result = pgd(model, x, labels, eps=recipe.train_eps, steps=recipe.train_attack_steps,
+                     step_size=recipe.train_attack_step, start=start, keep_best=False, early_stop=False)
+    return result.x_adv.detach()
+
+
+def pgd_at_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """(1 − w)·CE(f(x_adv)) + w·CE(f(x)); w = 0 is Madry's adversarial-only loss (RPF, CTRW, RPAN)."""
+    options = ctx.extras["options"]
+    if ctx.epoch < delay_epochs(options.get("at_delay", 0.0), ctx.epochs):
+        return task_loss(model(x), y)
+    x_adv = adversarial_examples(model, x, y, ctx)
+    loss = task_loss(model(x_adv), y)
+    clean_weight = options.get("clean_weight", 0.0)
+    if clean_weight:
+        loss = clean_weight * task_loss(model(x), y) + (1 - clean_weight) * loss
+    return loss
+
+
+def dbn_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """CE(f(x; BN_clean)) + λ·CE(f(x_adv; BN_adv)); the attack runs through BN_adv in eval mode."""
+    with routed(model, "adv"):
+        x_adv = adversarial_examples(model, x, y, ctx)
+        adv_loss = task_loss(model(x_adv), y)
+    with routed(model, "clean"):
+        clean_loss = task_loss(model(x), y)
+    return clean_loss + ctx.extras["options"].get("adv_weight", 1.0) * adv_loss
+
+
+def l2p_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """σ optimiser steps on R(σ) first, then the 0.5/0.5 PGD-AT loss updates both optimisers."""
+    options = ctx.extras["options"]
+    noise_from = delay_epochs(options.get("noise_delay", 0.0), ctx.epochs)
+    modules = injections(model)
+    if ctx.epoch < noise_from:
+        for module in modules:
+            module.enabled = False
+        try:
+            return pgd_at_step(model, x, y, ctx)  # the graph is built now; noise is back on for inference
+        finally:
+            for module in modules:
+                module.enabled = True
+    noise_optimizer = ctx.extras["optimizers"]["noise_opt"]
+    noise_optimizer.zero_grad(set_to_none=True)
+    regularizer(model, ctx.epoch - noise_from, options.get("gamma", 1e-4)).backward()
+    noise_optimizer.step()
+    for module in modules:
+        module.after_update()
+    return pgd_at_step(model, x, y, ctx)
+
+
+def trades_examples(model, x, ctx: StepContext) -> torch.Tensor:
+    """CAP's inner maximisation: sign ascent on KL(f(x) ‖ f(x_adv)) from x + 0.001·N(0, I), eval mode."""
+    recipe, eps = ctx.recipe, ctx.recipe.train_eps
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        target = F.softmax(model(x), 1)
+    x_adv = project(x + 0.001 * torch.randn(x.shape, generator=ctx.generator), x, eps)
+    for _ in range(recipe.train_attack_steps):
+        x_adv.requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(model(x_adv), 1), target, reduction="sum")
+        grad, = torch.autograd.grad(kl, x_adv)
+        x_adv = project(x_adv.detach() + recipe.train_attack_step * grad.sign(), x, eps)
+    model.train(was_training)
+    return x_adv.detach()
+
+
+def attention_weight_perturbation(model, x, y, x_aug, options: dict) -> Callable[[], None]:
+    """CAP's AWP restricted to attention weights; returns the function that removes it after the update.
+
+    A proxy takes one SGD step on −CE(x) + β·KL(f(x) ‖ f(x_aug)); each attention layer's change is
+    rescaled to that layer's weight norm and added with weight γ.
+    """
+    proxy = copy.deepcopy(model).train()
+    proxy_params = dict(attention_parameters(proxy))
+    optimizer = torch.optim.SGD(proxy_params.values(), lr=options.get("proxy_lr", 1e-2))
+    out, out_aug = proxy(x), proxy(x_aug)
+    labels = y if y.ndim == 1 else y[:, 0]
+    loss = -F.cross_entropy(out, labels) + options.get("beta", 3.0) * F.kl_div(
+        F.log_softmax(out_aug, 1), F.softmax(out, 1), reduction="batchmean")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    applied = []
+    with torch.no_grad():
+        for name, param in attention_parameters(model):
+            diff = proxy_params[name] - param
+            step = options.get("gamma", 1e-4) * diff / (diff.norm() + 1e-20) * param.norm()
+            param.add_(step)
+            applied.append((param, step))
+
+    def restore() -> None:
+        with torch.no_grad():
+            for param, step in applied:
+                param.sub_(step)
+
+    return restore
+
+
+def cap_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """mean‖p(x) − y_s‖² + β·mean‖p(x_adv) − p(x)‖², y_s = ε·p(x_aug) + (1 − ε)·onehot(y) (not detached)."""
+    options = ctx.extras["options"]
+    labels = y if y.ndim == 1 else y[:, 0]
+    x_aug = contour_augment(x, options.get("threshold", 127))
+    x_adv = trades_examples(model, x, ctx)
+    if ctx.epoch >= delay_epochs(options.get("awp_delay", 0.0), ctx.epochs):
+        ctx.extras.setdefault("after_update", []).append(
+            attention_weight_perturbation(model, x, y, x_aug, options))
+    probs = F.softmax(model(x), 1)
+    smooth = ctx.recipe.train_eps
+    soft_target = smooth * F.softmax(model(x_aug), 1) + (1 - smooth) * F.one_hot(labels, probs.shape[1])
+    natural = (probs - soft_target).pow(2).sum(1).mean()
+    robust = (F.softmax(model(x_adv), 1) - probs).pow(2).sum(1).mean()
+    return natural + options.get("beta", 3.0) * robust
+
+
 TRAIN_STEPS: Registry[Callable] = Registry("training step")
 TRAIN_STEPS.register("standard", standard_step)
+TRAIN_STEPS.register("pgd-at", pgd_at_step)
+TRAIN_STEPS.register("dbn", dbn_step)
+TRAIN_STEPS.register("l2p", l2p_step)
+TRAIN_STEPS.register("cap", cap_step)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -75,13 +261,29 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
 
 
-def make_optimizer(model: torch.nn.Module, recipe: Recipe):
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, options: dict | None = None):
+    """The network optimiser, with per-defense groups (spec §6): noise scales without weight decay,
+    the trainable part of random-projection layers with its own decay (``rp_weight_decay``)."""
+    options = options or {}
+    decays = {"default": recipe.weight_decay, "no_decay": 0.0,
+              "rp": options.get("rp_weight_decay", recipe.weight_decay)}
+    groups = [{"params": params, "weight_decay": decays[name]}
+              for name, params in parameter_groups(model).items() if name in decays]
     if recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
     return optimizer
+
+
+def make_optimizers(model: torch.nn.Module, recipe: Recipe, options: dict | None = None) -> dict:
+    """``main`` plus, for Learn2Perturb, ``noise_opt``: SGD (momentum 0.9, no decay) on the σ maps,
+    as in the reference (an Adam step would not scale with R(σ)'s tiny gradient)."""
+    optimizers = {"main": make_optimizer(model, recipe, options)}
+    noise = parameter_groups(model).get("noise_opt")
+    if noise:
+        optimizers["noise_opt"] = torch.optim.SGD(noise, lr=recipe.lr, momentum=0.9, weight_decay=0.0)
+    return optimizers
 
 
 def make_scheduler(optimizer, recipe: Recipe, epochs: int):
@@ -95,6 +297,44 @@ def accuracy(model, x, y, device) -> float:
     model.eval()
     labels = y if y.ndim == 1 else y[:, 0]
     return (predict(model, x, device=device) == labels).float().mean().item()
+
+
+def eot_pgd(model, x, y, *, eps: float, steps: int, step_size: float, eot: int,
+            generator: torch.Generator) -> torch.Tensor:
+    """PGD whose gradient is the mean over ``eot`` separate forward/backward passes (fresh draws each).
+
+    Batch-shared randomness (PNI, L2P, RPF, CTRW) needs separate passes, not batch replication.
+    """
+    x_adv = project(x + uniform_start(x, eps, generator), x, eps)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad = sum(torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)[0]
+                   for _ in range(eot))
+        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
+    return x_adv.detach()
+
+
+def robust_accuracy(model, x, y, recipe: Recipe, generator: torch.Generator, device, batch: int = 128) -> float:
+    """Single-draw accuracy on EOT-PGD examples (EOT only for randomized models), eval mode."""
+    model.eval()
+    labels = y if y.ndim == 1 else y[:, 0]
+    eot = recipe.val_eot if is_randomized(model) else 1
+    correct = 0
+    for start in range(0, len(labels), batch):
+        xb, yb = take(x, slice(start, start + batch)).to(device), labels[start:start + batch].to(device)
+        x_adv = eot_pgd(model, xb, yb, eps=recipe.train_eps, steps=recipe.val_attack_steps,
+                        step_size=2.5 * recipe.train_eps / recipe.val_attack_steps, eot=eot, generator=generator)
+        with torch.no_grad():
+            correct += (model(x_adv).argmax(1) == yb).sum().item()
+    return correct / len(labels)
+
+
+def _materialize(model, x) -> None:
+    """Lazy defense parameters (L2P σ, CTRW μ/σ) take the input's shape; create them before the optimiser."""
+    if any(isinstance(p, UninitializedParameter) for p in model.parameters()):
+        model.eval()
+        with torch.no_grad():
+            model(x)
 
 
 @dataclass(frozen=True)
@@ -116,11 +356,39 @@ def _select(x, y, limit):
     return (x, y) if limit is None else (x[:limit], y[:limit])
 
 
+def _validation(model, x_val, y_val, robust_subset, recipe, select: str, generator, device) -> dict:
+    scores = {"val_accuracy": accuracy(model, x_val, y_val, device)}
+    if select == "robust":
+        xr, yr = robust_subset
+        scores["robust_val_accuracy"] = robust_accuracy(model, xr, yr, recipe, generator, device)
+    return scores
+
+
+def _selection_key(scores: dict) -> tuple[float, float]:
+    """Robust accuracy first when measured (Rice et al.), clean accuracy breaks ties."""
+    return scores.get("robust_val_accuracy", 0.0), scores["val_accuracy"]
+
+
+def _update(model, loss, optimizers: dict, ctx: StepContext) -> None:
+    for optimizer in optimizers.values():
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for optimizer in optimizers.values():
+        optimizer.step()
+    for restore in ctx.extras.pop("after_update", []):  # e.g. CAP removes its weight perturbation
+        restore()
+    for module in model.modules():
+        if hasattr(module, "after_update"):  # e.g. Learn2Perturb's σ ≥ 0.01 clamp
+            module.after_update()
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train, keep the best validation epoch, save checkpoint + metadata; returns the metadata."""
     info = DEFENSES.get(cfg.defense)
+    options = info.train_options
+    select = options.get("select", "clean")
     dataset = data_mod.load(cfg.dataset, cfg.data_root)
-    recipe = RECIPES.get(cfg.recipe or ("cpu" if cfg.model.endswith("-mini") else "paper"))
+    recipe = RECIPES.get(cfg.recipe or (info.cpu_recipe if cfg.model.endswith("-mini") else "paper"))
     epochs = cfg.epochs or recipe.epochs
     step = TRAIN_STEPS.get(info.train_step)
     device = torch.device(cfg.device)
@@ -132,20 +400,30 @@ def train(cfg: TrainConfig) -> dict:
     x_test, y_test = dataset.split("test")
     build_spec = {"model": cfg.model, "defense": cfg.defense, "num_classes": [dataset.num_classes]}
     model = build(**build_spec).to(device)
-    optimizer = make_optimizer(model, recipe)
+    seed_model(model, cfg.seed)
+    _materialize(model, take(x_train, slice(0, 2)).to(device))
+    optimizers = make_optimizers(model, recipe, options)
+    optimizer = optimizers["main"]
     scheduler = make_scheduler(optimizer, recipe, epochs)
-    ctx = StepContext(0, epochs, recipe, generator, {"optimizer": optimizer})
+    ctx = StepContext(0, epochs, recipe, generator,
+                      {"optimizer": optimizer, "optimizers": optimizers, "options": options})
+    robust_subset, val_generator = None, torch.Generator().manual_seed(cfg.seed + 1)
+    if select == "robust":  # a fixed, seeded subset; its own generator leaves the training stream alone
+        count = min(recipe.val_robust_images or len(y_val), len(y_val))
+        chosen = torch.randperm(len(y_val), generator=val_generator)[:count]
+        robust_subset = (take(x_val, chosen), y_val[chosen])
 
-    best = (-1.0, -1, None)
+    best = ((-1.0, -1.0), -1, None, {})
     history = []
     started = time.perf_counter()
-    batches = -(-len(x_train) // recipe.batch_size)
+    per_epoch = -(-len(x_train) // recipe.batch_size)
+    batches = min(per_epoch, recipe.batches_per_epoch or per_epoch)
     with progress_bar(cfg.progress) as bar:
         task = bar.add_task(f"train {cfg.defense}", total=epochs * batches)
         for epoch in range(epochs):
             ctx.epoch = epoch
             model.train()
-            order = torch.randperm(len(x_train), generator=generator)
+            order = torch.randperm(len(x_train), generator=generator)[:batches * recipe.batch_size]
             total = 0.0
             for start in range(0, len(order), recipe.batch_size):
                 idx = order[start:start + recipe.batch_size]
@@ -153,20 +431,19 @@ def train(cfg: TrainConfig) -> dict:
                 if recipe.augment:
                     xb = augment(xb, generator)
                 loss = step(model, xb, yb, ctx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                _update(model, loss, optimizers, ctx)
                 total += loss.item() * len(idx)
                 bar.advance(task)
-            val_acc = accuracy(model, x_val, y_val, device)
-            history.append({"epoch": epoch, "loss": total / len(x_train), "val_accuracy": val_acc})
+            scores = _validation(model, x_val, y_val, robust_subset, recipe, select, val_generator, device)
+            history.append({"epoch": epoch, "loss": total / len(order), **scores})
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(-val_acc)
+                scheduler.step(-scores["val_accuracy"])
             else:
                 scheduler.step()
-            if val_acc > best[0]:
-                best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
-            bar.update(task, description=f"train {cfg.defense} val {val_acc:.3f}")
+            if _selection_key(scores) > best[0]:
+                best = (_selection_key(scores), epoch, copy.deepcopy(model.state_dict()), scores)
+            shown = " ".join(f"{k.replace('_accuracy', '')} {v:.3f}" for k, v in scores.items())
+            bar.update(task, description=f"train {cfg.defense} {shown}")
     training_time = time.perf_counter() - started
 
     model.load_state_dict(best[2])
@@ -180,11 +457,14 @@ def train(cfg: TrainConfig) -> dict:
         "dataset_sha256": dataset.sha256,
         "recipe": asdict(recipe),
         "train_step": info.train_step,
+        "train_options": options,
+        "selection": select,
         "seed": cfg.seed,
         "epochs": epochs,
+        "batches_per_epoch": batches,
         "best_epoch": best[1],
         "train_images": len(x_train),
-        "val_accuracy": best[0],
+        **best[3],
         "test_accuracy": test_acc,
         "training_time_s": round(training_time, 1),
         "history": history,

@@ -154,6 +154,7 @@ class EMCAM(nn.Module):
         self.code_faithful_m2 = cfg.code_faithful_m2
         self.noise_high, self.noise_low, self.noise_mean = Site(), Site(), Site()
         self.noise_spatial, self.noise_fused = Site(), Site()
+        self.noise_terms = nn.ModuleList(Site() for _ in range(branches))  # RPAN: one MAN draw per ϑ_i ⊙ ℓ_i
 
     def _bands(self, x: torch.Tensor) -> torch.Tensor:
         d = dct_channels(x)
@@ -182,7 +183,7 @@ class EMCAM(nn.Module):
             terms = [first, single[1] + hierarchical[1] + first]
         else:
             terms = [single[i] + single[m - 1 - i] + hierarchical[i] for i in range(m)]
-        weighted = sum(self.vartheta[i][None, :, None, None] * t for i, t in enumerate(terms))
+        weighted = sum(self.noise_terms[i](self.vartheta[i][None, :, None, None] * t) for i, t in enumerate(terms))
         return torch.sigmoid(self.noise_spatial(weighted))
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
