@@ -224,3 +224,19 @@ def fetch(name: str, root=None, if_missing: bool = False, url: str | None = None
                 raise
             raise UserError(f"could not download {name} from {source}: {exc}") from None
     return target
+
+
+def paired_split(primary: MedMNISTData, secondary: MedMNISTData, split: str = "test",
+                 names: tuple[str, str] = ("image", "image2"), seed: int | None = None):
+    """``paired`` feeding mode (spec §1.5): two data sets paired by index, one head each.
+
+    The authors' code pairs unrelated data sets this way; ``seed`` draws a fresh random
+    pairing (per epoch in training), ``None`` pairs index i with index i. The longer set is
+    cut to the shorter one's length. Returns ``({name: images}, labels (N, 2))``.
+    """
+    x1, y1 = primary.split(split)
+    x2, y2 = secondary.split(split)
+    n = min(len(x1), len(x2))
+    second = torch.randperm(len(x2), generator=torch.Generator().manual_seed(seed))[:n] if seed is not None \
+        else torch.arange(n)
+    return {names[0]: x1[:n], names[1]: x2[second]}, torch.stack([y1[:n], y2[second]], dim=1)

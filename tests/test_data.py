@@ -108,3 +108,25 @@ def test_fetch_refuses_corrupt_download_and_leaves_nothing(tmp_path, data_root):
     with pytest.raises(UserError, match="MD5 mismatch"):
         data.fetch("breastmnist", root, url=corrupt.as_uri())
     assert list(root.iterdir()) == []
+
+
+def test_paired_mode_pairs_by_index(pneumonia, data_root):
+    breast = data.load("breastmnist", data_root)
+    inputs, labels = data.paired_split(pneumonia, breast, "test")
+    assert set(inputs) == {"image", "image2"} and labels.shape == (156, 2)
+    x2, y2 = breast.split("test")
+    assert torch.equal(inputs["image2"], x2) and torch.equal(labels[:, 1], y2)
+    shuffled, shuffled_labels = data.paired_split(pneumonia, breast, "test", seed=1)
+    assert torch.equal(shuffled["image"], inputs["image"]) and not torch.equal(shuffled["image2"], x2)
+    again, _ = data.paired_split(pneumonia, breast, "test", seed=1)
+    assert torch.equal(again["image2"], shuffled["image2"])
+
+
+def test_paired_inputs_feed_a_two_head_mail(pneumonia, data_root):
+    from robustmed.factory import build
+
+    inputs, labels = data.paired_split(pneumonia, data.load("breastmnist", data_root), "val")
+    model = build("mail-rn18-mini", "none", (2, 2), mode="paired", input_names=("image", "image2")).eval()
+    model.head = None
+    out = model({k: v[:5] for k, v in inputs.items()})
+    assert len(out) == 2 and out[0].shape == (5, 2) and out[1].shape == (5, 2)
