@@ -1,0 +1,105 @@
+"""AutoAttack cascade over pyautoattack kernels: conformance with pyautoattack.AutoAttack and
+class-count adaptation (checks A7, B4)."""
+import json
+
+import pytest
+import torch
+from pyautoattack import AutoAttack
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack.fab_pt import FABAttack_PT
+from pyautoattack.square import SquareAttack
+
+from conftest import TinyCNN
+from robustmed.attacks import FAMILIES, autoattack, parse_attack
+from robustmed.attacks.autoattack import run_autoattack
+from robustmed.harness import benchmark
+
+EPS, SEED = 0.03, 123
+
+
+def _ten_class_batch(n: int):
+    """A seeded 10-class model with varied predictions; labels = clean predictions (all attackable)."""
+    model = TinyCNN(classes=10, seed=0).eval()
+    with torch.no_grad():
+        model.net[-1].weight.mul_(20)
+        model.net[-1].bias.zero_()
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def _reference(model, x, y, *, n_iter: int, queries: int, eps: float = EPS):
+    """pyautoattack's own cascade (version='standard'), its kernels rebuilt at the given budgets."""
+    aa = AutoAttack(model, eps=eps, seed=SEED, version="standard")
+    if n_iter != 100 or queries != 5000:
+        aa.apgd = APGDAttack(model, n_restarts=1, n_iter=n_iter, eps=eps, norm="Linf", eot_iter=1, rho=.75,
+                             seed=SEED, device="cpu", logger=aa.logger)
+        aa.apgd_targeted = APGDAttack_targeted(model, n_restarts=1, n_iter=n_iter, eps=eps, norm="Linf",
+                                               eot_iter=1, rho=.75, seed=SEED, device="cpu", logger=aa.logger)
+        aa.fab = FABAttack_PT(model, n_restarts=1, n_iter=n_iter, eps=eps, seed=SEED, norm="Linf", device="cpu",
+                              n_target_classes=9)
+        aa.square = SquareAttack(model, p_init=.8, n_queries=queries, eps=eps, norm="Linf", n_restarts=1,
+                                 seed=SEED, device="cpu", resc_schedule=False)
+    return aa.run_standard_evaluation(x, y, batch_size=250)
+
+
+def _assert_same(model, x, y, steps: int, eps: float = EPS):
+    x_ref, y_ref = _reference(model, x, y, n_iter=steps, queries=autoattack.SQUARE_QUERIES, eps=eps)
+    ours = run_autoattack(model, x, y, spec=parse_attack(f"aa{steps}"), eps=eps, seed=SEED)
+    assert torch.equal(ours.success, y_ref != y)
+    assert torch.equal(ours.x_adv, x_ref)
+    return ours
+
+
+@pytest.mark.parametrize("eps, stages", [(0.01, [-1, -1, 0, -1, -1, 0, -1, -1, -1, -1, -1, 2]),
+                                         (0.02, [-1, 1, 0, 1, 0, 0, -1, -1, -1, 1, -1, 0])])
+def test_cascade_matches_pyautoattack_at_small_budgets(monkeypatch, eps, stages):
+    """Flags and x_adv identical; the seeded stages show APGD-CE, APGD-T and FAB-T each breaking points
+    and survivors reaching Square."""
+    monkeypatch.setattr(autoattack, "SQUARE_QUERIES", 200)
+    model, x, y = _ten_class_batch(12)
+    ours = _assert_same(model, x, y, steps=10, eps=eps)
+    assert ours.first_success.tolist() == stages
+
+
+@pytest.mark.slow
+def test_cascade_matches_pyautoattack_standard():
+    model, x, y = _ten_class_batch(16)
+    _assert_same(model, x, y, steps=100)
+
+
+@pytest.mark.parametrize("classes, cascade, targets", [
+    (10, ["apgd-ce", "apgd-t", "fab-t", "square"], 9),
+    (5, ["apgd-ce", "apgd-t", "fab-t", "square"], 4),
+    (3, ["apgd-ce", "apgd-dlr", "fab-t", "square"], 2),
+    (2, ["apgd-ce", "apgd-margin", "fab-t", "square"], 1),
+])
+def test_class_count_adaptation(classes, cascade, targets):
+    spec = FAMILIES.get("aa").adapt(parse_attack("aa"), classes)
+    assert spec.extra["cascade"] == cascade and spec.extra["n_target_classes"] == targets
+    assert (spec.extra["square_queries"], spec.extra["square_q"]) == (5000, 1)
+
+
+def test_aa_rand_uses_eot_20_and_no_dlr_on_two_classes():
+    spec = parse_attack("aa-rand")
+    assert spec.eot == 20 and spec.steps == 100
+    assert FAMILIES.get("aa-rand").adapt(spec, 2).extra["cascade"] == ["apgd-ce", "apgd-margin"]
+    assert FAMILIES.get("aa-rand").adapt(spec, 7).extra["cascade"] == ["apgd-ce", "apgd-dlr"]
+
+
+def test_binary_cascade_runs_in_the_harness_and_stores_its_configuration(monkeypatch):
+    monkeypatch.setattr(autoattack, "SQUARE_QUERIES", 100)
+    model = TinyCNN(classes=2, seed=1).eval()
+    with torch.no_grad():
+        model.net[-1].weight.mul_(20)
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    rows = benchmark(model, x, y, attack="aa5", eps=EPS, seed=2)
+    spec = json.loads(rows.spec.iloc[0])
+    assert spec["extra"]["cascade"] == ["apgd-ce", "apgd-margin", "fab-t", "square"]
+    assert spec["extra"]["num_classes"] == 2 and spec["extra"]["kernels"] == "pyautoattack==0.2.0"
+    assert (rows.linf <= EPS + 1e-6).all() and rows.success.any()
+    again = benchmark(model, x, y, attack="aa5", eps=EPS, seed=2)
+    assert again.success.tolist() == rows.success.tolist()  # seeded kernels reproduce
