@@ -1,0 +1,267 @@
+"""Each defense's defining behaviour, pinned exactly under a seed (spec §4–§5)."""
+import pytest
+import torch
+from torch import nn
+
+from robustmed.defenses import cap, ctrw, dbn, learn2perturb, pni, rpan, rpf
+from robustmed.factory import build
+from robustmed.randomness import frozen, resample, seed_model
+from robustmed.training import RECIPES, attack_phase, eot_pgd, make_optimizers
+
+SMALL = {"widths": (16, 32), "depths": (1, 1)}
+
+
+def _model(name: str):
+    torch.manual_seed(0)
+    return build("mail-rn18-mini", name, (2,), config=SMALL)
+
+
+def _x(n: int = 4, seed: int = 0):
+    return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+# --- PNI -------------------------------------------------------------------------------------
+
+def test_pni_noise_std_is_alpha_times_weight_std_in_every_layer():
+    model = _model("pni")
+    model(_x())
+    layers = [m for m in model.modules() if isinstance(m, pni.NoisyWeight)]
+    assert len(layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in _model("none").network.modules())
+    for layer in layers:
+        expected = layer.alpha * layer.layer.weight.detach().std() * layer.unit_noise
+        assert torch.equal(layer.perturbation(), expected)
+    big = pni.NoisyWeight(nn.Linear(256, 256))
+    seed_model(big, 3)
+    big(torch.zeros(1, 256))
+    ratio = big.perturbation().std() / (0.25 * big.layer.weight.std())
+    assert abs(ratio.item() - 1) < 0.01  # 65 536 draws: the unit noise has std 1 to within 1 %
+
+
+def test_pni_alpha_is_excluded_from_weight_decay():
+    model = _model("pni")
+    groups = make_optimizers(model, RECIPES.get("cpu-at"), {})["main"].param_groups
+    alphas = {id(m.alpha) for m in model.modules() if isinstance(m, pni.NoisyWeight)}
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= alphas or not ids & alphas
+        if ids <= alphas:
+            assert group["weight_decay"] == 0.0
+
+
+def test_pni_realization_is_shared_by_the_batch():
+    model = _model("pni").eval()
+    x = _x(1).expand(3, -1, -1, -1)
+    with torch.no_grad():
+        out, again = model(x), model(x)
+    torch.testing.assert_close(out[0].expand_as(out), out, rtol=1e-5, atol=1e-6)  # same draw, batch order only
+    assert (out[0] - again[0]).abs().max() > 1e-4  # a new forward is a new draw
+
+
+# --- DBN -------------------------------------------------------------------------------------
+
+def test_dbn_routes_use_disjoint_batch_norm_statistics():
+    model = _model("dbn-clean").train()
+    norms = dbn.dual_norms(model)
+    before = [(n.clean.running_mean.clone(), n.adv.running_mean.clone()) for n in norms]
+    with dbn.routed(model, "adv"):
+        model(_x())
+    for norm, (clean, adv) in zip(norms, before):
+        assert torch.equal(norm.clean.running_mean, clean)
+        assert not torch.equal(norm.adv.running_mean, adv)
+        assert norm.route == "clean"  # the deployed route is restored
+    assert all(n.clean.weight is not n.adv.weight for n in norms)
+
+
+@pytest.mark.parametrize("route", ["clean", "adv"])
+def test_dbn_deployment_has_one_fixed_route(route):
+    model = _model(f"dbn-{route}")
+    assert {n.route for n in dbn.dual_norms(model)} == {route}
+    assert len(dbn.dual_norms(model)) == sum(isinstance(m, nn.BatchNorm2d) for m in _model("none").modules())
+
+
+# --- Learn2Perturb -----------------------------------------------------------------------------
+
+def test_l2p_sigma_is_clamped_at_0_01():
+    module = learn2perturb.PerturbationInjection()
+    module(torch.zeros(2, 3, 4, 4))
+    with torch.no_grad():
+        module.sigma.copy_(torch.linspace(-1, 1, 48).view(3, 4, 4))
+    module.after_update()
+    assert module.sigma.min().item() == pytest.approx(0.01)
+    assert module.sigma.max().item() == 1.0
+
+
+def test_l2p_regulariser_increases_sigma():
+    model = _model("l2p")
+    model(_x())
+    sigmas = [m.sigma for m in learn2perturb.injections(model)]
+    assert len(sigmas) == 2 * (1 + len(SMALL["depths"]))  # stem + every ERLA, per branch
+    before = [s.detach().clone() for s in sigmas]
+    optimizer = torch.optim.SGD(sigmas, lr=10.0)
+    learn2perturb.regularizer(model, epochs_with_noise=0).backward()
+    optimizer.step()
+    assert all((s > b).all() for s, b in zip(sigmas, before))
+    assert learn2perturb.harmonic(1) == 1.0  # τ at the first noise epoch: no division by zero
+
+
+def test_l2p_has_its_own_noise_optimiser():
+    model = _model("l2p")
+    model(_x())
+    optimizers = make_optimizers(model, RECIPES.get("cpu-at"), {})
+    noise = {id(p) for g in optimizers["noise_opt"].param_groups for p in g["params"]}
+    main = {id(p) for g in optimizers["main"].param_groups for p in g["params"]}
+    assert noise == {id(m.sigma) for m in learn2perturb.injections(model)} and not noise & main
+
+
+# --- RPF -------------------------------------------------------------------------------------
+
+def test_rpf_random_filters_have_std_one_over_k():
+    layer = rpf.RandomProjectionConv(nn.Conv2d(8, 1024, 7), ratio=0.75)
+    seed_model(layer, 0)
+    layer.resample()
+    assert layer.random_weight.shape == (768, 8, 7, 7)
+    assert abs(layer.random_weight.std().item() * 7 - 1) < 0.01
+
+
+def test_rpf_stem_split_and_filters_fixed_while_frozen_fresh_on_resample():
+    model = _model("rpf").eval()
+    stems = [m for m in model.modules() if isinstance(m, rpf.RandomProjectionConv)]
+    assert len(stems) == 2 and all(int(s.random_mask.sum()) == 12 for s in stems)  # 75 % of 16
+    x = _x()
+    with frozen(model), torch.no_grad():
+        kernels = [s.random_weight.clone() for s in stems]
+        first, second = model(x), model(x)
+        assert torch.equal(first, second)
+        assert all(torch.equal(s.random_weight, k) for s, k in zip(stems, kernels))
+    resample(model)
+    assert not any(torch.equal(s.random_weight, k) for s, k in zip(stems, kernels))
+    assert not torch.equal(stems[0].random_weight, stems[1].random_weight)  # independent per branch
+
+
+def test_rpf_trainable_part_gets_its_own_weight_decay():
+    model = _model("rpf")
+    groups = make_optimizers(model, RECIPES.get("cpu-at"), {"rp_weight_decay": 1e-2})["main"].param_groups
+    rp = {id(p) for m in model.modules() if isinstance(m, rpf.RandomProjectionConv) for p in m.parameters()}
+    decays = {g["weight_decay"] for g in groups if {id(p) for p in g["params"]} <= rp}
+    assert decays == {1e-2}
+
+
+# --- CAP -------------------------------------------------------------------------------------
+
+def test_cap_contour_augmentation_keeps_the_bright_region_and_smooths_the_dark():
+    x = _x(4, seed=1).expand(-1, 3, -1, -1)
+    out = cap.contour_augment(x)
+    bright = ((x.mean(1, keepdim=True) * 255).round() > 127).expand_as(x)
+    assert torch.equal(out[bright], x[bright])
+    assert (out[~bright] - x[~bright]).abs().mean() > 0.01
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+
+
+def test_cap_weight_perturbation_touches_only_attention_weights():
+    from robustmed.training import attention_weight_perturbation
+
+    model = _model("cap").train()
+    x, y = _x(), torch.tensor([0, 1, 0, 1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attention = {f"network.{name}" for name, _ in cap.attention_parameters(model)}
+    assert attention and all(("ca." in n or "fusions." in n) for n in attention)
+    restore = attention_weight_perturbation(model, x, y, cap.contour_augment(x), {"gamma": 1e-2})
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == attention  # BN statistics included: the proxy, not the model, ran forward
+    restore()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=1e-6)
+
+
+# --- CTRW ------------------------------------------------------------------------------------
+
+def test_ctrw_enforces_the_sigma_lower_bound_before_each_draw():
+    layer = ctrw.TrainableRandomWeight(bound=2 / 3)
+    layer(torch.ones(1, 3, 4, 4))
+    with torch.no_grad():
+        layer.sigma.copy_(torch.linspace(0.2, 1.2, 48).view(3, 4, 4))
+    high = layer.sigma > 2 / 3
+    kept = layer.sigma[high].clone()
+    layer.resample()
+    assert layer.sigma.min().item() >= 2 / 3 - 1e-6
+    assert torch.equal(layer.sigma[high], kept)  # entries already above the bound are untouched
+
+
+def test_ctrw_multiplies_the_input_by_one_shared_draw():
+    layer = ctrw.TrainableRandomWeight()
+    x = torch.ones(2, 3, 4, 4)
+    out = layer(x)
+    torch.testing.assert_close(out[0], layer.mu + layer.sigma * layer.unit_noise)
+    assert torch.equal(out[0], out[1])
+
+
+# --- RPAN ------------------------------------------------------------------------------------
+
+def test_man_noise_mean_is_0_36_delta_at_sigma_0_6():
+    man = rpan.MANNoise(channels=None)
+    seed_model(man, 0)
+    factor = man(torch.ones(200_000))  # multiplicative: T ⊙ η′ with T = 1 is η′ itself
+    assert abs(factor.mean().item() - 0.36) < 0.01
+    assert factor.min().item() >= -0.25  # n + n² ≥ −1/4
+    with torch.no_grad():
+        man.delta.fill_(2.0)
+    assert abs(man(torch.ones(200_000)).mean().item() - 0.72) < 0.02
+
+
+def test_man_noise_is_per_sample_and_channel_wise_delta():
+    man = rpan.MANNoise(channels=4)
+    out = man(torch.ones(2, 4, 3, 3))
+    assert not torch.equal(out[0], out[1])
+    assert man.delta.shape == (4,)
+
+
+def test_rpan_paper_sites_and_frozen_realization():
+    model = _model("rpan").eval()
+    sites = [m for m in model.modules() if isinstance(m, rpan.MANNoise)]
+    convs = [m for m in model.modules() if isinstance(m, rpf.RandomProjectionConv)]
+    # per branch: 2 EMILA per ERLA × 2 stages CA sites; per EMCAM: 3 bands + 2 terms + fused
+    assert len(sites) == 2 * 2 * 2 + 2 * 6
+    assert len(convs) == 2 * 2 * 2 * 3 + 2 * 3
+    assert all(s.mode == "multiply" for s in sites)
+    x = _x()
+    with frozen(model), torch.no_grad():
+        assert torch.equal(model(x), model(x))  # [A]: RPF kernels and MAN noise held for the attack
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))  # [I]/inference: fresh per forward
+
+
+def test_rpan_code_clips_and_bpda_passes_gradients_through():
+    man = rpan.MANNoise(None, "add_clip", trainable=False)
+    t = torch.full((1000,), 0.9, requires_grad=True)
+    out = man(t)
+    assert out.min() >= 0 and out.max() <= 1 and (out == 1).any()
+    grad, = torch.autograd.grad(out.sum(), t)
+    assert (grad == 0).any()  # the clip masks gradients …
+    model = _model("rpan-code")
+    with rpan.straight_through(model):
+        assert all(m.straight_through for m in model.modules() if isinstance(m, rpan.MANNoise))
+        man.straight_through = True
+        grad, = torch.autograd.grad(man(t).sum(), t)
+        assert torch.equal(grad, torch.ones_like(grad))  # … and BPDA treats it as the identity
+    assert not any(m.straight_through for m in model.modules() if isinstance(m, rpan.MANNoise))
+
+
+# --- training infrastructure --------------------------------------------------------------------
+
+def test_attack_phase_freezes_for_ai_and_sets_the_mode():
+    model = _model("ctrw").train()
+    with attack_phase(model, {"attack_mode": "train", "realization": "ai"}):
+        assert model.training and all(m.frozen for m in model.modules() if hasattr(m, "frozen"))
+    assert not any(getattr(m, "frozen", False) for m in model.modules())
+    with attack_phase(model, {"attack_mode": "eval"}):
+        assert not model.training and not any(getattr(m, "frozen", False) for m in model.modules())
+    assert model.training
+
+
+def test_eot_pgd_stays_in_the_ball_and_in_range():
+    model = _model("pni").eval()
+    x, y = _x(2), torch.tensor([0, 1])
+    x_adv = eot_pgd(model, x, y, eps=4 / 255, steps=2, step_size=3 / 255, eot=2,
+                    generator=torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 4 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert all(p.grad is None for p in model.parameters())
