@@ -101,6 +101,7 @@ class AttackFamily:
     alpha_rule: str
     defaults: dict = field(default_factory=dict)
     randomized_eot: int = 1  # EOT samples used on randomized models when the user gave no ``eot=``
+    restartable: bool = False  # runs ``restarts`` > 1 from further seeded random starts
     adapt: Callable[[AttackSpec, int], AttackSpec] | None = None  # per class count (check A7)
 
 
@@ -151,6 +152,9 @@ def parse_attack(text: str) -> AttackSpec:
             spec = replace(spec, alpha_rule="given")
     if spec.protocol == "paper":  # single draw, no EOT: the defense papers' protocol, never a default
         spec = replace(spec, eot=1, draws=1)
+    if spec.restarts > 1 and not (family.restartable and spec.random_start):
+        raise UserError(f"attack {text!r}: restarts need a family with seeded random starts (pgd), "
+                        "and random_start=1")
     if spec.eot < 0 or spec.draws < 0 or spec.restarts < 1:
         raise UserError(f"attack {text!r}: eot and draws must be ≥ 1 (or left out), restarts ≥ 1")
     return spec

@@ -18,4 +18,5 @@ FAMILIES.register("bim", AttackFamily(
     alpha_rule="1.25*eps/steps",
     defaults={"random_start": False},
     randomized_eot=20,
+    restartable=True,
 ))

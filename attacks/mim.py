@@ -21,4 +21,5 @@ FAMILIES.register("mim", AttackFamily(
     alpha_rule="eps/steps",
     defaults={"random_start": False, "momentum": 1.0},
     randomized_eot=20,
+    restartable=True,
 ))

@@ -128,4 +128,5 @@ FAMILIES.register("pgd", AttackFamily(
     alpha=_pgd_alpha,
     alpha_rule="2.5*eps/steps",
     randomized_eot=20,
+    restartable=True,
 ))

@@ -113,3 +113,27 @@ def test_unknown_options_and_losses_are_refused():
         parse_attack("pgd10:protocol=fast")
     spec = parse_attack("pgd10:protocol=paper")
     assert (spec.eot, spec.draws, spec.protocol) == (1, 1, "paper")
+
+
+def test_restarts_without_random_starts_are_refused():
+    from robustmed.errors import UserError
+
+    for text in ("bim10:restarts=2", "pgd10:restarts=2,random_start=0", "aa:restarts=2"):
+        with pytest.raises(UserError, match="restarts"):
+            parse_attack(text)
+    assert parse_attack("mim10:restarts=2,random_start=1").restarts == 2
+
+
+def test_harness_draws_one_seeded_start_per_restart(tiny_model, batch):
+    import json
+
+    from robustmed.harness import _starts, benchmark
+
+    x, y = batch
+    spec = parse_attack("pgd2:restarts=3")
+    starts = _starts(spec, x, list(range(8)), EPS, 0, "digest")
+    assert starts.shape == (3, *x.shape) and starts.abs().max() <= EPS
+    assert not torch.equal(starts[0], starts[1])
+    assert torch.equal(starts[0], _starts(parse_attack("pgd2"), x, list(range(8)), EPS, 0, "digest"))
+    rows = benchmark(tiny_model, x, y, attack="pgd2:restarts=3", eps=EPS, seed=0)
+    assert json.loads(rows.spec.iloc[0])["restarts"] == 3 and (rows.linf <= EPS + 1e-6).all()
