@@ -103,3 +103,18 @@ def test_binary_cascade_runs_in_the_harness_and_stores_its_configuration(monkeyp
     assert (rows.linf <= EPS + 1e-6).all() and rows.success.any()
     again = benchmark(model, x, y, attack="aa5", eps=EPS, seed=2)
     assert again.success.tolist() == rows.success.tolist()  # seeded kernels reproduce
+
+
+def test_bench_runs_aa_on_the_binary_default_data(tmp_path, monkeypatch, data_root):
+    from robustmed.runner import BenchConfig, run_bench
+
+    monkeypatch.setattr(autoattack, "SQUARE_QUERIES", 50)
+    model_file = tmp_path / "tiny.py"
+    model_file.write_text(
+        "import torch\nfrom torch import nn\n\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),\n"
+        "                         nn.Linear(16, 2)).eval()\n")
+    report = run_bench(BenchConfig(model_file=f"{model_file}:build", attack="aa5", n=8, progress=False,
+                                   data_root=str(data_root), out=str(tmp_path / "runs")))
+    assert report.manifest["attacks"]["aa5"]["extra"]["cascade"] == ["apgd-ce", "apgd-margin", "fab-t", "square"]
+    assert len(report.rows) == 8 and (report.rows.robust <= report.rows.clean_correct).all()
