@@ -16,11 +16,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	# torchattacks and medmnist pin packages that would drag in a CUDA torch build
-	# (torchvision) or stale versions; their code needs nothing beyond our own deps.
-	$(BIN)/pip install -q --no-deps torchattacks==3.5.1 medmnist==3.0.2
 	$(BIN)/pip install -q pyautoattack==0.2.0 foolbox==3.3.4
 	$(BIN)/pip install -q -e '.[test]'
+	# Last, so no later resolver run complains: torchattacks and medmnist pin packages that
+	# would drag in a CUDA torch build (torchvision) or stale versions; their code needs
+	# nothing beyond our own dependencies.
+	$(BIN)/pip install -q --no-deps torchattacks==3.5.1 medmnist==3.0.2
 	touch $@
 
 demo: setup
