@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=256)
     bench.add_argument("--out", default=None, help="results folder (default results/runs)")
     bench.add_argument("--no-progress", action="store_true")
+    bench.add_argument("--suite", default=None, help="run a whole suite file (benchmarks/*.toml) instead")
 
     train = sub.add_parser("train", help="train a registered model with a defense",
                            description="example: robustmed train --defense none --epochs 12 --out ckpt/none.pt")
@@ -55,6 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
     lister = sub.add_parser("list", help="what the registry holds", description="example: robustmed list defenses")
     lister.add_argument("what", choices=["models", "defenses", "attacks", "datasets"])
     lister.add_argument("--json", action="store_true")
+
+    table = sub.add_parser("table", help="paper-style table from a suite's stored rows",
+                           description="example: robustmed table --suite benchmarks/table3.toml --format md")
+    table.add_argument("--suite", required=True)
+    table.add_argument("--format", default="md", choices=["md", "latex"])
+    table.add_argument("--out", default=None, help="write to a file instead of stdout")
+
+    board = sub.add_parser("leaderboard", help="ranked leaderboard over stored runs",
+                           description="example: robustmed leaderboard --format html --out leaderboard.html")
+    board.add_argument("--results", default="results", help="folder searched for runs (default results)")
+    board.add_argument("--eps", default="4/255")
+    board.add_argument("--format", default="md", choices=["md", "html"])
+    board.add_argument("--out", default=None)
+
+    regress = sub.add_parser("regress", help="rerun a golden suite and fail on a robust-accuracy drop",
+                             description="example: robustmed regress --baseline results/golden/ci")
+    regress.add_argument("--baseline", required=True, help="folder of golden runs")
+    regress.add_argument("--candidate", default=None, help="compare these stored runs instead of rerunning")
+    regress.add_argument("--tolerance", type=float, default=0.02, help="largest allowed absolute drop (default 0.02)")
+    regress.add_argument("--alpha", type=float, default=0.05, help="McNemar significance level (default 0.05)")
+    regress.add_argument("--device", default="cpu")
+    regress.add_argument("--json", action="store_true")
 
     data = sub.add_parser("data", help="data sets: fetch with MD5 check",
                           description="example: robustmed data fetch pneumoniamnist")
@@ -71,6 +94,9 @@ def cmd_bench(args) -> int:
     from robustmed.report import print_bench
     from robustmed.runner import BenchConfig, run_bench
 
+    if args.suite:
+        return _bench_suite(args)
+
     cfg = BenchConfig(defense=args.defense, attack=args.attack, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
                       eps=args.eps, n=args.n, seed=args.seed, split=args.split, batch_size=args.batch_size,
@@ -81,6 +107,94 @@ def cmd_bench(args) -> int:
     else:
         print_bench(report)
     return 0
+
+
+def _bench_suite(args) -> int:
+    from robustmed.report import print_bench
+    from robustmed.suites import load_suite, run_suite
+
+    reports = run_suite(load_suite(args.suite), args.device, progress=not (args.no_progress or args.json))
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports]))
+    else:
+        for report in reports:
+            print_bench(report)
+    return 0
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(text)
+        print(f"wrote {out}")
+    else:
+        print(text, end="")
+
+
+def cmd_table(args) -> int:
+    from robustmed.suites import eps_of, load_suite, suite_evaluations
+    from robustmed.tables import render
+
+    suite = load_suite(args.suite)
+    evals = suite_evaluations(suite)
+    if not evals:
+        raise UserError(f"no stored runs for suite {suite.name!r} under {suite.results}; "
+                        f"run `robustmed bench --suite {args.suite}` first")
+    attacks = [a.split(":")[0] if ":" in a else a for a in suite.attacks]
+    _emit(render(evals, list(suite.defenses), attacks, eps_of(suite), args.format,
+                 title=suite.description), args.out)
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from robustmed.attacks import parse_eps_list
+    from robustmed.evidence import evaluations
+    from robustmed.leaderboard import entries, render_html, render_markdown
+    from robustmed.store import load_runs
+
+    eps = parse_eps_list(args.eps)[0]
+    items = entries(evaluations(load_runs(args.results)), eps)
+    if not items:
+        raise UserError(f"no stored evaluations at ε = {args.eps} under {args.results}")
+    _emit(render_html(items, eps) if args.format == "html" else render_markdown(items, eps), args.out)
+    return 0
+
+
+def cmd_regress(args) -> int:
+    import tempfile
+    from dataclasses import fields
+
+    from robustmed.regress import compare, verdict
+    from robustmed.runner import BenchConfig, run_bench
+    from robustmed.store import load_runs
+
+    baseline = load_runs(args.baseline)
+    if not baseline:
+        raise UserError(f"no golden runs under {args.baseline}")
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.candidate:
+            candidate = load_runs(args.candidate)
+        else:
+            known = {f.name for f in fields(BenchConfig)}
+            for _, manifest in baseline:
+                config = {k: v for k, v in manifest["config"].items() if k in known}
+                run_bench(BenchConfig(**{**config, "out": scratch, "progress": False, "device": args.device}))
+            candidate = load_runs(scratch)
+        comparisons, missing = compare(baseline, candidate)
+    reasons = verdict(comparisons, missing, args.tolerance, args.alpha)
+    if args.json:
+        print(json.dumps({"passed": not reasons, "reasons": reasons, "groups": [
+            {"group": list(map(str, c.group)), "n": c.n, "baseline": c.baseline_accuracy,
+             "candidate": c.candidate_accuracy, "flipped_down": c.flipped_down, "flipped_up": c.flipped_up,
+             "p_value": c.p_value} for c in comparisons]}))
+    else:
+        for c in comparisons:
+            print(f"{'/'.join(map(str, c.group))}: {100 * c.baseline_accuracy:.1f} → {100 * c.candidate_accuracy:.1f} "
+                  f"(n {c.n}, lost {c.flipped_down or 'none'}, gained {c.flipped_up or 'none'}, "
+                  f"McNemar p {c.p_value:.3g})")
+        print("FAIL: " + "; ".join(reasons) if reasons else "PASS: no significant robust-accuracy drop")
+    return 1 if reasons else 0
 
 
 def cmd_train(args) -> int:
@@ -124,7 +238,8 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "train": cmd_train, "list": cmd_list, "data": cmd_data}
+COMMANDS = {"bench": cmd_bench, "train": cmd_train, "list": cmd_list, "data": cmd_data, "table": cmd_table,
+            "leaderboard": cmd_leaderboard, "regress": cmd_regress}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,22 @@ from robustmed.usermodel import load_model_file
 DEFAULT_EPS = "4/255"
 
 
+def split_attacks(text: str) -> list[str]:
+    """``pgd10:alpha=1/255,restarts=2,bim10`` → [``pgd10:alpha=1/255,restarts=2``, ``bim10``].
+
+    Attacks and options share the comma, so a ``key=value`` token continues the attack before it.
+    """
+    attacks: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        if "=" in token and ":" not in token and attacks:
+            attacks[-1] += "," + token
+        else:
+            attacks.append(token)
+    return attacks
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Everything `robustmed bench` needs; validated before any work or write happens."""
@@ -44,7 +60,7 @@ class BenchConfig:
     progress: bool = True
 
     def specs(self):
-        return [parse_attack(a) for a in self.attack.split(",") if a.strip()]
+        return [parse_attack(a) for a in split_attacks(self.attack)]
 
     def eps_values(self) -> tuple[float, ...]:
         return parse_eps_list(self.eps)

@@ -52,3 +52,12 @@ def list_runs(root: str | os.PathLike | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
+
+
+def load_runs(root: str | os.PathLike) -> list[tuple[pd.DataFrame, dict]]:
+    """Every complete run under ``root`` (searched recursively), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [read_run(m.parent) for m in root.rglob(MANIFEST_FILE) if not any(p.startswith(".") for p in m.parts)]
+    return sorted(runs, key=lambda run: run[1].get("created", ""))

@@ -1,0 +1,80 @@
+"""The regression gate: rerun a golden suite and compare per-sample robust flags.
+
+Samples are paired by (defense, model, dataset, protocol, attack, ε, sample id). A paired
+exact McNemar test on the discordant samples decides whether a drop is significant; any drop
+beyond an absolute tolerance fails too (check E5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import comb
+
+import pandas as pd
+
+KEY = ["defense", "model", "dataset", "protocol", "attack", "eps", "sample_id"]
+
+
+def mcnemar_exact(worse: int, better: int) -> float:
+    """Two-sided exact McNemar p-value from the two discordant counts."""
+    n = worse + better
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, k) for k in range(0, min(worse, better) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+@dataclass
+class Comparison:
+    group: tuple
+    n: int
+    baseline_accuracy: float
+    candidate_accuracy: float
+    flipped_down: list[int]
+    flipped_up: list[int]
+    p_value: float
+
+    @property
+    def drop(self) -> float:
+        return self.baseline_accuracy - self.candidate_accuracy
+
+
+def _frame(runs) -> pd.DataFrame:
+    frames = []
+    for rows, manifest in runs:
+        rows = rows.copy()
+        if "protocol" not in rows:
+            rows["protocol"] = "adaptive"
+        frames.append(rows)
+    if not frames:
+        return pd.DataFrame(columns=[*KEY, "robust"])
+    # a repeated key keeps the latest run's row (runs come oldest first)
+    return pd.concat(frames, ignore_index=True).drop_duplicates(KEY, keep="last")
+
+
+def compare(baseline_runs, candidate_runs) -> tuple[list[Comparison], list[tuple]]:
+    """Comparisons per evaluation group, and the groups the candidate lacks."""
+    base, cand = _frame(baseline_runs), _frame(candidate_runs)
+    merged = base[[*KEY, "robust"]].merge(cand[[*KEY, "robust"]], on=KEY, how="left", suffixes=("_base", "_cand"))
+    out, missing = [], []
+    for group, rows in merged.groupby(KEY[:-1], sort=True):
+        if rows.robust_cand.isna().any():
+            missing.append(group)
+            continue
+        base_flags, cand_flags = rows.robust_base.astype(bool), rows.robust_cand.astype(bool)
+        down = rows.sample_id[base_flags & ~cand_flags].astype(int).tolist()
+        up = rows.sample_id[~base_flags & cand_flags].astype(int).tolist()
+        out.append(Comparison(group, len(rows), base_flags.mean(), cand_flags.mean(), down, up,
+                              mcnemar_exact(len(down), len(up))))
+    return out, missing
+
+
+def verdict(comparisons: list[Comparison], missing: list, tolerance: float, alpha: float) -> list[str]:
+    """Reasons to fail; empty when the candidate holds up."""
+    reasons = [f"{'/'.join(map(str, g))}: missing from the rerun" for g in missing]
+    for c in comparisons:
+        label = "/".join(map(str, c.group))
+        if len(c.flipped_down) > len(c.flipped_up) and c.p_value < alpha:
+            reasons.append(f"{label}: significant drop {100 * c.drop:.1f} pt (McNemar p = {c.p_value:.3g})")
+        elif c.drop > tolerance:
+            reasons.append(f"{label}: drop {100 * c.drop:.1f} pt exceeds the tolerance {100 * tolerance:.1f} pt")
+    return reasons

@@ -1,0 +1,103 @@
+"""Benchmark suites as data (TOML): defenses × datasets × attacks, expanded to bench runs.
+
+A suite names where its results live, so tables and regression gates read exactly the
+runs the suite produced.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from robustmed.errors import UserError
+from robustmed.runner import BenchConfig
+
+PROTOCOLS = ("adaptive", "paper")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    results: Path
+    defenses: tuple[str, ...]
+    datasets: tuple[str, ...]
+    attacks: tuple[str, ...]
+    eps: str = "4/255"
+    model: str | None = None
+    n: int | None = None
+    seed: int = 0
+    paper_protocol: bool = True  # randomized defenses also get the paper's single-draw column
+    description: str = ""
+    options: dict = field(default_factory=dict)
+
+    def configs(self, randomized: set[str], device: str = "auto", progress: bool = True,
+                defenses: tuple[str, ...] | None = None) -> list[tuple[str, BenchConfig]]:
+        """(protocol, config) per defense × dataset; randomized defenses get a paper-protocol run too."""
+        out = []
+        for defense in defenses or self.defenses:
+            for dataset in self.datasets:
+                protocols = PROTOCOLS if (self.paper_protocol and defense in randomized) else PROTOCOLS[:1]
+                for protocol in protocols:
+                    attacks = self.attacks if protocol == "adaptive" else tuple(_paper(a) for a in self.attacks)
+                    out.append((protocol, BenchConfig(
+                        defense=defense, attack=",".join(attacks), model=self.model, dataset=dataset,
+                        eps=self.eps, n=self.n, seed=self.seed, device=device, out=str(self.results),
+                        progress=progress)))
+        return out
+
+
+def _paper(attack: str) -> str:
+    """The seed paper's released protocol for one attack: single draw, no EOT (defenses.md §2.2)."""
+    return f"{attack},protocol=paper" if ":" in attack else f"{attack}:protocol=paper"
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"suite file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"suite {path} is not valid TOML: {exc}") from None
+    missing = [k for k in ("name", "defenses", "datasets", "attacks") if k not in raw]
+    if missing:
+        raise UserError(f"suite {path} lacks {', '.join(missing)}")
+    results = Path(raw.get("results", f"results/{raw['name']}"))
+    if not results.is_absolute():  # relative to the repository/suite root, not the caller's cwd
+        results = path.resolve().parent.parent / results
+    return Suite(name=raw["name"], path=path, results=results, defenses=tuple(raw["defenses"]),
+                 datasets=tuple(raw["datasets"]), attacks=tuple(raw["attacks"]), eps=str(raw.get("eps", "4/255")),
+                 model=raw.get("model"), n=raw.get("n"), seed=int(raw.get("seed", 0)),
+                 paper_protocol=bool(raw.get("paper_protocol", True)), description=raw.get("description", ""))
+
+
+def randomized_defenses() -> set[str]:
+    from robustmed.defenses import DEFENSES
+
+    return {name for name, info in DEFENSES.items() if info.randomized}
+
+
+def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defenses: tuple[str, ...] | None = None):
+    """Run every (defense × dataset × protocol) of a suite; checkpoints are checked before any work."""
+    from robustmed import data as data_mod
+    from robustmed.factory import shipped_checkpoint
+    from robustmed.runner import run_bench
+
+    plan = suite.configs(randomized_defenses(), device, progress, defenses)
+    for _, cfg in plan:  # fail fast: a missing checkpoint or data set stops the suite before it starts
+        shipped_checkpoint(cfg.defense, cfg.model, data_mod.load(cfg.dataset).key)
+    return [run_bench(cfg) for _, cfg in plan]
+
+
+def suite_evaluations(suite: Suite):
+    from robustmed.evidence import evaluations
+    from robustmed.store import load_runs
+
+    return evaluations(load_runs(suite.results))
+
+
+def eps_of(suite: Suite) -> float:
+    from robustmed.attacks import parse_eps_list
+
+    return parse_eps_list(suite.eps)[0]

@@ -1,0 +1,93 @@
+"""Paper-style tables (the seed paper's Table 3 layout) rendered from stored evaluations.
+
+Rows: defenses (randomized ones twice: the paper's single-draw protocol beside the adaptive
+EOT protocol); columns: dataset × attack, plus the per-sample worst case. Cells: robust
+accuracy with its 95% Wilson interval; the best adaptive number per column in bold.
+"""
+from __future__ import annotations
+
+from robustmed.evidence import WORST, Evaluation
+
+PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
+
+
+def _columns(evals: list[Evaluation], attacks: list[str]) -> list[tuple[str, str]]:
+    datasets = sorted({e.dataset for e in evals})
+    return [(d, a) for d in datasets for a in [*attacks, WORST]]
+
+
+def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float):
+    """(columns, rows): rows are (label, defense, protocol, {column: Evaluation}) in suite order."""
+    evals = [e for e in evals if abs(e.eps - eps) < 1e-9]
+    columns = _columns(evals, attacks)
+    rows = []
+    for defense in defenses:
+        for protocol in ("paper", "adaptive"):
+            cells = {(e.dataset, e.attack): e for e in evals if e.defense == defense and e.protocol == protocol}
+            if cells:
+                rows.append((defense + PROTOCOL_LABEL[protocol], defense, protocol, cells))
+    return columns, rows
+
+
+def _best(rows, column) -> float | None:
+    values = [cells[column].robust_accuracy for _, _, protocol, cells in rows
+              if protocol == "adaptive" and column in cells]
+    return max(values) if values else None
+
+
+def _cell(ev: Evaluation | None, bold: bool, fmt: str) -> str:
+    if ev is None:
+        return "–"
+    low, high = ev.ci
+    value = f"{100 * ev.robust_accuracy:.1f}"
+    if fmt == "latex":
+        value = rf"\textbf{{{value}}}" if bold else value
+        return rf"{value}\,{{\scriptsize[{100 * low:.1f}, {100 * high:.1f}]}}"
+    value = f"**{value}**" if bold else value
+    return f"{value} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _clean(cells: dict, dataset: str) -> str:
+    ev = next((e for (d, _), e in cells.items() if d == dataset), None)
+    return f"{100 * ev.clean_accuracy:.1f}" if ev else "–"
+
+
+def _flags(cells: dict) -> str:
+    fired = sorted({flag for e in cells.values() for flag in e.findings})
+    return ", ".join(fired) if fired else ""
+
+
+def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float, fmt: str = "md",
+           title: str = "") -> str:
+    columns, rows = table_data(evals, defenses, attacks, eps)
+    datasets = list(dict.fromkeys(d for d, _ in columns))
+    header = ["defense", *[f"{d} clean" for d in datasets], *[f"{d} {a}" for d, a in columns], "flags"]
+    best = {c: _best(rows, c) for c in columns}
+    body = []
+    for label, _, protocol, cells in rows:
+        line = [label, *[_clean(cells, d) for d in datasets]]
+        for column in columns:
+            ev = cells.get(column)
+            bold = ev is not None and protocol == "adaptive" and best[column] is not None \
+                and abs(ev.robust_accuracy - best[column]) < 1e-12
+            line.append(_cell(ev, bold, fmt))
+        body.append([*line, _flags(cells)])
+    caption = title or f"Robust accuracy (%) at ε = {eps * 255:.3g}/255, 95% Wilson intervals"
+    return _latex(header, body, caption) if fmt == "latex" else _markdown(header, body, caption)
+
+
+def _markdown(header, body, caption) -> str:
+    lines = [f"{caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(header, body, caption) -> str:
+    escape = lambda text: text.replace("_", r"\_").replace("%", r"\%").replace("ε", r"$\epsilon$")  # noqa: E731
+    spec = "l" + "r" * (len(header) - 1)
+    lines = [r"\begin{table}", r"\centering", rf"\caption{{{escape(caption)}}}", rf"\begin{{tabular}}{{{spec}}}",
+             r"\toprule", " & ".join(escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(escape(c) if not c.startswith(("\\", "–")) and "\\" not in c else c for c in row) + r" \\"
+              for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
