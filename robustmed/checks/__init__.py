@@ -1,0 +1,14 @@
+"""Evaluation checks as documented flags (evaluation spec §4): each a small function with an ID.
+
+>>> from robustmed.checks import CHECKS
+>>> CHECKS.get("A3").severity
+'FLAG'
+"""
+from robustmed.checks.context import CheckContext
+from robustmed.checks.registry import CHECKS, ERROR, FLAG, INFO, Check, Finding, blocking, unreliable
+from robustmed.checks import invariants, preflight, randomized  # noqa: F401  (registers)
+from robustmed.checks.preflight import run_preflight
+from robustmed.checks.suite import LEVELS, post_run
+
+__all__ = ["CHECKS", "ERROR", "FLAG", "INFO", "Check", "CheckContext", "Finding", "LEVELS", "blocking",
+           "post_run", "run_preflight", "unreliable"]

@@ -1,0 +1,228 @@
+"""Pre-flight checks A1–A10 (evaluation spec §4.A): cheap probes run before every benchmark.
+
+They look at the model and the data only; no attack has run yet. The global RNG is restored
+afterwards, so a run's rows are the same with or without the checks.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustmed.attacks.eot import margin_loss
+from robustmed.checks.context import CheckContext
+from robustmed.checks.registry import ERROR, FLAG, INFO, Finding, register
+from robustmed.harness import resolve_spec
+from robustmed.stats import wilson
+
+A1 = register("A1", "eval mode", ERROR)
+A2 = register("A2", "input domain [0, 1], no normalization outside the model", ERROR)
+A3 = register("A3", "logits, not probabilities", FLAG)
+A4 = register("A4", "randomness", FLAG)
+A5 = register("A5", "test-time optimization", FLAG)
+A6 = register("A6", "gradient health", FLAG)
+A7 = register("A7", "class-count adaptation", INFO)
+A8 = register("A8", "task type has a declared success criterion", ERROR)
+A9 = register("A9", "clean-accuracy parity with the registry", ERROR)
+A10 = register("A10", "budget sanity", FLAG)
+
+RANDOMNESS_PASSES = 5
+RANDOMNESS_TOL = 1e-4
+LARGE_EPS = 16 / 255
+PARITY_TOL = 0.0005  # ±0.05 points on the full split
+PARITY_Z = 3.29  # 99.9% Wilson interval on a subset or over random draws
+
+
+def eval_mode(ctx: CheckContext) -> Finding:
+    """A1: after ``eval()`` no BatchNorm may still use batch statistics; active dropout is MC dropout."""
+    ctx.model.eval()
+    bn = [n for n, m in ctx.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    dropout = [n for n, m in ctx.model.named_modules()
+               if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]
+    if ctx.model.training or bn:
+        return A1.fired(f"{len(bn)} BatchNorm layer(s) stay in train mode after eval() (e.g. {bn[:1]}): "
+                        "predictions depend on the batch", train_mode_bn=bn)
+    if dropout:
+        return A1.fired(f"{len(dropout)} dropout layer(s) active at inference (MC dropout): the model is "
+                        "randomized", FLAG, active_dropout=dropout)
+    return A1.passed("eval mode; no BatchNorm in train mode, no active dropout")
+
+
+def input_domain(ctx: CheckContext) -> Finding:
+    """A2: inputs lie in [0, 1] (ε is stated in those units) and are not standardized."""
+    low, high = ctx.x.min().item(), ctx.x.max().item()
+    dims = [d for d in range(ctx.x.ndim) if d != 1]
+    mean, std = ctx.x.mean(dims), ctx.x.std(dims)
+    standardized = bool(((mean.abs() < 0.1) & ((std - 1).abs() < 0.1)).all())
+    details = {"min": low, "max": high, "channel_mean": mean.tolist(), "channel_std": std.tolist()}
+    if low < 0 or high > 1:
+        return A2.fired(f"inputs span [{low:.3g}, {high:.3g}], outside [0, 1]: normalization was applied outside "
+                        "the model, so ε is not in pixel units", **details)
+    if standardized:
+        return A2.fired("every channel has mean ≈ 0 and std ≈ 1: the inputs were standardized outside the model",
+                        **details)
+    return A2.passed(f"inputs within [0, 1] (min {low:.3g}, max {high:.3g}), not standardized", **details)
+
+
+@torch.no_grad()
+def probabilities(ctx: CheckContext) -> Finding:
+    """A3: rows in [0, 1] summing to 1 (softmax) or with logsumexp ≈ 0 (log-softmax) are not logits."""
+    out = ctx.model(ctx.probe[0]).float()
+    softmax = bool(((out >= 0) & (out <= 1)).all() and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4))
+    log_softmax = bool(torch.allclose(out.logsumexp(1), torch.zeros(len(out)), atol=1e-4))
+    if softmax or log_softmax:
+        kind = "probabilities (rows sum to 1)" if softmax else "log-probabilities (logsumexp ≈ 0)"
+        return A3.fired(f"the model returns {kind}, not logits: CE/margin gradients vanish or mislead")
+    return A3.passed("outputs are logits")
+
+
+@torch.no_grad()
+def randomness(ctx: CheckContext) -> Finding:
+    """A4: K forward passes; an L2-normalized logit change above 1e-4 or a flipped prediction → randomized."""
+    x, _ = ctx.probe
+    outs = [F.normalize(ctx.model(x).float(), dim=1) for _ in range(RANDOMNESS_PASSES)]
+    change = max((o - outs[0]).abs().max().item() for o in outs[1:])
+    flips = int(sum((o.argmax(1) != outs[0].argmax(1)).sum().item() for o in outs[1:]))
+    detected = change > RANDOMNESS_TOL or flips > 0
+    ctx.extras["randomized"] = detected or ctx.declared_randomized
+    details = {"max_logit_change": change, "prediction_flips": flips, "passes": RANDOMNESS_PASSES,
+               "declared": ctx.declared_randomized}
+    if detected or ctx.declared_randomized:
+        how = "declared by the defense" if not detected else \
+            f"normalized logits change by {change:.3g} over {RANDOMNESS_PASSES} passes, {flips} prediction flip(s)"
+        return A4.fired(f"randomized model ({how}): attacked with EOT and judged over several draws", **details)
+    return A4.passed(f"deterministic over {RANDOMNESS_PASSES} passes (max change {change:.2g})", **details)
+
+
+def _grad_codes() -> set:
+    import torch.autograd as autograd
+
+    functions = [autograd.grad, autograd.backward, torch.Tensor.backward, getattr(autograd, "_make_grads", None)]
+    return {f.__code__ for f in functions if f is not None and hasattr(f, "__code__")}
+
+
+def count_grad_calls(model: nn.Module, x: torch.Tensor) -> int:
+    """Calls of ``autograd.grad``/``backward`` made while ``model(x)`` runs (``sys.settrace``, as AutoAttack)."""
+    codes, calls = _grad_codes(), 0
+
+    def tracer(frame, event, arg):
+        nonlocal calls
+        calls += event == "call" and frame.f_code in codes
+        return None  # no line tracing: only function entries are seen
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        sys.settrace(previous)
+    return calls
+
+
+def test_time_optimization(ctx: CheckContext) -> Finding:
+    """A5: a forward pass that computes gradients optimizes at test time and needs an adaptive attack."""
+    calls = count_grad_calls(ctx.model, ctx.probe[0][:2])
+    return A5.outcome(calls > 0, f"{calls} autograd.grad/backward call(s) inside one forward pass: test-time "
+                      "optimization, an adaptive evaluation is required" if calls else
+                      "no gradient computation inside forward", calls=calls)
+
+
+def _input_grads(model, x, y, loss_fn) -> torch.Tensor | None:
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(x)
+        if not out.requires_grad:
+            return None
+        grad, = torch.autograd.grad(loss_fn(out, y).sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
+def gradient_health(ctx: CheckContext) -> Finding:
+    """A6: per-sample input gradients of CE and margin loss must exist, be finite and be non-zero."""
+    x, y = ctx.probe
+    details = {}
+    for name, loss_fn in (("ce", lambda o, t: F.cross_entropy(o, t, reduction="none")), ("margin", margin_loss)):
+        grad = _input_grads(ctx.model, x, y, loss_fn)
+        if grad is None:
+            return A6.fired("the output does not require grad: the model detaches its input, gradient attacks "
+                            "see nothing", detached=True)
+        flat = grad.flatten(1)
+        details[name] = {"zero": (flat.abs().amax(1) == 0).float().mean().item(),
+                         "nonfinite": (~torch.isfinite(flat).all(1)).float().mean().item()}
+    worst = max(max(d.values()) for d in details.values())
+    summary = ", ".join(f"{k}: {100 * v['zero']:.0f}% zero, {100 * v['nonfinite']:.0f}% NaN/inf"
+                        for k, v in details.items())
+    return A6.outcome(worst > 0, f"unusable input gradients on {len(x)} samples ({summary}): gradient masking"
+                      if worst > 0 else f"input gradients finite and non-zero on {len(x)} samples", **details)
+
+
+def class_count(ctx: CheckContext) -> Finding:
+    """A7: attacks adapted to the class count (no DLR for C < 3, no targeted DLR for C < 4); recorded."""
+    changes = {}
+    for spec in ctx.specs:
+        resolved = resolve_spec(spec, randomized=ctx.randomized, num_classes=ctx.num_classes)
+        if "cascade" in resolved.extra:
+            changes[spec.name] = {"cascade": resolved.extra["cascade"],
+                                  "n_target_classes": resolved.extra["n_target_classes"]}
+    adapted = {k: v for k, v in changes.items() if any("margin" in s or s == "apgd-dlr" for s in v["cascade"])}
+    if adapted:
+        return A7.fired(f"{ctx.num_classes} classes: " + "; ".join(f"{k} runs {' → '.join(v['cascade'])}"
+                                                               for k, v in adapted.items()), adapted=changes)
+    return A7.passed(f"{ctx.num_classes} classes: no attack needs adapting", adapted=changes)
+
+
+def task_type(ctx: CheckContext) -> Finding:
+    """A8: the harness judges success as an argmax flip, which is only defined for single-label tasks."""
+    if ctx.task.startswith("multi-label") or ctx.task.startswith("ordinal"):
+        return A8.fired(f"task {ctx.task!r}: success is judged as an argmax flip, which does not define "
+                        "robustness for this task; no success criterion is declared", task=ctx.task)
+    return A8.passed(f"task {ctx.task!r}: an argmax flip is the success criterion", task=ctx.task)
+
+
+@torch.no_grad()
+def _clean_accuracy(ctx: CheckContext, draws: int) -> float:
+    hits = 0
+    for start in range(0, len(ctx.x), ctx.batch_size):
+        x = ctx.x[start:start + ctx.batch_size].to(ctx.device)
+        y = ctx.y[start:start + ctx.batch_size].to(ctx.device)
+        hits += sum((ctx.model(x).argmax(1) == y).sum().item() for _ in range(draws))
+    return hits / (draws * len(ctx.x))
+
+
+def clean_parity(ctx: CheckContext) -> Finding:
+    """A9: the harness's clean accuracy reproduces the registry's (exactly on the full split, else within CI)."""
+    if ctx.registry_accuracy is None:
+        return A9.passed("no registry accuracy to compare with (not a registered checkpoint on its test split)")
+    draws = 3 if ctx.randomized else 1
+    measured, expected = _clean_accuracy(ctx, draws), float(ctx.registry_accuracy)
+    details = {"measured": measured, "registry": expected, "n": len(ctx.x), "draws": draws}
+    if ctx.full_split and not ctx.randomized:
+        ok, rule = abs(measured - expected) <= PARITY_TOL, "±0.05 pt on the full split"
+    else:
+        low, high = wilson(round(measured * len(ctx.x)), len(ctx.x), z=PARITY_Z)
+        ok, rule = low <= expected <= high, f"inside the 99.9% interval [{100 * low:.1f}, {100 * high:.1f}]"
+    reason = f"clean accuracy {100 * measured:.2f}% vs registry {100 * expected:.2f}% ({rule})"
+    return A9.outcome(not ok, reason + ("" if ok else ": wrong weights, preprocessing or data"), **details)
+
+
+def budget_sanity(ctx: CheckContext) -> Finding:
+    """A10: L∞ budgets above 16/255 of the [0, 1] range are not small perturbations."""
+    large = [e for e in ctx.eps if e > LARGE_EPS + 1e-12]
+    units = "L∞ in [0, 1] pixel units"
+    if large:
+        return A10.fired(f"ε = {', '.join(f'{255 * e:.3g}/255' for e in large)} exceeds 16/255: not a small "
+                         "perturbation", eps=list(ctx.eps), units=units)
+    return A10.passed(f"ε ≤ 16/255 ({units})", eps=list(ctx.eps), units=units)
+
+
+PREFLIGHT = (eval_mode, input_domain, probabilities, randomness, test_time_optimization, gradient_health,
+             class_count, task_type, clean_parity, budget_sanity)
+
+
+def run_preflight(ctx: CheckContext) -> list[Finding]:
+    """Every pre-flight check, in ID order; the global RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return [check(ctx) for check in PREFLIGHT]
