@@ -38,7 +38,7 @@ def git_commit() -> str | None:
 def machine(device: torch.device | str = "cpu") -> dict:
     device = torch.device(device)
     info = {
-        "platform": platform.platform(),
+        "system": platform.system(),
         "python": platform.python_version(),
         "processor": platform.machine(),
         "torch_threads": torch.get_num_threads(),

@@ -64,8 +64,8 @@ def load_suite(path: str | Path) -> Suite:
     if missing:
         raise UserError(f"suite {path} lacks {', '.join(missing)}")
     results = Path(raw.get("results", f"results/{raw['name']}"))
-    if not results.is_absolute():  # relative to the repository/suite root, not the caller's cwd
-        results = path.resolve().parent.parent / results
+    if not results.is_absolute():  # relative to the suite file, not the caller's working directory
+        results = (path.resolve().parent / results).resolve()
     return Suite(name=raw["name"], path=path, results=results, defenses=tuple(raw["defenses"]),
                  datasets=tuple(raw["datasets"]), attacks=tuple(raw["attacks"]), eps=str(raw.get("eps", "4/255")),
                  model=raw.get("model"), n=raw.get("n"), seed=int(raw.get("seed", 0)),

@@ -131,3 +131,10 @@ def test_unknown_defense_lists_choices(capsys):
 
 def test_shipped_default_exists():
     assert shipped_checkpoint("none", None, None).is_file()
+
+
+def test_attack_lists_keep_options_with_their_attack():
+    from robustmed.runner import split_attacks
+
+    assert split_attacks("pgd10:alpha=1/255,restarts=2,bim10, aa:protocol=paper") == [
+        "pgd10:alpha=1/255,restarts=2", "bim10", "aa:protocol=paper"]

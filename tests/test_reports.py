@@ -1,0 +1,133 @@
+"""Views over stored rows: Table-3 layout, leaderboard, regression gate, kill-safe store (issue: reports)."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from robustmed import store
+from robustmed.cli import main
+from robustmed.evidence import WORST, evaluations
+from robustmed.leaderboard import entries, render_html, render_markdown
+from robustmed.regress import compare, mcnemar_exact, verdict
+from robustmed.tables import render
+
+EPS = 4 / 255
+
+
+def _rows(defense, attack, robust, protocol="adaptive", clean=None):
+    clean = clean if clean is not None else [True] * len(robust)
+    return pd.DataFrame({"sample_id": range(len(robust)), "robust": robust, "clean_correct": clean, "eps": EPS,
+                         "attack": attack, "protocol": protocol, "defense": defense, "model": "m",
+                         "dataset": "pneumoniamnist"})
+
+
+def _run(defense, frames, run_id, findings=()):
+    rows = pd.concat(frames, ignore_index=True)
+    manifest = {"run_id": run_id, "created": run_id, "defense": defense, "model": "m", "dataset": "pneumoniamnist",
+                "findings": [{"id": f, "severity": "FLAG", "fired": True, "reason": "x"} for f in findings]}
+    return rows, manifest
+
+
+@pytest.fixture
+def runs():
+    return [
+        _run("none", [_rows("none", "pgd10", [1, 0, 0, 0]), _rows("none", "aa", [0, 0, 0, 0])], "r1"),
+        _run("rpan", [_rows("rpan", "pgd10", [1, 1, 1, 0]), _rows("rpan", "aa", [1, 1, 0, 0])], "r2", ["A4", "A6"]),
+        _run("rpan", [_rows("rpan", "pgd10", [1, 1, 1, 1], protocol="paper"),
+                      _rows("rpan", "aa", [1, 1, 1, 1], protocol="paper")], "r3"),
+    ]
+
+
+def test_evaluations_include_the_per_sample_worst_case(runs):
+    evals = {(e.defense, e.protocol, e.attack): e for e in evaluations(runs)}
+    assert evals[("rpan", "adaptive", "pgd10")].robust_accuracy == 0.75
+    assert evals[("rpan", "adaptive", WORST)].robust_accuracy == 0.5  # sample 2 falls to AA only
+    assert evals[("rpan", "adaptive", "aa")].findings == ("A4", "A6")
+
+
+def test_table3_layout_bold_best_and_both_protocols(runs):
+    text = render(evaluations(runs), ["none", "rpan"], ["pgd10", "aa"], EPS, "md")
+    lines = text.splitlines()
+    header = lines[2]
+    assert "pneumoniamnist pgd10" in header and "pneumoniamnist worst case" in header
+    labels = [line.split("|")[1].strip() for line in lines[4:]]
+    assert labels == ["none", "rpan (paper protocol)", "rpan"]
+    rpan = lines[6]
+    assert "**75.0** [30.1, 95.4]" in rpan and "A4, A6" in rpan
+    assert "**" not in lines[5]  # the paper protocol never takes the bold
+    latex = render(evaluations(runs), ["none", "rpan"], ["pgd10", "aa"], EPS, "latex")
+    assert r"\textbf{75.0}" in latex and r"\begin{tabular}" in latex and r"\scriptsize" in latex
+
+
+def test_leaderboard_ranks_by_best_known_minimum(runs):
+    items = entries(evaluations(runs), EPS)
+    assert [e.defense for e in items] == ["rpan", "none"]
+    assert items[0].best_known == 0.5 and items[0].aa_accuracy == 0.5 and items[0].flags == ("A4", "A6")
+    markdown = render_markdown(items, EPS)
+    assert "yes: A4, A6" in markdown and "| 1 | rpan |" in markdown
+    page = render_html(items, EPS)
+    assert page.startswith("<!doctype html>") and 'name="viewport"' in page
+    assert "http" not in page and "<script" not in page  # static and self-contained
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(6, 0) == pytest.approx(2 / 64)
+    assert mcnemar_exact(3, 3) == 1.0
+
+
+def test_regress_logic_names_flipped_samples(runs):
+    baseline = runs[:2]
+    worse = [(rows.assign(robust=rows.robust & (rows.sample_id != 0)), m) for rows, m in baseline]
+    comparisons, missing = compare(baseline, worse)
+    assert not missing
+    dropped = {c.group[4]: c.flipped_down for c in comparisons}
+    assert dropped["pgd10"] == [0]
+    assert verdict(comparisons, missing, tolerance=0.02, alpha=0.05)  # a 25-point drop fails
+    assert verdict(*compare(baseline, baseline), tolerance=0.0, alpha=0.05) == []
+
+
+GOLDEN = store.Path(__file__).resolve().parent.parent / "results" / "golden" / "ci"
+
+
+def test_regress_cli_fails_on_a_perturbed_golden_and_passes_unchanged(tmp_path, data_root, capsys):
+    """Raise robust flags in a golden copy: the rerun now looks like a drop and must fail, naming samples."""
+    golden = tmp_path / "golden"
+    shutil.copytree(GOLDEN, golden)
+    assert main(["regress", "--baseline", str(golden), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+    (run_dir,) = [p for p in golden.iterdir() if p.is_dir()]
+    rows = pd.read_parquet(run_dir / store.ROWS_FILE)
+    flip = rows[(rows.attack == "pgd10") & rows.clean_correct & ~rows.robust].sample_id.head(8).tolist()
+    rows.loc[(rows.attack == "pgd10") & rows.sample_id.isin(flip), "robust"] = True
+    rows.to_parquet(run_dir / store.ROWS_FILE, index=False)
+    assert main(["regress", "--baseline", str(golden), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    pgd = next(g for g in report["groups"] if "pgd10" in g["group"])
+    assert report["passed"] is False and sorted(pgd["flipped_down"]) == sorted(flip)
+
+
+def test_table_cli_on_committed_golden(capsys):
+    suite = store.Path(__file__).resolve().parent.parent / "benchmarks" / "ci.toml"
+    assert main(["table", "--suite", str(suite), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert "| none |" in out and "pneumoniamnist worst case" in out
+
+
+def test_killed_write_is_never_read_as_a_run(tmp_path):
+    """SIGKILL between writing the files and renaming the run into place leaves only a hidden staging dir."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        import pandas as pd
+        from robustmed import store
+        os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        store.write_run(pd.DataFrame({{"sample_id": range(1000)}}), {{"run_id": "killed"}}, {str(tmp_path)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9
+    assert any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+    assert store.list_runs(tmp_path) == [] and store.load_runs(tmp_path) == []
