@@ -81,6 +81,8 @@ th,td{padding:.45rem .6rem;border-bottom:1px solid #d0d7de;text-align:right;whit
 th{background:#f6f8fa;position:sticky;top:0}td:nth-child(2),th:nth-child(2),td:nth-child(3),th:nth-child(3),
 td:nth-child(4),th:nth-child(4),td:nth-child(8),th:nth-child(8),td:nth-child(10),th:nth-child(10){text-align:left}
 tr.flagged td:nth-child(8){color:#9a6700;font-weight:600}
+td:nth-child(2),th:nth-child(2){position:sticky;left:0;background:#fff;font-weight:600;z-index:1}
+th:nth-child(2){background:#f6f8fa;z-index:2}
 @media (max-width:600px){body{padding:.5rem}table{font-size:.8rem}th,td{padding:.35rem .4rem}}
 """
 
