@@ -43,7 +43,7 @@ def test_metadata_is_complete_and_honest(name):
 def test_training_step_gives_every_trainable_parameter_a_gradient(name):
     info = DEFENSES.get(name)
     model = _model(name).train()
-    x, y = _batch()
+    x, y = _batch(2)
     model(x)  # materialises lazily shaped noise maps (L2P σ, CTRW μ/σ) before the optimisers exist
     optimizers = make_optimizers(model, TINY_RECIPE, info.train_options)
     ctx = StepContext(0, 3, TINY_RECIPE, torch.Generator().manual_seed(0),
