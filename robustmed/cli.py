@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=256)
     bench.add_argument("--out", default=None, help="results folder (default results/runs)")
     bench.add_argument("--no-progress", action="store_true")
+    bench.add_argument("--checks", default="cheap", choices=["cheap", "full"],
+                       help="cheap: the always-on checks; full: also re-attack a seeded subset (B6-B15, C3, D1)")
     bench.add_argument("--suite", default=None, help="run a whole suite file (benchmarks/*.toml) instead")
 
     train = sub.add_parser("train", help="train a registered model with a defense",
@@ -52,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--out", default=None, help="checkpoint path (default: the shipped location)")
     train.add_argument("--no-progress", action="store_true")
+
+    check = sub.add_parser("check", help="run every evaluation check on a model and print the table",
+                           description="example: robustmed check --defense none --n 64 --json "
+                                       "(exit status 1 when an ERROR check fires)")
+    _add_common(check)
+    check.add_argument("--attack", default="pgd20", help="attack spec(s) the run-time checks use")
+    check.add_argument("--eps", default="4/255", help="L∞ budget(s) in [0,1] pixel units")
+    check.add_argument("--n", type=int, default=64, help="seeded subset of N test samples")
+    check.add_argument("--checkpoint", default=None, help="a checkpoint written by `robustmed train`")
+    check.add_argument("--model-file", default=None, help="FILE.py:FACTORY returning your own nn.Module")
+    check.add_argument("--checks", default="full", choices=["cheap", "full"])
 
     lister = sub.add_parser("list", help="what the registry holds", description="example: robustmed list defenses")
     lister.add_argument("what", choices=["models", "defenses", "attacks", "datasets"])
@@ -69,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--eps", default="4/255")
     board.add_argument("--format", default="md", choices=["md", "html"])
     board.add_argument("--out", default=None)
+
+    plot = sub.add_parser("plot", help="robust accuracy vs ε, steps or EOT samples (PNG/SVG, Wilson bands)",
+                          description="example: robustmed plot --results results/runs --kind steps --out fig6.png")
+    plot.add_argument("--results", default="results/runs", help="folder searched for runs")
+    plot.add_argument("--kind", default="eps", choices=["eps", "steps", "eot"])
+    plot.add_argument("--defense", action="append", help="restrict to these defenses (repeatable)")
+    plot.add_argument("--attack", default=None, help="restrict to one attack name (e.g. pgd100)")
+    plot.add_argument("--out", required=True, help="output file ending in .png or .svg")
 
     regress = sub.add_parser("regress", help="rerun a golden suite and fail on a robust-accuracy drop",
                              description="example: robustmed regress --baseline results/golden/ci")
@@ -100,7 +121,8 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(defense=args.defense, attack=args.attack, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
                       eps=args.eps, n=args.n, seed=args.seed, split=args.split, batch_size=args.batch_size,
-                      device=args.device, out=args.out, progress=not (args.no_progress or args.json))
+                      device=args.device, out=args.out, progress=not (args.no_progress or args.json),
+                      checks=args.checks)
     report = run_bench(cfg)
     if args.json:
         print(json.dumps(report.to_json()))
@@ -161,6 +183,32 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    import pandas as pd
+
+    from robustmed.plots import CURVES, plot
+    from robustmed.store import load_runs
+
+    if not args.out.endswith((".png", ".svg")):
+        raise UserError(f"--out must end in .png or .svg, got {args.out!r}")
+    frames = [rows.assign(defense=m["defense"], model=m["model"], dataset=m["dataset"])
+              for rows, m in load_runs(args.results)]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if args.defense and len(rows):
+        rows = rows[rows.defense.isin(args.defense)]
+    if args.attack and len(rows):
+        rows = rows[rows.attack == args.attack]
+    if rows.empty:
+        raise UserError(f"no stored rows to plot under {args.results} for the given filters")
+    series = {}
+    for (defense, model, dataset, attack), group in rows.groupby(["defense", "model", "dataset", "attack"]):
+        label = f"{defense} · {attack}" if rows.dataset.nunique() == 1 else f"{defense} · {dataset} · {attack}"
+        series[label] = CURVES[args.kind](group)
+    plot(series, args.kind, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_regress(args) -> int:
     import tempfile
     from dataclasses import fields
@@ -195,6 +243,24 @@ def cmd_regress(args) -> int:
                   f"McNemar p {c.p_value:.3g})")
         print("FAIL: " + "; ".join(reasons) if reasons else "PASS: no significant robust-accuracy drop")
     return 1 if reasons else 0
+
+
+def cmd_check(args) -> int:
+    from robustmed.checks import unreliable
+    from robustmed.report import print_findings
+    from robustmed.runner import BenchConfig, run_checks
+
+    cfg = BenchConfig(defense=args.defense, attack=args.attack, model=args.model, dataset=args.dataset,
+                      data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
+                      eps=args.eps, n=args.n, seed=args.seed, device=args.device, progress=False, checks=args.checks)
+    findings = run_checks(cfg)
+    rows = [f.to_json() for f in findings]
+    if args.json:
+        print(json.dumps({"findings": [{k: f[k] for k in ("id", "severity", "fired", "reason")} for f in rows],
+                          "unreliable": unreliable(findings)}))
+    else:
+        print_findings(rows)
+    return 1 if any(f.fired and f.severity == "ERROR" for f in findings) else 0
 
 
 def cmd_train(args) -> int:
@@ -238,8 +304,8 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": cmd_bench, "train": cmd_train, "list": cmd_list, "data": cmd_data, "table": cmd_table,
-            "leaderboard": cmd_leaderboard, "regress": cmd_regress}
+COMMANDS = {"check": cmd_check, "bench": cmd_bench, "train": cmd_train, "list": cmd_list, "data": cmd_data, "table": cmd_table,
+            "leaderboard": cmd_leaderboard, "regress": cmd_regress, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,68 @@
+"""Robustness curves from stored rows (the seed paper's Fig. 6 and the EOT curve), with Wilson bands.
+
+Every curve is computed from per-sample rows: vs ε from one run per ε value, vs steps from the
+first-success step of a single fixed-α run (the first k iterates of a T-step run *are* the k-step
+attack with that α), vs EOT samples from runs that differ only in ``eot``.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from robustmed.stats import wilson
+
+KINDS = ("eps", "steps", "eot")
+
+
+def _point(x, robust: pd.Series) -> dict:
+    low, high = wilson(int(robust.sum()), len(robust))
+    return {"x": x, "accuracy": robust.mean(), "low": low, "high": high, "n": len(robust)}
+
+
+def curve_eps(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample worst case over the attacks at each ε."""
+    return pd.DataFrame([_point(eps, g.groupby("sample_id").robust.all()) for eps, g in rows.groupby("eps")])
+
+
+def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFrame:
+    """Robust at k steps ⟺ clean-correct and not broken within the first k steps of the same run."""
+    total = max(json.loads(s)["steps"] for s in rows.spec.unique())
+    steps = steps or sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= total} | {total})
+    first = rows.first_success_step
+    return pd.DataFrame([_point(k, rows.clean_correct & ((first < 0) | (first > k))) for k in steps])
+
+
+def curve_eot(rows: pd.DataFrame) -> pd.DataFrame:
+    eot = rows.spec.map(lambda s: json.loads(s).get("eot", 1))
+    return pd.DataFrame([_point(k, g.robust) for k, g in rows.groupby(eot)])
+
+
+CURVES = {"eps": curve_eps, "steps": curve_steps, "eot": curve_eot}
+XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot": "EOT gradient samples per step"}
+
+
+def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "") -> None:
+    """One line per label with its 95% Wilson band; the file type follows the suffix (.png, .svg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
+    for label, curve in series.items():
+        x = np.asarray(curve.x, dtype=float)
+        ax.plot(x, 100 * curve.accuracy, marker="o", ms=3, label=label)
+        ax.fill_between(x, 100 * curve.low, 100 * curve.high, alpha=0.2)
+    if kind == "steps":
+        ax.set_xscale("log")
+    ax.set_xlabel(XLABEL[kind])
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"robust accuracy vs {kind}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None} if path.endswith(".svg") else None)
+    plt.close(fig)

@@ -1,0 +1,53 @@
+"""Robustness curves from per-sample rows, and the PNG/SVG files `robustmed plot` writes."""
+import json
+
+import pandas as pd
+import pytest
+
+from robustmed.cli import main
+from robustmed.plots import curve_eot, curve_eps, curve_steps, plot
+
+
+def _rows(first_steps, clean=None, eps=4 / 255, steps=100, eot=1):
+    spec = json.dumps({"steps": steps, "eot": eot})
+    clean = clean if clean is not None else [True] * len(first_steps)
+    return pd.DataFrame({"sample_id": range(len(first_steps)), "first_success_step": first_steps,
+                         "clean_correct": clean, "robust": [c and f < 0 for f, c in zip(first_steps, clean)],
+                         "eps": eps, "spec": spec, "attack": "pgd100"})
+
+
+def test_steps_curve_from_first_success():
+    rows = _rows([-1, 3, 30, -1], clean=[True, True, True, False])
+    curve = curve_steps(rows, [1, 5, 50, 100])
+    assert curve.accuracy.tolist() == [0.75, 0.5, 0.25, 0.25]
+    assert (curve.low <= curve.accuracy).all() and (curve.accuracy <= curve.high).all()
+
+
+def test_eps_curve_is_per_sample_worst_case():
+    a = _rows([-1, -1, 2], eps=0.01)
+    b = _rows([-1, 4, 1], eps=0.02)
+    c = _rows([3, -1, -1], eps=0.02).assign(attack="bim10")
+    curve = curve_eps(pd.concat([a, b, c]))
+    assert curve.x.tolist() == [0.01, 0.02] and curve.accuracy.round(4).tolist() == [0.6667, 0.0]
+
+
+def test_eot_curve_groups_by_eot_samples():
+    rows = pd.concat([_rows([-1, -1, 5], eot=1), _rows([-1, 2, 5], eot=20)])
+    assert curve_eot(rows).accuracy.round(4).tolist() == [0.6667, 0.3333]
+
+
+@pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml")])
+def test_plot_writes_files(tmp_path, suffix, magic):
+    out = tmp_path / f"curve{suffix}"
+    plot({"none · pgd100": curve_steps(_rows([-1, 3, 30]))}, "steps", str(out))
+    assert out.read_bytes()[:5].startswith(magic)
+
+
+def test_plot_cli_on_committed_golden(tmp_path, capsys):
+    from tests.test_reports import GOLDEN
+
+    out = tmp_path / "steps.svg"
+    assert main(["plot", "--results", str(GOLDEN), "--kind", "steps", "--out", str(out)]) == 0
+    assert b"<svg" in out.read_bytes()
+    assert main(["plot", "--results", str(GOLDEN), "--out", str(tmp_path / "x.pdf")]) == 2
+    assert "--out must end in .png or .svg" in capsys.readouterr().err
