@@ -10,7 +10,7 @@ from robustmed.evidence import evaluations
 from robustmed.leaderboard import entries, render_html
 from robustmed.store import load_runs
 
-from tests.test_reports import EPS, _rows, _run
+from test_reports import EPS, _rows, _run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,7 +42,7 @@ def test_leaderboard_renders_in_headless_chromium(tmp_path, width, height):
 
 
 def test_committed_golden_runs_make_a_leaderboard():
-    from tests.test_reports import GOLDEN
+    from test_reports import GOLDEN
 
     items = entries(evaluations(load_runs(GOLDEN)), EPS)
     assert [e.defense for e in items] == ["none"] and 0 <= items[0].best_known <= items[0].clean_accuracy

@@ -44,7 +44,7 @@ def test_plot_writes_files(tmp_path, suffix, magic):
 
 
 def test_plot_cli_on_committed_golden(tmp_path, capsys):
-    from tests.test_reports import GOLDEN
+    from test_reports import GOLDEN
 
     out = tmp_path / "steps.svg"
     assert main(["plot", "--results", str(GOLDEN), "--kind", "steps", "--out", str(out)]) == 0
