@@ -15,7 +15,7 @@ import torch
 from robustmed.attacks.pgd import pgd, uniform_start
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, FULL, Finding, register
-from robustmed.checks.subset import attack_robust, gradient_spec, subset
+from robustmed.checks.subset import Subset, attack_robust, gradient_spec, subset
 from robustmed.harness import summarize
 
 B1 = register("B1", "budget and box respected", ERROR)
@@ -37,6 +37,7 @@ BUDGET_TOL = 1e-6
 RATE_TOL = 0.005  # 0.5 points (B5, B7)
 GAP_TOL = 0.02  # 2 points (B12, B15)
 SQUARE_TOL = 0.002  # AutoAttack's 0.2 points (B8)
+RISE_TOL = 0.01  # B14: relative rise of the best loss over the last 10% of the steps
 NOISE_POINTS = 1000  # random corners of the ε-ball per sample left robust (B10)
 
 
@@ -124,20 +125,26 @@ def convergence(ctx, rows, sub) -> Finding:
                       f"{255 * eps:.3g}/255", steps=k, robust_k=float(at_k.mean()), robust_2k=float(at_2k.mean()))
 
 
+def _missed(ctx, rows, sub, attack: str) -> float:
+    """Fraction of the subset that ``attack`` breaks although the run's attacks left it robust."""
+    run = _run_robust(ctx, rows, sub.ids, sub.eps)
+    if not run.any():
+        return 0.0
+    keep = np.flatnonzero(run)  # only samples still robust can reveal a weaker-than-possible attack
+    robust = attack_robust(ctx, Subset(sub.ids[keep], sub.x[keep], sub.y[keep], sub.eps), attack)
+    return float((~robust).sum() / len(sub.ids))
+
+
 def single_step(ctx, rows, sub) -> Finding:
     """B7: FGSM must not break samples the run's attacks left robust."""
-    fgsm = attack_robust(ctx, sub, f"pgd1:alpha={sub.eps!r},random_start=0")
-    run = _run_robust(ctx, rows, sub.ids, sub.eps)
-    missed = float((run & ~fgsm).mean())
+    missed = _missed(ctx, rows, sub, f"pgd1:alpha={sub.eps!r},random_start=0")
     return B7.outcome(missed > RATE_TOL, f"FGSM breaks {_pct(missed)} of {len(sub.ids)} samples the run's attacks "
                       "left robust", fgsm_only=missed)
 
 
 def black_box(ctx, rows, sub) -> Finding:
-    """B8: Square (1000 queries) must not beat the white-box attacks by more than 0.2 pt."""
-    square = attack_robust(ctx, sub, "square1000")
-    run = _run_robust(ctx, rows, sub.ids, sub.eps)
-    missed = float((run & ~square).mean())
+    """B8: Square (250 queries) must not beat the white-box attacks by more than 0.2 pt."""
+    missed = _missed(ctx, rows, sub, "square250")
     return B8.outcome(missed > SQUARE_TOL, f"Square breaks {_pct(missed)} of {len(sub.ids)} samples the white-box "
                       "attacks left robust", square_only=missed)
 
@@ -184,10 +191,10 @@ def incomplete(ctx, rows, sub) -> Finding:
     steps, eps = max(spec.steps, 10), sub.eps
     x, y = sub.x.to(ctx.device), sub.y.to(ctx.device)
     start = uniform_start(x, eps, torch.Generator().manual_seed(ctx.seed))
-    options = dict(eps=eps, step_size=2.5 * eps / steps, start=start, keep_best=False, early_stop=False, loss="ce")
+    options = dict(eps=eps, step_size=2.5 * eps / steps, start=start, keep_best=True, early_stop=False, loss="ce")
     late, final = (pgd(ctx.model, x, y, steps=s, **options) for s in (math.ceil(0.9 * steps), steps))
-    alive = ~final.success
-    rising = float(((final.loss - late.loss) > 1e-3 * late.loss.abs().clamp_min(1e-3))[alive].float().mean()) \
+    alive = ~final.success  # best-so-far loss: did the last 10% of the steps still raise it by over 1%?
+    rising = float(((final.loss - late.loss) > RISE_TOL * late.loss.abs().clamp_min(1e-3))[alive].float().mean()) \
         if alive.any() else 0.0
     return B14.outcome(rising > 0.5, f"loss still rising over the last 10% of {steps} steps on "
                        f"{_pct(rising)} of the unbroken samples", rising=rising, steps=steps)
