@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(check)
     check.add_argument("--attack", default="pgd20", help="attack spec(s) the run-time checks use")
     check.add_argument("--eps", default="4/255", help="L∞ budget(s) in [0,1] pixel units")
-    check.add_argument("--n", type=int, default=64, help="seeded subset of N test samples")
+    check.add_argument("--n", type=int, default=32, help="seeded subset of N test samples")
     check.add_argument("--checkpoint", default=None, help="a checkpoint written by `robustmed train`")
     check.add_argument("--model-file", default=None, help="FILE.py:FACTORY returning your own nn.Module")
     check.add_argument("--checks", default="full", choices=["cheap", "full"])

@@ -24,7 +24,34 @@ def print_bench(report) -> None:
                       _pct(s["robust_accuracy"]), _ci(s["robust_ci"]), f"{s['attack_time_s']:.1f} s")
     console = Console()
     console.print(table)
+    print_findings(m.get("findings", []), console, fired_only=True)
     console.print(f"rows: {report.run_dir / 'rows.parquet'}  (wall time {m['wall_time_s']:.1f} s)")
+
+
+_STYLE = {"ERROR": "bold red", "FLAG": "yellow", "INFO": "cyan"}
+
+
+def findings_table(findings: list[dict], fired_only: bool = False) -> Table:
+    """Checks as a table: ID, severity, status and the one-line reason (evaluation spec §4)."""
+    table = Table(title="checks", title_justify="left")
+    for column in ("id", "severity", "status", "reason"):
+        table.add_column(column, overflow="fold")
+    for f in findings:
+        if f["fired"] or not fired_only:
+            status = f"[{_STYLE[f['severity']]}]fired[/]" if f["fired"] else "ok"
+            table.add_row(f["id"], f["severity"], status, f["reason"])
+    return table
+
+
+def print_findings(findings: list[dict], console: Console | None = None, fired_only: bool = False) -> None:
+    """The fired checks under the bench table (all of them for `robustmed check`), then the verdict."""
+    console = console or Console()
+    fired = [f for f in findings if f["fired"]]
+    if fired or not fired_only:
+        console.print(findings_table(findings, fired_only))
+    flagged = [f["id"] for f in fired if f["severity"] in ("ERROR", "FLAG")]
+    verdict = f"[yellow]potentially unreliable[/] ({', '.join(flagged)})" if flagged else "no check flagged the result"
+    console.print(f"{len(findings)} checks run: {verdict}")
 
 
 def registry_listing(what: str) -> list[dict]:
