@@ -127,12 +127,12 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
     return score(forward, x_adv, y, stage_of)
 
 
-for _name, _stages, _description, _defaults in (
-    ("aa", standard_stages, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (adapted to C, check A7)", {}),
-    ("aa-rand", rand_stages, "AutoAttack rand: APGD-CE + APGD-DLR (margin for C=2) with EOT 20", {"eot": 20}),
+for _name, _stages, _description, _defaults, _amp in (  # FAB's constants overflow fp16: standard AA stays fp32
+    ("aa", standard_stages, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (adapted to C, check A7)", {}, False),
+    ("aa-rand", rand_stages, "AutoAttack rand: APGD-CE + APGD-DLR (margin for C=2) with EOT 20", {"eot": 20}, True),
 ):
     FAMILIES.register(_name, AttackFamily(
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
-        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages),
+        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages), amp=_amp,
     ))

@@ -56,12 +56,22 @@ class AttackSpec:
     impl: str = "robustmed"
     version: str = SPEC_VERSION
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # Fields added after version 2 are stored only when set, so earlier specs keep their digests.
+    sweep: tuple[int, ...] = ()  # iteration sweep: rows for each k from one fixed-α run of ``steps``
+    derived_from: str = ""  # "name#digest" of the long run a sweep row was read from
+    eps_mode: str = ""  # multi-ε runs: "sweep" (ascending, warm-started) or "independent"
+    amp: str = ""  # "" fp32; "auto" (resolved per device), "bf16" or "fp16": autocast during the attack
 
     def step_size(self, eps: float) -> float:
         return self.alpha if self.alpha is not None else FAMILIES.get(self.family).alpha(eps, self.steps)
 
     def expanded(self, eps: float) -> dict:
         spec = asdict(self)
+        for key, default in _LATER_DEFAULTS.items():
+            if spec[key] == default:
+                del spec[key]
+        if "sweep" in spec:
+            spec["sweep"] = list(spec["sweep"])
         spec.update(eps=eps, alpha=self.step_size(eps))
         return spec
 
@@ -70,6 +80,9 @@ class AttackSpec:
 
     def digest(self, eps: float) -> str:
         return hashlib.sha256(self.to_json(eps).encode()).hexdigest()[:16]
+
+
+_LATER_DEFAULTS = {"sweep": (), "derived_from": "", "eps_mode": "", "amp": ""}
 
 
 @dataclass
@@ -82,6 +95,7 @@ class AttackResult:
     loss: torch.Tensor  # loss at x_adv (N,)
     adv_pred: torch.Tensor  # prediction at x_adv (N,)
     forward_backward: int = 0  # sample-level forward+backward passes spent (cost accounting)
+    snapshots: dict = field(default_factory=dict)  # iteration sweep: {k: AttackResult after k steps}
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,10 @@ class AttackFamily:
     randomized_eot: int = 1  # EOT samples used on randomized models when the user gave no ``eot=``
     restartable: bool = False  # runs ``restarts`` > 1 from further seeded random starts
     adapt: Callable[[AttackSpec, int], AttackSpec] | None = None  # per class count (check A7)
+    prefix_sweep: bool = False  # fixed-step loop: its first k iterates are the k-step attack (``sweep=``)
+    warm_start: bool = False  # takes ``start`` as its initial perturbation (ε sweep warm starts)
+    mapping_inputs: bool = False  # accepts a mapping of named inputs and a ``threat`` model
+    amp: bool = True  # may run under autocast (FAB's constants overflow fp16: the AA cascade stays fp32)
 
 
 FAMILIES: Registry[AttackFamily] = Registry("attack")
@@ -119,13 +137,35 @@ def _loss(value: str) -> str:
     return value
 
 
+def _sweep(value: str) -> tuple[int, ...]:
+    steps = sorted({int(part) for part in value.split("+") if part.strip()})
+    if not steps or steps[0] < 1:
+        raise ValueError(value)
+    return tuple(steps)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(value)
+        return value
+    return parse
+
+
+def _amp(value: str) -> str:
+    value = {"1": "auto", "true": "auto", "yes": "auto", "0": "", "false": "", "no": ""}.get(value, value)
+    return _choice("", "auto", "bf16", "fp16")(value)
+
+
 PROTOCOLS = ("adaptive", "paper")
 LOSS_NAMES = ("ce", "margin")
+EPS_MODES = ("sweep", "independent")
 _OPTION_TYPES = {"alpha": parse_number, "restarts": int, "eot": int, "draws": int, "protocol": _protocol,
                  "loss": _loss, "momentum": float,
                  "random_start": lambda v: v.lower() in ("1", "true", "yes"),
                  "keep_best": lambda v: v.lower() in ("1", "true", "yes"),
-                 "early_stop": lambda v: v.lower() in ("1", "true", "yes")}
+                 "early_stop": lambda v: v.lower() in ("1", "true", "yes"),
+                 "sweep": _sweep, "eps_mode": _choice(*EPS_MODES), "amp": _amp}
 
 
 def parse_attack(text: str) -> AttackSpec:
@@ -157,4 +197,17 @@ def parse_attack(text: str) -> AttackSpec:
                         "and random_start=1")
     if spec.eot < 0 or spec.draws < 0 or spec.restarts < 1:
         raise UserError(f"attack {text!r}: eot and draws must be ≥ 1 (or left out), restarts ≥ 1")
-    return spec
+    return _check_sweep_and_amp(spec, family, text)
+
+
+def _check_sweep_and_amp(spec: AttackSpec, family: AttackFamily, text: str) -> AttackSpec:
+    """An iteration sweep needs a fixed-step loop, one start and k ≤ steps; its long run's row always comes."""
+    if spec.amp and not family.amp:
+        raise UserError(f"attack {text!r}: amp is not available for {family.name} (it stays fp32)")
+    if not spec.sweep:
+        return spec
+    if not family.prefix_sweep or spec.restarts > 1:
+        raise UserError(f"attack {text!r}: sweep= needs a fixed-step loop (pgd, bim, mim) without restarts")
+    if spec.sweep[-1] > spec.steps:
+        raise UserError(f"attack {text!r}: sweep steps must not exceed the run's {spec.steps} steps")
+    return replace(spec, sweep=tuple(sorted({*spec.sweep, spec.steps})))

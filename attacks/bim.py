@@ -19,4 +19,7 @@ FAMILIES.register("bim", AttackFamily(
     defaults={"random_start": False},
     randomized_eot=20,
     restartable=True,
+    prefix_sweep=True,
+    warm_start=True,
+    mapping_inputs=True,
 ))

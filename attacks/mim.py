@@ -22,4 +22,7 @@ FAMILIES.register("mim", AttackFamily(
     defaults={"random_start": False, "momentum": 1.0},
     randomized_eot=20,
     restartable=True,
+    prefix_sweep=True,
+    warm_start=True,
+    mapping_inputs=True,
 ))

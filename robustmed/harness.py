@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from robustmed.attacks import FAMILIES, AttackSpec, parse_attack
+from robustmed.attacks.amp import autocast_forward, resolve_amp
+from robustmed.attacks.threat import ThreatModel
+from robustmed.errors import UserError
 from robustmed.progress import progress_bar
 from robustmed.randomness import is_randomized, seed_model
 from robustmed.stats import wilson
+from robustmed.tensors import Inputs, take, to_device
 
 BUDGET_TOL = 1e-6
 DEFAULT_DRAWS = 10  # R of defenses.md §3.3: inference draws judging a randomized model
@@ -35,12 +39,24 @@ def sample_seed(seed: int, sample_id: int, digest: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}:{digest}".encode()).digest()[:8], "little") >> 1
 
 
-def seeded_starts(x: torch.Tensor, sample_ids: Sequence[int], eps: float, seed: int, digest: str) -> torch.Tensor:
-    """Uniform random starts in the ε-ball, one generator per sample."""
-    starts = torch.empty_like(x, device="cpu")
+def seeded_starts(x: Inputs, sample_ids: Sequence[int], eps, seed: int, digest: str) -> Inputs:
+    """Uniform random starts in the ε-ball, one generator per sample.
+
+    For a mapping of inputs ``eps`` maps each name to its budget (0: frozen, start 0); the
+    inputs draw in that order from the sample's one generator.
+    """
+    if not isinstance(x, Mapping):
+        return _mapping_starts({"x": x}, sample_ids, {"x": eps}, seed, digest)["x"]
+    return _mapping_starts(x, sample_ids, eps, seed, digest)
+
+
+def _mapping_starts(x, sample_ids, budgets: dict, seed, digest) -> dict:
+    starts = {name: torch.zeros_like(x[name], device="cpu") for name in budgets}
     for row, sid in enumerate(sample_ids):
         gen = torch.Generator().manual_seed(sample_seed(seed, int(sid), digest))
-        starts[row] = torch.rand(x.shape[1:], generator=gen).mul_(2 * eps).sub_(eps)
+        for name, eps in budgets.items():
+            if eps:
+                starts[name][row] = torch.rand(x[name].shape[1:], generator=gen).mul_(2 * eps).sub_(eps)
     return starts
 
 
@@ -52,16 +68,28 @@ def select_subset(total: int, n: int | None, seed: int) -> np.ndarray:
     return np.sort(order[:n])
 
 
-def check_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> float:
-    """B1: ‖x_adv − x‖∞ ≤ ε, x_adv ∈ [0, 1], no NaN — on every run. Returns the largest norm."""
+def check_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds: tuple[float, float] = (0.0, 1.0)) -> float:
+    """B1: ‖x_adv − x‖∞ ≤ ε, x_adv within the bounds ([0, 1]), no NaN — on every run. Returns the largest norm."""
     if not torch.isfinite(x_adv).all():
         raise InvariantError("B1: adversarial examples contain NaN or inf")
-    if x_adv.min() < 0 or x_adv.max() > 1:
-        raise InvariantError(f"B1: adversarial examples leave [0, 1] (min {x_adv.min():.4g}, max {x_adv.max():.4g})")
+    low, high = bounds
+    if len(x_adv) and (x_adv.min() < low or x_adv.max() > high):
+        raise InvariantError(f"B1: adversarial examples leave [{low:g}, {high:g}] "
+                             f"(min {x_adv.min():.4g}, max {x_adv.max():.4g})")
     norm = (x_adv - x).abs().amax().item() if len(x) else 0.0
     if norm > eps * (1 + BUDGET_TOL) + BUDGET_TOL:
         raise InvariantError(f"B1: ‖δ‖∞ = {norm:.6g} exceeds ε = {eps:.6g}")
     return norm
+
+
+def check_threat_budget(x_adv: Mapping, x: Mapping, threat: ThreatModel, eps: float) -> None:
+    """B1 per input: each attacked input within its own ball and bounds; frozen inputs bit-identical."""
+    for name, budget in threat.budgets(eps).items():
+        if not threat.inputs[name].attackable:
+            if not torch.equal(x_adv[name], x[name]):
+                raise InvariantError(f"B1: frozen input {name!r} was changed by the attack")
+            continue
+        check_budget(x_adv[name], x[name], budget, threat.inputs[name].bounds)
 
 
 def resolve_spec(spec: AttackSpec, *, randomized: bool, num_classes: int) -> AttackSpec:
@@ -79,6 +107,21 @@ def resolve_spec(spec: AttackSpec, *, randomized: bool, num_classes: int) -> Att
                    early_stop=spec.early_stop and not adaptive,
                    extra={**spec.extra, "randomized": randomized, "num_classes": num_classes})
     return family.adapt(spec, num_classes) if family.adapt else spec
+
+
+def resolve_eps_mode(spec: AttackSpec, n_eps: int) -> AttackSpec:
+    """Multi-ε runs default to the ε sweep (stored as ``eps_mode``); one ε stores no mode.
+
+    An iteration sweep (``sweep=``) runs each ε independently: its k-step rows need cold starts.
+    """
+    if n_eps < 2:
+        return replace(spec, eps_mode="")
+    if spec.sweep:
+        if spec.eps_mode == "sweep":
+            raise UserError(f"attack {spec.name!r}: an iteration sweep runs every ε independently "
+                            "(eps_mode=sweep would warm-start it)")
+        return replace(spec, eps_mode="independent")
+    return replace(spec, eps_mode=spec.eps_mode or "sweep")
 
 
 @torch.no_grad()
@@ -102,101 +145,279 @@ def clean_pass(model, x, y, batch_size: int, device) -> tuple[torch.Tensor, torc
 def clean_draws(model, x, y, batch_size: int, device, draws: int):
     """(prediction, loss, correct draws) per sample; a majority vote and mean loss when draws > 1."""
     preds, losses, correct = [], [], []
-    for start in range(0, len(x), batch_size):
+    for start in range(0, len(y), batch_size):
         labels = y[start:start + batch_size].to(device)
-        hits, pred, loss = judge_draws(model, x[start:start + batch_size].to(device), labels, draws)
+        chunk = to_device(take(x, slice(start, start + batch_size)), device)
+        hits, pred, loss = judge_draws(model, chunk, labels, draws)
         preds.append(pred.cpu()), losses.append(loss.cpu()), correct.append(hits.cpu())
     return torch.cat(preds), torch.cat(losses), torch.cat(correct)
 
 
-def _starts(spec: AttackSpec, x, ids, eps, seed, digest) -> torch.Tensor:
+def _stack(starts: list) -> Inputs:
+    if isinstance(starts[0], Mapping):
+        return {name: torch.stack([s[name] for s in starts]) for name in starts[0]}
+    return torch.stack(starts)
+
+
+def _starts(spec: AttackSpec, x, ids, eps, seed, digest, threat: ThreatModel | None = None) -> Inputs:
     """Seeded starts; one per restart (stacked) when the spec has several."""
     if not spec.random_start:
-        return torch.zeros_like(x)
+        return {k: torch.zeros_like(v) for k, v in x.items()} if isinstance(x, Mapping) else torch.zeros_like(x)
+    budget = threat.budgets(eps) if threat is not None else eps
     if spec.restarts == 1:
-        return seeded_starts(x, ids, eps, seed, digest)
-    return torch.stack([seeded_starts(x, ids, eps, seed, digest if r == 0 else f"{digest}/restart{r}")
-                        for r in range(spec.restarts)])
+        return seeded_starts(x, ids, budget, seed, digest)
+    return _stack([seeded_starts(x, ids, budget, seed, digest if r == 0 else f"{digest}/restart{r}")
+                   for r in range(spec.restarts)])
 
 
-def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device):
-    """Attack one chunk and judge it: B1 always; B2 on deterministic models, R draws (C2) otherwise.
+def _warm(start: Inputs, previous: Inputs, x: Inputs, eps: float, threat: ThreatModel | None) -> Inputs:
+    """The previous ε's example, projected into the new ball: it replaces the (first) start."""
+    if isinstance(x, Mapping):
+        budgets = threat.budgets(eps)
+        delta = {n: torch.clamp(previous[n] - x[n], -budgets[n], budgets[n]) for n in x}
+        return {n: _replace_first(start[n], delta[n], x[n]) for n in x}
+    return _replace_first(start, torch.clamp(previous - x, -eps, eps), x)
 
-    Returns the attack result (success/adv_pred/loss replaced by the R-draw judgement when
-    randomized), the per-sample ‖δ‖∞, and the correct-draw counts.
+
+def _replace_first(start: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if start.ndim == x.ndim + 1:  # restarts: the warm start is the first
+        return torch.cat([delta[None], start[1:]])
+    return delta
+
+
+@dataclass
+class Outcome:
+    """Per-sample state of one (attack, ε) over all N samples; the ε sweep carries it to the next ε."""
+
+    adv_pred: torch.Tensor
+    success: torch.Tensor
+    first: torch.Tensor
+    loss: torch.Tensor
+    linf: torch.Tensor
+    hits: torch.Tensor
+    source_eps: torch.Tensor
+    x_adv: Inputs
+    norms: dict = field(default_factory=dict)
+
+    @classmethod
+    def clean(cls, x, clean_pred, clean_loss, correct, eps: float, names=()) -> "Outcome":
+        n = len(correct)
+        return cls(clean_pred.clone(), ~correct, torch.where(correct, -1, 0), clean_loss.clone(), torch.zeros(n),
+                   torch.zeros(n, dtype=torch.long), torch.full((n,), eps, dtype=torch.float64),
+                   {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone(),
+                   {name: torch.zeros(n) for name in names})
+
+    def copy_from(self, other: "Outcome", rows: torch.Tensor) -> None:
+        """Rows broken at a smaller ε stay broken (nested balls): their example and judgement carry over."""
+        for key in ("adv_pred", "success", "first", "loss", "linf", "hits", "source_eps"):
+            getattr(self, key)[rows] = getattr(other, key)[rows]
+        for name in self.norms:
+            self.norms[name][rows] = other.norms[name][rows]
+        _put(self.x_adv, rows, take(other.x_adv, rows))
+
+
+def _put(target: Inputs, rows, values: Inputs) -> None:
+    if isinstance(target, Mapping):
+        for name in target:
+            target[name][rows] = values[name]
+    else:
+        target[rows] = values
+
+
+def _norms(x_adv: Inputs, x: Inputs) -> tuple[torch.Tensor, dict]:
+    """Per-sample ‖δ‖∞ (largest over inputs) and, for mappings, per input."""
+    if not isinstance(x, Mapping):
+        return (x_adv - x).abs().flatten(1).amax(1), {}
+    per_input = {n: (x_adv[n] - x[n]).abs().flatten(1).amax(1) for n in x}
+    return torch.stack(list(per_input.values())).amax(0), per_input
+
+
+def _judge(model, spec: AttackSpec, result, x, labels, eps, threat):
+    """B1 always; B2 on deterministic models (with the attack's own forward), R draws (C2) otherwise.
+
+    Under AMP the attack's predictions are re-verified with its autocast forward, then every
+    example is judged in float32, the deployed precision. Returns (result, hits).
+    """
+    x_adv = {k: v.detach() for k, v in result.x_adv.items()} if isinstance(x, Mapping) else result.x_adv.detach()
+    if threat is not None:
+        check_threat_budget(x_adv, x, threat, eps)
+    else:
+        check_budget(x_adv, x, eps)
+    result.x_adv = x_adv
+    if spec.extra.get("randomized"):  # B2 is only a FLAG here; C2 decides over R fresh draws
+        hits, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, spec.draws)
+        result.success = hits < spec.draws
+        return result, hits
+    with torch.no_grad():  # B2: a fresh forward pass on the returned examples must agree
+        verified = autocast_forward(model, spec.amp, labels.device)(x_adv).argmax(1)
+    if not torch.equal(verified, result.adv_pred):
+        raise InvariantError("B2: re-scoring the adversarial examples disagrees with the attack's own predictions")
+    if spec.amp:
+        _, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, 1)
+        result.success = result.adv_pred != labels
+        result.first_success = torch.where(result.success, result.first_success, -1)
+    return result, (~result.success).long() * spec.draws
+
+
+def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None):
+    """Attack one chunk and judge it (every sweep step's snapshot too).
+
+    Returns ``{steps: (result, hits)}``: the run's own steps, plus each k of an iteration sweep.
+    ``warm`` (ε sweep) is the previous ε's example, replacing the first start.
     """
     digest = spec.digest(eps)
     family = FAMILIES.get(spec.family)
     chunk_seed = sample_seed(seed, int(ids[0]), digest)
     if spec.extra.get("randomized"):
         seed_model(model, chunk_seed)
-    start = _starts(spec, x, ids, eps, seed, digest)
-    result = family.run(model, x.to(device), y.to(device), spec=spec, eps=eps, start=start.to(device),
-                        seed=chunk_seed)
-    x_adv = result.x_adv.detach()
-    check_budget(x_adv, x.to(device), eps)
-    labels = y.to(device)
-    if spec.extra.get("randomized"):  # B2 is only a FLAG here; C2 decides over R fresh draws
-        hits, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, spec.draws)
-        result.success = hits < spec.draws
-    else:
-        with torch.no_grad():  # B2: a fresh forward pass on the returned examples must agree
-            verified = model(x_adv).argmax(1)
-        if not torch.equal(verified, result.adv_pred):
-            raise InvariantError("B2: re-scoring the adversarial examples disagrees with the attack's own predictions")
-        hits = (~result.success).long() * spec.draws
-    return result, (x_adv.cpu() - x).abs().flatten(1).amax(1), hits.cpu()
+    start = _starts(spec, x, ids, eps, seed, digest, threat)
+    if warm is not None and family.warm_start:
+        start = _warm(start, warm, x, eps, threat)
+    x_dev, labels = to_device(x, device), y.to(device)
+    forward = autocast_forward(model, spec.amp, device)
+    options = {"threat": threat} if threat is not None else {}
+    result = family.run(forward, x_dev, labels, spec=spec, eps=eps, start=to_device(start, device), seed=chunk_seed,
+                        **options)
+    outcomes = {k: snapshot for k, snapshot in result.snapshots.items()} or {spec.steps: result}
+    outcomes[spec.steps] = result
+    return {k: _judge(model, spec, r, x_dev, labels, eps, threat) for k, r in sorted(outcomes.items())}
+
+
+def sweep_spec(spec: AttackSpec, k: int, eps: float) -> AttackSpec:
+    """The stored spec of an iteration-sweep row: k steps at the long run's fixed α, derived from it."""
+    if k == spec.steps:
+        return spec
+    return replace(spec, name=f"{spec.family}{k}@{spec.name}", steps=k, alpha=spec.step_size(eps),
+                   alpha_rule=f"fixed: the α of {spec.name}", sweep=(), derived_from=f"{spec.name}#{spec.digest(eps)}")
+
+
+def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, threat, carried, tick):
+    """Every outcome of one attack at one ε: ``{steps: Outcome}`` (one per sweep k).
+
+    ``carried`` (ε sweep): the previous ε's outcome; only samples it left correct in some draw
+    are attacked, warm-started from its examples, and the rest carry its judgement over.
+    """
+    names = list(threat.inputs) if threat is not None else []
+    outcomes = {k: Outcome.clean(x, clean.pred, clean.loss, clean.correct, eps, names) for k in spec.sweep or
+                (spec.steps,)}
+    todo_mask = clean.attackable if carried is None else clean.attackable & (carried.hits > 0)
+    if carried is not None:
+        done = torch.nonzero(clean.attackable & ~todo_mask).flatten()
+        for outcome in outcomes.values():
+            outcome.copy_from(carried, done)
+    for chunk in torch.nonzero(todo_mask).flatten().split(batch_size):
+        warm = None if carried is None else take(carried.x_adv, chunk)
+        judged = _run_attack(model, spec, take(x, chunk), y[chunk], ids[chunk.numpy()], eps, seed, device,
+                             threat, warm)
+        for k, (result, hits) in judged.items():
+            _store(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps)
+        tick(len(chunk))
+    return outcomes
+
+
+def _store(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps) -> None:
+    linf, per_input = _norms(to_device(result.x_adv, "cpu"), x_chunk)
+    outcome.adv_pred[chunk], outcome.success[chunk] = result.adv_pred.cpu(), result.success.cpu() | ~correct
+    outcome.first[chunk], outcome.loss[chunk], outcome.linf[chunk] = result.first_success.cpu(), result.loss.cpu(), linf
+    outcome.hits[chunk], outcome.source_eps[chunk] = hits.cpu(), eps
+    for name, norm in per_input.items():
+        outcome.norms[name][chunk] = norm
+    _put(outcome.x_adv, chunk, to_device(result.x_adv, "cpu"))
+
+
+@dataclass
+class _Clean:
+    pred: torch.Tensor
+    loss: torch.Tensor
+    hits: torch.Tensor
+    correct: torch.Tensor
+    attackable: torch.Tensor
+
+
+def _frame(spec: AttackSpec, eps: float, outcome: Outcome, clean: _Clean, y, sample_ids, seed, threat,
+           seconds: float) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "sample_id": sample_ids, "label": y.numpy(), "clean_pred": clean.pred.numpy(),
+        "clean_correct": clean.correct.numpy(), "adv_pred": outcome.adv_pred.numpy(), "success": outcome.success.numpy(),
+        "robust": (clean.correct & ~outcome.success).numpy(), "first_success_step": outcome.first.numpy(),
+        "final_loss": outcome.loss.numpy(), "linf": outcome.linf.numpy(), "eps": eps,
+        "attack": spec.name if threat is None else f"{spec.name}[{threat.name}]",
+        "spec": spec.to_json(eps), "spec_hash": spec.digest(eps), "seed": seed,
+        "clean_correct_draws": clean.hits.numpy(), "correct_draws": outcome.hits.numpy(),
+        "draws": spec.draws, "protocol": spec.protocol, "source_eps": outcome.source_eps.numpy(),
+        "attack_time_s": seconds,
+    })
+    if threat is not None:
+        frame.insert(frame.columns.get_loc("linf") + 1, "threat", threat.name)
+        for name, budget in threat.budgets(eps).items():
+            frame[f"linf_{name}"], frame[f"eps_{name}"] = outcome.norms[name].numpy(), budget
+    return frame
+
+
+def _threats(x, threat) -> list:
+    if not isinstance(x, Mapping):
+        if threat is not None:
+            raise UserError("a threat model needs a mapping of named inputs")
+        return [None]
+    if threat is None:
+        return [ThreatModel.joint(list(x))]
+    return [threat] if isinstance(threat, ThreatModel) else list(threat)
+
+
+def _prepare_spec(spec: AttackSpec, threat, n_eps: int, device) -> AttackSpec:
+    family = FAMILIES.get(spec.family)
+    if threat is not None and not family.mapping_inputs:
+        raise UserError(f"attack {spec.name!r} takes a single tensor; multi-input models: pgd, bim, mim")
+    spec = resolve_amp(resolve_eps_mode(spec, n_eps), device)
+    if threat is not None:
+        spec = replace(spec, extra={**spec.extra, "threat": threat.to_json()})
+    return spec
 
 
 def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: Sequence[float], *, seed: int = 0,
                 batch_size: int = 256, device="cpu", progress: bool = False,
-                randomized: bool = False) -> pd.DataFrame:
+                randomized: bool = False, threat: ThreatModel | Sequence[ThreatModel] | None = None) -> pd.DataFrame:
     """Per-sample rows for every attack × ε; only clean-correct samples are attacked.
 
     ``randomized`` declares the model randomized (the defense registry's flag); randomness is
     also detected. A randomized model's clean pass and attacks are judged over R draws:
     ``clean_correct``/``robust`` mean correct in every draw, ``correct_draws``/``draws`` give the
     expected accuracy; samples correct in at least one clean draw are attacked.
+
+    ``x`` may be a mapping of named inputs; ``threat`` then gives one threat model or several
+    (e.g. :func:`robustmed.attacks.threat.modality_threats`: joint and each input alone, check F4),
+    default: every input attacked within the run's ε. Several ε run as an ascending sweep unless
+    a spec says ``eps_mode=independent`` (``source_eps``: where each row's example was found).
     """
     model.eval()
     randomized = bool(randomized or is_randomized(model))
     sample_ids = np.asarray(sample_ids)
+    eps_list = sorted(eps_list)
     if randomized:
         seed_model(model, seed)
     with torch.no_grad():
-        num_classes = model(x[:1].to(device)).shape[-1]
+        num_classes = model(to_device(take(x, slice(0, 1)), device)).shape[-1]
     specs = [resolve_spec(s, randomized=randomized, num_classes=num_classes) for s in specs]
     n_clean = max(s.draws for s in specs) if randomized else 1
-    clean_pred, clean_loss, clean_hits = clean_draws(model, x, y, batch_size, device, n_clean)
-    correct, attackable = clean_hits == n_clean, clean_hits > 0
+    pred, loss, hits = clean_draws(model, x, y, batch_size, device, n_clean)
+    clean = _Clean(pred, loss, hits, hits == n_clean, hits > 0)
+    threats = _threats(x, threat)
     frames = []
     with progress_bar(progress) as bar:
-        total = len(specs) * len(eps_list) * int(attackable.sum())
-        task = bar.add_task("attack", total=total)
-        for spec in specs:
+        task = bar.add_task("attack", total=len(specs) * len(threats) * len(eps_list) * int(clean.attackable.sum()))
+        for spec, threat_model in ((s, t) for s in specs for t in threats):
+            spec = _prepare_spec(spec, threat_model, len(eps_list), device)
+            carried = None
             for eps in eps_list:
                 bar.update(task, description=f"{spec.name} ε={eps:.4g}")
                 started = time.perf_counter()
-                adv_pred, success, first = clean_pred.clone(), ~correct, torch.where(correct, -1, 0)
-                loss, linf, hits = clean_loss.clone(), torch.zeros(len(x)), torch.zeros(len(x), dtype=torch.long)
-                todo = torch.nonzero(attackable).flatten()
-                for chunk in todo.split(batch_size):
-                    result, norms, chunk_hits = _run_attack(model, spec, x[chunk], y[chunk],
-                                                            sample_ids[chunk.numpy()], eps, seed, device)
-                    adv_pred[chunk], success[chunk] = result.adv_pred.cpu(), result.success.cpu() | ~correct[chunk]
-                    first[chunk], loss[chunk], linf[chunk] = result.first_success.cpu(), result.loss.cpu(), norms
-                    hits[chunk] = chunk_hits
-                    bar.advance(task, len(chunk))
-                frames.append(pd.DataFrame({
-                    "sample_id": sample_ids, "label": y.numpy(), "clean_pred": clean_pred.numpy(),
-                    "clean_correct": correct.numpy(), "adv_pred": adv_pred.numpy(), "success": success.numpy(),
-                    "robust": (correct & ~success).numpy(), "first_success_step": first.numpy(),
-                    "final_loss": loss.numpy(), "linf": linf.numpy(), "eps": eps, "attack": spec.name,
-                    "spec": spec.to_json(eps), "spec_hash": spec.digest(eps), "seed": seed,
-                    "clean_correct_draws": clean_hits.numpy(), "correct_draws": hits.numpy(),
-                    "draws": spec.draws, "protocol": spec.protocol,
-                    "attack_time_s": time.perf_counter() - started,
-                }))
+                outcomes = _attack_eps(model, spec, x, y, sample_ids, eps, clean, seed=seed, batch_size=batch_size,
+                                       device=device, threat=threat_model, carried=carried,
+                                       tick=lambda n: bar.advance(task, n))
+                seconds = time.perf_counter() - started
+                frames += [_frame(sweep_spec(spec, k, eps), eps, o, clean, y, sample_ids, seed, threat_model, seconds)
+                           for k, o in outcomes.items()]
+                carried = outcomes[spec.steps] if spec.eps_mode == "sweep" else None
     return pd.concat(frames, ignore_index=True)
 
 
@@ -229,11 +450,14 @@ def summarize(rows: pd.DataFrame) -> list[dict]:
     return out
 
 
-def benchmark(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str | Sequence[str] = "pgd100",
+def benchmark(model: torch.nn.Module, x: Inputs, y: torch.Tensor, attack: str | Sequence[str] = "pgd100",
               eps: float | Sequence[float] = 4 / 255, *, seed: int = 0, batch_size: int = 256, device="cpu",
               sample_ids: Sequence[int] | None = None, progress: bool = False,
-              randomized: bool = False) -> pd.DataFrame:
+              randomized: bool = False, threat: ThreatModel | Sequence[ThreatModel] | None = None) -> pd.DataFrame:
     """Public API: run the harness on any ``nn.Module`` (inputs in [0, 1], returns logits).
+
+    ``x`` may be a mapping of named inputs (multi-input models) with ``threat`` saying how each
+    input is attacked. Several ε run as an ascending, warm-started sweep (``eps_mode=`` in a spec).
 
     >>> rows = benchmark(model, x, y, attack="pgd10", eps=4/255)  # doctest: +SKIP
     >>> rows.robust.mean()  # doctest: +SKIP
@@ -241,7 +465,7 @@ def benchmark(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: 
     attacks = [attack] if isinstance(attack, str) else list(attack)
     eps_list = sorted({float(eps)} if isinstance(eps, (int, float)) else {float(e) for e in eps})
     specs = [parse_attack(a) for a in attacks]
-    ids = np.arange(len(x)) if sample_ids is None else np.asarray(sample_ids)
+    ids = np.arange(len(y)) if sample_ids is None else np.asarray(sample_ids)
     model = model.to(device)
     return attack_rows(model, x, y, ids, specs, eps_list, seed=seed, batch_size=batch_size, device=device,
-                       progress=progress, randomized=randomized)
+                       progress=progress, randomized=randomized, threat=threat)
