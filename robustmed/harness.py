@@ -112,14 +112,17 @@ def resolve_spec(spec: AttackSpec, *, randomized: bool, num_classes: int) -> Att
 def resolve_eps_mode(spec: AttackSpec, n_eps: int) -> AttackSpec:
     """Multi-ε runs default to the ε sweep (stored as ``eps_mode``); one ε stores no mode.
 
-    An iteration sweep (``sweep=``) runs each ε independently: its k-step rows need cold starts.
+    ``sweep``: ascending, only samples still robust at the previous ε are attacked, from the
+    same seeded starts as an independent run, so a sample robust in the sweep is robust in
+    the independent run too. ``warm``: the same, warm-started from the previous ε's example
+    (no such guarantee). An iteration sweep (``sweep=``) runs each ε independently.
     """
     if n_eps < 2:
         return replace(spec, eps_mode="")
     if spec.sweep:
-        if spec.eps_mode == "sweep":
+        if spec.eps_mode not in ("", "independent"):
             raise UserError(f"attack {spec.name!r}: an iteration sweep runs every ε independently "
-                            "(eps_mode=sweep would warm-start it)")
+                            f"(eps_mode={spec.eps_mode} would carry rows across ε)")
         return replace(spec, eps_mode="independent")
     return replace(spec, eps_mode=spec.eps_mode or "sweep")
 
@@ -265,7 +268,7 @@ def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=No
     Returns ``{steps: (result, hits)}``: the run's own steps, plus each k of an iteration sweep.
     ``warm`` (ε sweep) is the previous ε's example, replacing the first start.
     """
-    digest = spec.digest(eps)
+    digest = replace(spec, eps_mode="").digest(eps)  # the ε mode changes which samples run, not their seeds
     family = FAMILIES.get(spec.family)
     chunk_seed = sample_seed(seed, int(ids[0]), digest)
     if spec.extra.get("randomized"):
@@ -295,7 +298,7 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
     """Every outcome of one attack at one ε: ``{steps: Outcome}`` (one per sweep k).
 
     ``carried`` (ε sweep): the previous ε's outcome; only samples it left correct in some draw
-    are attacked, warm-started from its examples, and the rest carry its judgement over.
+    are attacked (``warm``: from its examples), and the rest carry its judgement over.
     """
     names = list(threat.inputs) if threat is not None else []
     outcomes = {k: Outcome.clean(x, clean.pred, clean.loss, clean.correct, eps, names) for k in spec.sweep or
@@ -306,7 +309,7 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
         for outcome in outcomes.values():
             outcome.copy_from(carried, done)
     for chunk in torch.nonzero(todo_mask).flatten().split(batch_size):
-        warm = None if carried is None else take(carried.x_adv, chunk)
+        warm = take(carried.x_adv, chunk) if carried is not None and spec.eps_mode == "warm" else None
         judged = _run_attack(model, spec, take(x, chunk), y[chunk], ids[chunk.numpy()], eps, seed, device,
                              threat, warm)
         for k, (result, hits) in judged.items():
@@ -387,7 +390,7 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
     ``x`` may be a mapping of named inputs; ``threat`` then gives one threat model or several
     (e.g. :func:`robustmed.attacks.threat.modality_threats`: joint and each input alone, check F4),
     default: every input attacked within the run's ε. Several ε run as an ascending sweep unless
-    a spec says ``eps_mode=independent`` (``source_eps``: where each row's example was found).
+    a spec says otherwise (:func:`resolve_eps_mode`; ``source_eps``: where each row's example was found).
     """
     model.eval()
     randomized = bool(randomized or is_randomized(model))
@@ -417,7 +420,7 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
                 seconds = time.perf_counter() - started
                 frames += [_frame(sweep_spec(spec, k, eps), eps, o, clean, y, sample_ids, seed, threat_model, seconds)
                            for k, o in outcomes.items()]
-                carried = outcomes[spec.steps] if spec.eps_mode == "sweep" else None
+                carried = outcomes[spec.steps] if spec.eps_mode in ("sweep", "warm") else None
     return pd.concat(frames, ignore_index=True)
 
 
@@ -457,7 +460,7 @@ def benchmark(model: torch.nn.Module, x: Inputs, y: torch.Tensor, attack: str | 
     """Public API: run the harness on any ``nn.Module`` (inputs in [0, 1], returns logits).
 
     ``x`` may be a mapping of named inputs (multi-input models) with ``threat`` saying how each
-    input is attacked. Several ε run as an ascending, warm-started sweep (``eps_mode=`` in a spec).
+    input is attacked. Several ε run as an ascending sweep (``eps_mode=`` in a spec).
 
     >>> rows = benchmark(model, x, y, attack="pgd10", eps=4/255)  # doctest: +SKIP
     >>> rows.robust.mean()  # doctest: +SKIP
