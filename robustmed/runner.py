@@ -1,22 +1,30 @@
-"""`bench` as an API: a validated config in, a stored run (rows + manifest) and a summary out."""
+"""`bench` as an API: a validated config in, a stored run (rows + manifest) and a summary out.
+
+A run has a deterministic id (a hash of the resolved config) and is computed as work units
+(:mod:`robustmed.units`) by an executor (:mod:`robustmed.executors`); rerunning the same config
+skips the units already stored and completes the run.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from robustmed import checkpoints, data as data_mod, store
+from robustmed import checkpoints, data as data_mod, store, units as units_mod
 from robustmed.attacks import parse_attack, parse_eps_list
 from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, run_preflight, unreliable
-from robustmed.checks.bpda import bpda
+from robustmed.checks.bpda import bpda, switches
 from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
+from robustmed.executors import get_executor
 from robustmed.factory import from_checkpoint, shipped_checkpoint
 from robustmed.harness import attack_rows, select_subset, summarize
 from robustmed.models.zoo import DEFAULT_MODEL, MODELS
@@ -62,12 +70,23 @@ class BenchConfig:
     out: str | None = None
     progress: bool = True
     checks: str = "cheap"  # cheap: the always-on checks; full: also the costly re-attacks of a subset
+    shard_size: int | None = None  # samples per work unit, a multiple of batch_size (default: one batch)
+    executor: str = "local"  # local | ray
+    address: str | None = None  # Ray cluster: auto | HOST:PORT (default: a local one for the run)
+    resume: str | None = None  # complete this stored run instead of the one the config hashes to
 
     def specs(self):
         return [parse_attack(a) for a in split_attacks(self.attack)]
 
     def eps_values(self) -> tuple[float, ...]:
         return parse_eps_list(self.eps)
+
+    def unit_size(self) -> int:
+        return self.shard_size or self.batch_size
+
+
+# Where and how a run is computed, never what it computes: left out of the run id and the manifest's config.
+EXECUTION = ("out", "progress", "device", "data_root", "executor", "address", "resume")
 
 
 @dataclass
@@ -107,7 +126,7 @@ def portable_path(path) -> str:
         return str(path)
 
 
-def _resolve_model(cfg: BenchConfig, device):
+def resolve_model(cfg: BenchConfig, device):
     """(model, dataset, provenance) for a shipped entry, a checkpoint file, or a user's model file."""
     if cfg.model_file:
         model, prov = load_model_file(cfg.model_file)
@@ -158,11 +177,17 @@ def refuse_on_errors(findings: list[Finding]) -> None:
                         " (`robustmed check` prints every check)")
 
 
-def run_id_for(cfg: BenchConfig, defense: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    tag = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:6]
-    safe_attack = cfg.attack.replace(",", "+").replace(":", "_").replace("=", "").replace("/", "-")
-    return f"{stamp}-{defense}-{safe_attack}-{tag}"
+def identity(cfg: BenchConfig) -> dict:
+    """The config fields that decide the rows (everything but :data:`EXECUTION`)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in EXECUTION}
+
+
+def run_id_for(cfg: BenchConfig, defense: str, checkpoint_sha256: str | None, dataset_sha256: str) -> str:
+    """``<defense>-<attacks>-<hash>``: the same config, checkpoint and data always name the same run."""
+    key = {**identity(cfg), "checkpoint_sha256": checkpoint_sha256, "dataset_sha256": dataset_sha256}
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    safe_attack = cfg.attack.replace(",", "+").replace(":", "_").replace("=", "").replace("/", "-")[:60]
+    return f"{defense}-{safe_attack}-{tag}"
 
 
 def _validate(cfg: BenchConfig):
@@ -173,13 +198,17 @@ def _validate(cfg: BenchConfig):
         raise UserError(f"--n must be positive, got {cfg.n}")
     if cfg.checks not in LEVELS:
         raise UserError(f"--checks must be one of {', '.join(LEVELS)}, got {cfg.checks!r}")
+    if cfg.batch_size < 1 or cfg.unit_size() % cfg.batch_size:
+        raise UserError(f"--shard-size must be a positive multiple of --batch-size ({cfg.batch_size}), "
+                        f"got {cfg.shard_size}")
+    get_executor(cfg.executor, cfg.address)
     return specs, eps_values
 
 
 def _prepare(cfg: BenchConfig):
     """(check context, dataset, provenance): the model loaded and the seeded subset drawn."""
     device = resolve_device(cfg.device)
-    model, dataset, prov = _resolve_model(cfg, device)
+    model, dataset, prov = resolve_model(cfg, device)
     x_all, y_all = dataset.split(cfg.split)
     _check_classes(model, x_all, dataset, device)
     ids = select_subset(len(x_all), cfg.n, cfg.seed)
@@ -212,30 +241,151 @@ def run_checks(cfg: BenchConfig) -> list[Finding]:
     return _attack_and_check(cfg, ctx, refuse=False)[1]
 
 
-def run_bench(cfg: BenchConfig) -> BenchReport:
-    specs, eps_values = _validate(cfg)
+def out_root(cfg: BenchConfig) -> Path:
+    return (Path(cfg.out) if cfg.out else store.default_root()).expanduser().resolve()
+
+
+def resumed(cfg: BenchConfig) -> BenchConfig:
+    """``cfg.resume`` names a stored run: its planned config, with this call's execution fields.
+
+    A result-deciding field set here (not left at its default) must agree with the stored one.
+    """
+    plan_file = out_root(cfg) / cfg.resume / store.PLAN_FILE
+    if not plan_file.is_file():
+        raise UserError(f"--resume {cfg.resume}: no run of that name under {out_root(cfg)} (use the same --out)")
+    stored = json.loads(plan_file.read_text())["config"]
+    defaults = BenchConfig()
+    for name, value in identity(cfg).items():
+        if value != getattr(defaults, name) and value != stored.get(name):
+            raise UserError(f"--resume {cfg.resume}: the run was started with {name}={stored.get(name)!r}, "
+                            f"not {value!r}")
+    known = {f.name for f in fields(BenchConfig)} - set(EXECUTION)
+    return replace(cfg, **{k: v for k, v in stored.items() if k in known})
+
+
+def _job_config(cfg: BenchConfig) -> dict:
+    """The config as a worker anywhere on a shared file system needs it: every path absolute."""
+    model_file = cfg.model_file
+    if model_file:
+        path, _, factory = model_file.rpartition(":")
+        model_file = f"{units_mod.absolute(path)}:{factory}"
+    dataset = cfg.dataset
+    if dataset and (dataset.endswith(".npz") or "/" in dataset):
+        dataset = units_mod.absolute(dataset)
+    return {**asdict(cfg), "checkpoint": units_mod.absolute(cfg.checkpoint), "model_file": model_file,
+            "dataset": dataset, "data_root": str(data_mod.data_root(cfg.data_root).resolve()),
+            "out": str(out_root(cfg)), "progress": False, "executor": "local", "address": None, "resume": None}
+
+
+@dataclass
+class _Run:
+    """A run between planning and completion."""
+
+    cfg: BenchConfig
+    ctx: CheckContext
+    dataset: object
+    prov: dict
+    preflight: list
+    run_dir: Path
+    units: list
+    bpda_sites: int
+
+
+def _write_plan(run: _Run) -> None:
+    """``plan.json`` on first start; on a rerun the stored plan must name the same units."""
+    plan_file = run.run_dir / store.PLAN_FILE
+    unit_ids = [u.unit_id for u in run.units]
+    if plan_file.is_file():
+        if json.loads(plan_file.read_text())["units"] != unit_ids:
+            raise UserError(f"run {run.run_dir.name} under {run.run_dir.parent} was planned with other units; "
+                            "remove it or write to another --out")
+        return
+    config = {k: v for k, v in asdict(run.cfg).items() if k not in ("out", "progress", "executor", "address",
+                                                                     "resume")}
+    store.write_json(plan_file, {"run_id": run.run_dir.name, "config": config, "units": unit_ids,
+                                 "created": datetime.now(timezone.utc).isoformat()})
+
+
+def _stored_report(cfg: BenchConfig, run_dir: Path) -> BenchReport:
+    rows, manifest = store.read_run(run_dir)
+    return BenchReport(cfg, run_dir, manifest, manifest["summary"], rows)
+
+
+def _start(cfg: BenchConfig) -> _Run | BenchReport:
+    """Validate, load, run the pre-flight checks and plan the units; a complete run is just read back."""
+    if cfg.resume:
+        cfg = resumed(cfg)
+    _validate(cfg)
     ctx, dataset, prov = _prepare(cfg)
-    ids, started = ctx.ids, time.perf_counter()
-    rows, findings, straight_through = _attack_and_check(cfg, ctx, refuse=True)
-    wall = time.perf_counter() - started
-    run_id = run_id_for(cfg, prov["defense"])
-    rows.insert(0, "run_id", run_id)
+    run_id = cfg.resume or run_id_for(cfg, prov["defense"], prov["checkpoint"].get("sha256"), dataset.sha256)
+    run_dir = out_root(cfg) / run_id
+    if (run_dir / store.MANIFEST_FILE).is_file():
+        return _stored_report(cfg, run_dir)
+    preflight = run_preflight(ctx)
+    refuse_on_errors(preflight)
+    sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
+    job = units_mod.job_for(_job_config(cfg), prov["checkpoint"].get("sha256"), ctx.randomized, sites)
+    plan = units_mod.plan(run_id, str(run_dir), split_attacks(cfg.attack), ctx.ids, cfg.unit_size(), job)
+    run = _Run(cfg, ctx, dataset, prov, preflight, run_dir, plan, sites)
+    _write_plan(run)
+    return run
+
+
+def _finish(run: _Run) -> BenchReport:
+    """Assemble the units' rows, run the post-run checks, write the manifest (the run is complete then)."""
+    cfg, ctx, prov, started = run.cfg, run.ctx, run.prov, time.perf_counter()
+    rows, unit_metas = units_mod.assemble(run.units)
+    rows.insert(0, "run_id", run.run_dir.name)
     for column in ("model", "defense", "dataset", "split"):
-        rows.insert(1, column, {"model": prov["model"], "defense": prov["defense"], "dataset": dataset.key,
+        rows.insert(1, column, {"model": prov["model"], "defense": prov["defense"], "dataset": run.dataset.key,
                                 "split": cfg.split}[column])
+    with bpda(ctx.model) if ctx.nondiff_ops else nullcontext():
+        findings = post_run(ctx, rows, run.preflight, cfg.checks)
+    if blocking(findings):
+        shutil.rmtree(run.run_dir, ignore_errors=True)  # a refused run leaves nothing behind
+        refuse_on_errors(findings)
+    ids = [int(i) for i in ctx.ids]
     summary = summarize(rows)
     manifest = {
-        "run_id": run_id, "created": datetime.now(timezone.utc).isoformat(), "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
+        "run_id": run.run_dir.name, "created": datetime.now(timezone.utc).isoformat(),
+        "config": identity(cfg) | {"device": cfg.device},
         "model": prov["model"], "defense": prov["defense"], "checkpoint": prov["checkpoint"],
-        "dataset": dataset.key, "dataset_path": dataset.path.name, "dataset_sha256": dataset.sha256,
-        "split": cfg.split, "sample_ids": [int(i) for i in ids],
-        "sample_ids_sha256": hashlib.sha256(json.dumps([int(i) for i in ids]).encode()).hexdigest(),
+        "dataset": run.dataset.key, "dataset_path": run.dataset.path.name, "dataset_sha256": run.dataset.sha256,
+        "split": cfg.split, "sample_ids": ids,
+        "sample_ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
         "attacks": {name: json.loads(spec) for name, spec in rows.groupby("attack").spec.first().items()},
-        "eps": list(eps_values),
-        "summary": summary, "wall_time_s": round(wall, 2),
+        "eps": list(cfg.eps_values()),
+        "summary": summary,
+        "wall_time_s": round(sum(m["wall_time_s"] for m in unit_metas) + time.perf_counter() - started, 2),
+        "units": [{k: m[k] for k in ("unit_id", "attack", "rows", "rows_sha256", "wall_time_s", "device")}
+                  for m in unit_metas],
+        "executor": cfg.executor, "shard_size": cfg.unit_size(),
         "checks": cfg.checks, "findings": [f.to_json() for f in findings], "unreliable": unreliable(findings),
-        "bpda_sites": straight_through,
+        "bpda_sites": run.bpda_sites,
         "git_commit": git_commit(), "packages": package_versions(), "machine": machine(ctx.device),
     }
-    run_dir = store.write_run(rows, manifest, cfg.out)
-    return BenchReport(cfg, run_dir, manifest, summary, rows)
+    store.finish_run(run.run_dir, rows, manifest)
+    return BenchReport(cfg, run.run_dir, manifest, summary, rows)
+
+
+def run_benches(cfgs: Sequence[BenchConfig]) -> list[BenchReport]:
+    """Several runs through one executor (a suite): every run is checked and planned before any unit runs.
+
+    Units already stored and verified are skipped, so rerunning a killed call completes it.
+    """
+    if len({(c.executor, c.address) for c in cfgs}) > 1:
+        raise UserError("the runs of one call share one executor")
+    started = [_start(cfg) for cfg in cfgs]
+    pending = [u for run in started if isinstance(run, _Run) for u in run.units if not u.done()]
+    if pending:
+        get_executor(cfgs[0].executor, cfgs[0].address).run(pending, cfgs[0].progress)
+    return [_finish(run) if isinstance(run, _Run) else run for run in started]
+
+
+def run_bench(cfg: BenchConfig) -> BenchReport:
+    """One run: planned as units, computed by ``cfg.executor``, completed from stored units on a rerun.
+
+    >>> report = run_bench(BenchConfig(defense="none", attack="pgd10", n=64))  # doctest: +SKIP
+    >>> report.summary[0]["robust_accuracy"]  # doctest: +SKIP
+    """
+    return run_benches([cfg])[0]

@@ -1,10 +1,13 @@
 """The results store: one directory per run, per-sample Parquet rows + a provenance manifest.
 
-A run directory is assembled under a temporary name and renamed into place, so a
-crash or a bad argument never leaves a run that a later query would read as valid.
+Every file and unit directory is written under a temporary name and renamed into place, so a
+crash or a bad argument never leaves a run (or a unit of one) that a later query would read as
+valid. A run in progress holds ``plan.json`` and ``units/<unit_id>/``; its ``manifest.json`` is
+written last, so only complete runs are ever listed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +19,9 @@ import pandas as pd
 SCHEMA_VERSION = 1
 ROWS_FILE = "rows.parquet"
 MANIFEST_FILE = "manifest.json"
+PLAN_FILE = "plan.json"
+UNITS_DIR = "units"
+UNIT_FILE = "unit.json"
 
 
 def default_root() -> Path:
@@ -61,3 +67,72 @@ def load_runs(root: str | os.PathLike) -> list[tuple[pd.DataFrame, dict]]:
         return []
     runs = [read_run(m.parent) for m in root.rglob(MANIFEST_FILE) if not any(p.startswith(".") for p in m.parts)]
     return sorted(runs, key=lambda run: run[1].get("created", ""))
+
+
+def sha256_bytes(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _staged_file(path: Path, write) -> None:
+    """``write(tmp)`` then rename onto ``path``: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    _staged_file(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str)))
+
+
+def write_unit(run_dir: str | os.PathLike, unit_id: str, rows: pd.DataFrame, meta: dict) -> Path:
+    """Write one unit's rows as ``<run_dir>/units/<unit_id>/`` with the rows' SHA-256 in ``unit.json``.
+
+    A unit that another writer completed first (a duplicate task) is kept and this copy dropped.
+    """
+    units = Path(run_dir) / UNITS_DIR
+    units.mkdir(parents=True, exist_ok=True)
+    final = units / unit_id
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=units))
+    try:
+        rows.to_parquet(staging / ROWS_FILE, index=False)
+        meta = {**meta, "unit_id": unit_id, "rows": len(rows), "rows_sha256": sha256_bytes(staging / ROWS_FILE)}
+        (staging / UNIT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        if final.exists() and read_unit(run_dir, unit_id) is None:
+            shutil.rmtree(final)  # a corrupt unit (e.g. edited by hand) is replaced
+        try:
+            os.replace(staging, final)
+        except OSError:
+            if read_unit(run_dir, unit_id) is None:
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def read_unit(run_dir: str | os.PathLike, unit_id: str) -> tuple[pd.DataFrame, dict] | None:
+    """A unit's (rows, meta) if it is complete and its rows match the recorded digest, else None."""
+    unit_dir = Path(run_dir) / UNITS_DIR / unit_id
+    try:
+        meta = json.loads((unit_dir / UNIT_FILE).read_text())
+        if meta.get("unit_id") != unit_id or sha256_bytes(unit_dir / ROWS_FILE) != meta.get("rows_sha256"):
+            return None
+        rows = pd.read_parquet(unit_dir / ROWS_FILE)
+    except (OSError, ValueError):
+        return None
+    return (rows, meta) if len(rows) == meta.get("rows") else None
+
+
+def finish_run(run_dir: str | os.PathLike, rows: pd.DataFrame, manifest: dict) -> Path:
+    """Complete a run in place: the assembled rows first, the manifest (which makes it a run) last."""
+    run_dir = Path(run_dir)
+    _staged_file(run_dir / ROWS_FILE, lambda tmp: rows.to_parquet(tmp, index=False))
+    write_json(run_dir / MANIFEST_FILE, {**manifest, "schema_version": SCHEMA_VERSION, "rows": len(rows)})
+    for leftover in (run_dir / UNITS_DIR).glob(".tmp-*"):  # staging of writers killed mid-unit
+        shutil.rmtree(leftover, ignore_errors=True)
+    return run_dir

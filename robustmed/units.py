@@ -1,0 +1,164 @@
+"""Work units (evaluation spec §7.8): (model, defense, shard of sample ids, attack spec, ε list).
+
+A run expands to units; each unit is computed anywhere the store is shared and written
+atomically with a digest of its rows, so a rerun skips the units that exist and verify.
+Seeds come from (run seed, sample id, attack spec) inside the harness, and shards are aligned
+to the batch size, so executor choice and resumption change no per-sample result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from robustmed import store
+
+CACHED_MODELS = 2  # models kept loaded per process (a worker runs many units of the same run)
+_LOADED: OrderedDict = OrderedDict()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One task: everything a worker needs, as plain data (it crosses process boundaries).
+
+    ``job`` holds the run's config with absolute paths, the checkpoint digest the run was planned
+    with, and the run-level facts the coordinator established (randomized model, BPDA sites).
+    """
+
+    run_id: str
+    run_dir: str
+    index: int
+    attack: str
+    sample_ids: tuple[int, ...]
+    job: dict
+
+    @property
+    def unit_id(self) -> str:
+        key = json.dumps([self.run_id, self.attack, self.job["config"]["eps"], list(self.sample_ids)])
+        return f"{self.index:04d}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+    @property
+    def size(self) -> int:
+        """Sample × ε pairs: the progress a unit stands for."""
+        from robustmed.attacks import parse_eps_list
+
+        return len(self.sample_ids) * len(parse_eps_list(self.job["config"]["eps"]))
+
+    def done(self) -> bool:
+        return store.read_unit(self.run_dir, self.unit_id) is not None
+
+
+def shards(sample_ids: Sequence[int], shard_size: int) -> list[tuple[int, ...]]:
+    """Consecutive slices of the run's sample list; ``shard_size`` is a multiple of the batch size."""
+    ids = [int(i) for i in sample_ids]
+    return [tuple(ids[start:start + shard_size]) for start in range(0, len(ids), shard_size)]
+
+
+def plan(run_id: str, run_dir: str, attacks: Sequence[str], sample_ids: Sequence[int], shard_size: int,
+         job: dict) -> list[Unit]:
+    """Attack-major, shard-minor: the order rows are assembled in."""
+    pieces = [(attack, shard) for attack in attacks for shard in shards(sample_ids, shard_size)]
+    return [Unit(run_id, str(run_dir), index, attack, shard, job) for index, (attack, shard) in enumerate(pieces)]
+
+
+def remember(key: str, loaded) -> None:
+    """Keep a loaded (model, x, y) for later units of the same job in this process."""
+    _LOADED[key] = loaded
+    _LOADED.move_to_end(key)
+    while len(_LOADED) > CACHED_MODELS:
+        _LOADED.popitem(last=False)
+
+
+def _job_key(job: dict, device: str) -> str:
+    return hashlib.sha256(json.dumps([job, device], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load(job: dict, device):
+    """(model, x_all, y_all) of the run's split, cached per process; the checkpoint must be the planned one."""
+    from robustmed.errors import UserError
+    from robustmed.runner import BenchConfig, resolve_model
+
+    key = _job_key(job, str(device))
+    if key not in _LOADED:
+        cfg = BenchConfig(**job["config"])
+        model, dataset, prov = resolve_model(cfg, device)
+        if prov["checkpoint"].get("sha256") != job["checkpoint_sha256"]:
+            raise UserError(f"checkpoint changed since the run was planned ({prov['checkpoint'].get('sha256')} "
+                            f"≠ {job['checkpoint_sha256']})")
+        remember(key, (model, *dataset.split(cfg.split)))
+    _LOADED.move_to_end(key)
+    return _LOADED[key]
+
+
+def compute(unit: Unit, device) -> pd.DataFrame:
+    """The unit's per-sample rows (harness output, one row per sample × ε)."""
+    import numpy as np
+
+    from robustmed.attacks import parse_attack, parse_eps_list
+    from robustmed.checks.bpda import bpda
+    from robustmed.harness import attack_rows
+
+    config = unit.job["config"]
+    model, x_all, y_all = _load(unit.job, device)
+    ids = np.asarray(unit.sample_ids)
+    with bpda(model) if unit.job["bpda"] else nullcontext():
+        return attack_rows(model, x_all[ids], y_all[ids], ids, [parse_attack(unit.attack)],
+                           parse_eps_list(config["eps"]), seed=config["seed"], batch_size=config["batch_size"],
+                           device=device, progress=False, randomized=unit.job["randomized"])
+
+
+def run(unit: Unit, device_name: str | None = None) -> dict:
+    """Compute and store one unit unless a verified copy exists; returns its ``unit.json`` content.
+
+    This is the body of every executor's task: it needs only the unit and the shared store.
+    """
+    from robustmed.provenance import git_commit, resolve_device
+
+    stored = store.read_unit(unit.run_dir, unit.unit_id)
+    if stored is not None:
+        return stored[1]
+    device = resolve_device(device_name or unit.job["config"]["device"])
+    started = time.perf_counter()
+    rows = compute(unit, device)
+    meta = {"run_id": unit.run_id, "index": unit.index, "attack": unit.attack, "sample_ids": list(unit.sample_ids),
+            "wall_time_s": round(time.perf_counter() - started, 3), "device": str(device),
+            "git_commit": git_commit()}
+    store.write_unit(unit.run_dir, unit.unit_id, rows, meta)
+    return store.read_unit(unit.run_dir, unit.unit_id)[1]
+
+
+def assemble(units: Sequence[Unit]) -> tuple[pd.DataFrame, list[dict]]:
+    """All units' rows in run order (attack, ε, sweep step, sample), each (attack, ε)'s time summed over its shards."""
+    frames, metas, times = [], [], {}
+    attack_order = {a: i for i, a in enumerate(dict.fromkeys(u.attack for u in units))}
+    for unit in units:
+        stored = store.read_unit(unit.run_dir, unit.unit_id)
+        if stored is None:
+            raise RuntimeError(f"unit {unit.unit_id} of run {unit.run_id} is missing or fails its digest")
+        rows, meta = stored
+        for eps, seconds in rows.groupby("eps", sort=False).attack_time_s.first().items():
+            times[(attack_order[unit.attack], eps)] = times.get((attack_order[unit.attack], eps), 0.0) + seconds
+        blocks = rows.groupby(["eps", "attack"], sort=False).ngroup()  # the harness's frame order, per shard
+        frames.append(rows.assign(_attack=attack_order[unit.attack], _block=blocks))
+        metas.append(meta)
+    rows = pd.concat(frames, ignore_index=True)
+    rows["attack_time_s"] = [times[key] for key in zip(rows["_attack"], rows["eps"])]
+    rows = rows.sort_values(["_attack", "_block", "sample_id"], kind="stable").drop(columns=["_attack", "_block"])
+    return rows.reset_index(drop=True), metas
+
+
+def job_for(config: dict, checkpoint_sha256: str | None, randomized: bool, bpda_sites: int) -> dict:
+    """The plain-data description of a run that every unit of it carries."""
+    return {"config": config, "checkpoint_sha256": checkpoint_sha256, "randomized": bool(randomized),
+            "bpda": bool(bpda_sites)}
+
+
+def absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
