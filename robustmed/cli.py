@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checks", default="cheap", choices=["cheap", "full"],
                        help="cheap: the always-on checks; full: also re-attack a seeded subset (B6-B15, C3, D1)")
     bench.add_argument("--suite", default=None, help="run a whole suite file (benchmarks/*.toml) instead")
+    bench.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local: in this process; ray: one Ray task per work unit (pip install 'robustmed[ray]')")
+    bench.add_argument("--address", default=None, help="Ray cluster to use: auto | HOST:PORT (default: start one)")
+    bench.add_argument("--shard-size", type=int, default=None,
+                       help="samples per work unit, a multiple of --batch-size (default: one batch)")
+    bench.add_argument("--resume", default=None, metavar="RUN_ID",
+                       help="complete a stored run (rerunning the same command does too)")
 
     train = sub.add_parser("train", help="train a registered model with a defense",
                            description="example: robustmed train --defense none --epochs 12 --out ckpt/none.pt")
@@ -122,7 +129,8 @@ def cmd_bench(args) -> int:
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
                       eps=args.eps, n=args.n, seed=args.seed, split=args.split, batch_size=args.batch_size,
                       device=args.device, out=args.out, progress=not (args.no_progress or args.json),
-                      checks=args.checks)
+                      checks=args.checks, shard_size=args.shard_size, executor=args.executor, address=args.address,
+                      resume=args.resume)
     report = run_bench(cfg)
     if args.json:
         print(json.dumps(report.to_json()))
@@ -135,7 +143,10 @@ def _bench_suite(args) -> int:
     from robustmed.report import print_bench
     from robustmed.suites import load_suite, run_suite
 
-    reports = run_suite(load_suite(args.suite), args.device, progress=not (args.no_progress or args.json))
+    if args.resume:
+        raise UserError("--resume names one run; rerun the same --suite command to complete a suite")
+    reports = run_suite(load_suite(args.suite), args.device, progress=not (args.no_progress or args.json),
+                        executor=args.executor, address=args.address)
     if args.json:
         print(json.dumps([r.to_json() for r in reports]))
     else:

@@ -133,6 +133,9 @@ def finish_run(run_dir: str | os.PathLike, rows: pd.DataFrame, manifest: dict) -
     run_dir = Path(run_dir)
     _staged_file(run_dir / ROWS_FILE, lambda tmp: rows.to_parquet(tmp, index=False))
     write_json(run_dir / MANIFEST_FILE, {**manifest, "schema_version": SCHEMA_VERSION, "rows": len(rows)})
-    for leftover in (run_dir / UNITS_DIR).glob(".tmp-*"):  # staging of writers killed mid-unit
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in [*run_dir.glob(".tmp-*"), *(run_dir / UNITS_DIR).glob(".tmp-*")]:  # from killed writers
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     return run_dir

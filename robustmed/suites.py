@@ -27,12 +27,15 @@ class Suite:
     model: str | None = None
     n: int | None = None
     seed: int = 0
+    batch_size: int = 256
+    shard_size: int | None = None  # samples per work unit (a multiple of batch_size)
     paper_protocol: bool = True  # randomized defenses also get the paper's single-draw column
     description: str = ""
     options: dict = field(default_factory=dict)
 
     def configs(self, randomized: set[str], device: str = "auto", progress: bool = True,
-                defenses: tuple[str, ...] | None = None) -> list[tuple[str, BenchConfig]]:
+                defenses: tuple[str, ...] | None = None, executor: str = "local",
+                address: str | None = None) -> list[tuple[str, BenchConfig]]:
         """(protocol, config) per defense × dataset; randomized defenses get a paper-protocol run too."""
         out = []
         for defense in defenses or self.defenses:
@@ -43,7 +46,8 @@ class Suite:
                     out.append((protocol, BenchConfig(
                         defense=defense, attack=",".join(attacks), model=self.model, dataset=dataset,
                         eps=self.eps, n=self.n, seed=self.seed, device=device, out=str(self.results),
-                        progress=progress)))
+                        progress=progress, batch_size=self.batch_size, shard_size=self.shard_size,
+                        executor=executor, address=address)))
         return out
 
 
@@ -69,6 +73,7 @@ def load_suite(path: str | Path) -> Suite:
     return Suite(name=raw["name"], path=path, results=results, defenses=tuple(raw["defenses"]),
                  datasets=tuple(raw["datasets"]), attacks=tuple(raw["attacks"]), eps=str(raw.get("eps", "4/255")),
                  model=raw.get("model"), n=raw.get("n"), seed=int(raw.get("seed", 0)),
+                 batch_size=int(raw.get("batch_size", 256)), shard_size=raw.get("shard_size"),
                  paper_protocol=bool(raw.get("paper_protocol", True)), description=raw.get("description", ""))
 
 
@@ -78,16 +83,21 @@ def randomized_defenses() -> set[str]:
     return {name for name, info in DEFENSES.items() if info.randomized}
 
 
-def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defenses: tuple[str, ...] | None = None):
-    """Run every (defense × dataset × protocol) of a suite; checkpoints are checked before any work."""
+def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defenses: tuple[str, ...] | None = None,
+              executor: str = "local", address: str | None = None):
+    """Run every (defense × dataset × protocol) of a suite; checkpoints are checked before any work.
+
+    All runs' units go to one executor together (so Ray spreads a whole suite); runs already
+    stored are read back and killed ones completed, so rerunning the command finishes a suite.
+    """
     from robustmed import data as data_mod
     from robustmed.factory import shipped_checkpoint
-    from robustmed.runner import run_bench
+    from robustmed.runner import run_benches
 
-    plan = suite.configs(randomized_defenses(), device, progress, defenses)
+    plan = suite.configs(randomized_defenses(), device, progress, defenses, executor, address)
     for _, cfg in plan:  # fail fast: a missing checkpoint or data set stops the suite before it starts
         shipped_checkpoint(cfg.defense, cfg.model, data_mod.load(cfg.dataset).key)
-    return [run_bench(cfg) for _, cfg in plan]
+    return run_benches([cfg for _, cfg in plan])
 
 
 def suite_evaluations(suite: Suite):

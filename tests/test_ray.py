@@ -1,0 +1,69 @@
+"""The Ray executor on a local 2-CPU cluster gives the local executor's per-sample rows, exactly."""
+import pandas as pd
+import pytest
+
+from robustmed import checkpoints
+from robustmed.factory import build
+from robustmed.runner import BenchConfig, run_benches
+from robustmed.suites import load_suite, run_suite
+
+ray = pytest.importorskip("ray")
+
+SUITE = """
+name = "tiny"
+results = "runs"
+defenses = ["none"]
+datasets = ["pneumoniamnist"]
+attacks = ["pgd3", "bim3"]
+n = 48
+batch_size = 16
+seed = 3
+"""
+
+
+@pytest.fixture
+def pni_checkpoint(tmp_path):
+    """An untrained randomized model (PNI): EOT, R-draw judgement and per-chunk reseeding cross processes."""
+    model = build("mail-rn18-mini", "pni", (2,))
+    path = tmp_path / "pni.pt"
+    checkpoints.save(model.state_dict(), path, {"build": {"model": "mail-rn18-mini", "defense": "pni",
+                                                          "num_classes": [2]},
+                                                "model": "mail-rn18-mini", "defense": "pni",
+                                                "dataset": "pneumoniamnist"})
+    return path
+
+
+@pytest.fixture
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _suite(root, executor):
+    suite = load_suite(_write(root / "suite.toml", SUITE))
+    return run_suite(suite, device="cpu", progress=False, executor=executor)
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _randomized(out, checkpoint, executor):
+    cfg = BenchConfig(checkpoint=str(checkpoint), attack="pgd1", n=8, batch_size=4, out=str(out), progress=False,
+                      device="cpu", executor=executor)
+    return run_benches([cfg])
+
+
+def test_ray_and_local_executors_give_identical_rows(tmp_path, data_root, pni_checkpoint, ray_cluster):
+    local = _suite(tmp_path / "local", "local") + _randomized(tmp_path / "local" / "pni", pni_checkpoint, "local")
+    remote = _suite(tmp_path / "ray", "ray") + _randomized(tmp_path / "ray" / "pni", pni_checkpoint, "ray")
+    assert [r.manifest["executor"] for r in remote] == ["ray", "ray"]
+    assert [len(r.manifest["units"]) for r in remote] == [6, 2]
+    assert remote[1].manifest["attacks"]["pgd1"]["draws"] == 10  # the randomized path really ran
+    for mine, theirs in zip(local, remote):
+        assert mine.run_dir.name == theirs.run_dir.name
+        pd.testing.assert_frame_equal(mine.rows.drop(columns="attack_time_s"),
+                                      theirs.rows.drop(columns="attack_time_s"))

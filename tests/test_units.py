@@ -1,0 +1,135 @@
+"""Work units: planning, deterministic run ids, verified unit files, skip-if-done, sharding and --resume."""
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from robustmed import store, units
+from robustmed.cli import main
+from robustmed.errors import UserError
+from robustmed.executors import get_executor
+from robustmed.runner import BenchConfig, run_bench
+
+TIMING = ["attack_time_s"]  # wall-clock seconds: the one column that may differ between two computations
+
+
+def per_sample(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop(columns=TIMING).reset_index(drop=True)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return BenchConfig(attack="pgd2,bim2", n=48, batch_size=16, out=str(tmp_path / "runs"), progress=False)
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """The units actually computed (not read back from the store), in order."""
+    done = []
+    compute = units.compute
+
+    def counting(unit, device):
+        done.append(unit.index)
+        return compute(unit, device)
+
+    monkeypatch.setattr(units, "compute", counting)
+    return done
+
+
+def test_plan_is_attack_major_with_aligned_shards():
+    plan = units.plan("r", "/d", ["pgd2", "bim2"], range(40), 16, {"config": {"eps": "4/255"}})
+    assert [(u.index, u.attack, u.sample_ids[0], len(u.sample_ids)) for u in plan] == [
+        (0, "pgd2", 0, 16), (1, "pgd2", 16, 16), (2, "pgd2", 32, 8),
+        (3, "bim2", 0, 16), (4, "bim2", 16, 16), (5, "bim2", 32, 8)]
+    assert len({u.unit_id for u in plan}) == 6
+    assert [u.unit_id for u in plan] == [u.unit_id for u in units.plan("r", "/d", ["pgd2", "bim2"], range(40), 16,
+                                                                       {"config": {"eps": "4/255"}})]
+
+
+def test_unit_files_verify_their_digest(tmp_path):
+    rows = pd.DataFrame({"sample_id": [3, 5], "robust": [True, False]})
+    store.write_unit(tmp_path, "0000-abc", rows, {"attack": "pgd2"})
+    loaded, meta = store.read_unit(tmp_path, "0000-abc")
+    pd.testing.assert_frame_equal(loaded, rows)
+    assert meta["rows"] == 2 and meta["attack"] == "pgd2"
+    (tmp_path / "units" / "0000-abc" / store.ROWS_FILE).write_bytes(b"truncated")
+    assert store.read_unit(tmp_path, "0000-abc") is None
+    store.write_unit(tmp_path, "0000-abc", rows, {"attack": "pgd2"})  # a bad unit is replaced
+    assert store.read_unit(tmp_path, "0000-abc")[1]["rows"] == 2
+    assert store.read_unit(tmp_path, "9999-missing") is None
+
+
+def test_run_id_is_a_hash_of_what_decides_the_rows(cfg, tmp_path, data_root, computed):
+    first = run_bench(cfg)
+    assert first.run_dir.name.startswith("none-pgd2+bim2-") and len(computed) == 6
+    assert [u["unit_id"] for u in first.manifest["units"]] == sorted(p.name for p in (first.run_dir / "units").iterdir())
+    again = run_bench(replace(cfg, device="cpu", progress=True))  # execution fields: same run, nothing recomputed
+    assert again.run_dir == first.run_dir and len(computed) == 6
+    pd.testing.assert_frame_equal(again.rows, first.rows)
+    other = run_bench(replace(cfg, attack="pgd2"))
+    assert other.run_dir != first.run_dir
+    assert [p.name for p in store.list_runs(cfg.out)] == sorted([first.run_dir.name, other.run_dir.name])
+
+
+def test_shards_change_no_per_sample_result(cfg, data_root):
+    """Shards of 16 vs one shard of 48 (same batch size): identical rows, in the same order."""
+    sharded = run_bench(cfg)
+    whole = run_bench(replace(cfg, shard_size=48))
+    assert len(sharded.manifest["units"]) == 6 and len(whole.manifest["units"]) == 2
+    assert whole.run_dir != sharded.run_dir
+    pd.testing.assert_frame_equal(per_sample(sharded.rows).drop(columns="run_id"),
+                                  per_sample(whole.rows).drop(columns="run_id"))
+    assert sharded.summary[0]["robust_accuracy"] == whole.summary[0]["robust_accuracy"]
+
+
+def test_missing_or_corrupt_units_are_recomputed_alone(cfg, data_root, computed):
+    full = run_bench(cfg)
+    unit_ids = [u["unit_id"] for u in full.manifest["units"]]
+    (full.run_dir / store.MANIFEST_FILE).unlink()  # as if killed before the manifest
+    (full.run_dir / "units" / unit_ids[1] / store.ROWS_FILE).write_bytes(b"garbage")
+    shutil.rmtree(full.run_dir / "units" / unit_ids[4])
+    computed.clear()
+    resumed = run_bench(cfg)
+    assert computed == [1, 4]
+    pd.testing.assert_frame_equal(per_sample(resumed.rows), per_sample(full.rows))
+
+
+def test_resume_by_run_id_uses_the_stored_config(cfg, data_root, computed, monkeypatch, capsys):
+    compute = units.compute
+
+    def dies_after_two(unit, device):
+        if unit.index == 2:
+            raise KeyboardInterrupt
+        return compute(unit, device)
+
+    monkeypatch.setattr(units, "compute", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg)
+    (run_dir,) = [p for p in Path(cfg.out).iterdir()]
+    assert not (run_dir / store.MANIFEST_FILE).exists() and store.list_runs(cfg.out) == []
+    monkeypatch.setattr(units, "compute", compute)
+    with pytest.raises(UserError, match="started with attack='pgd2,bim2', not 'pgd7'"):
+        run_bench(BenchConfig(out=cfg.out, resume=run_dir.name, attack="pgd7"))
+    with pytest.raises(UserError, match="no run of that name"):
+        run_bench(BenchConfig(out=cfg.out, resume="none-nothing-000000000000"))
+    assert main(["bench", "--resume", run_dir.name, "--out", cfg.out, "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["run_id"] == run_dir.name and report["n"] == 48 and report["attack"] == "pgd2,bim2"
+    rows, manifest = store.read_run(run_dir)
+    assert len(rows) == 96 and not rows.duplicated(["attack", "eps", "sample_id"]).any()
+    assert manifest["config"]["batch_size"] == 16 and len(manifest["units"]) == 6
+
+
+def test_bad_scale_out_options_are_user_errors(tmp_path, capsys):
+    with pytest.raises(UserError, match="multiple of --batch-size"):
+        run_bench(BenchConfig(batch_size=16, shard_size=24, out=str(tmp_path / "o")))
+    with pytest.raises(UserError, match="unknown executor 'dask'"):
+        get_executor("dask")
+    with pytest.raises(UserError, match="--address needs --executor ray"):
+        get_executor("local", "auto")
+    assert main(["bench", "--suite", "benchmarks/ci.toml", "--resume", "x"]) == 2
+    assert "rerun the same --suite command" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
