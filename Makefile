@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q pyautoattack==0.2.0 foolbox==3.3.4
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ray]'  # ray: the optional --executor ray, tested in CI
 	# Last, so no later resolver run complains: torchattacks and medmnist pin packages that
 	# would drag in a CUDA torch build (torchvision) or stale versions; their code needs
 	# nothing beyond our own dependencies.
