@@ -59,7 +59,7 @@ class AttackSpec:
     # Fields added after version 2 are stored only when set, so earlier specs keep their digests.
     sweep: tuple[int, ...] = ()  # iteration sweep: rows for each k from one fixed-α run of ``steps``
     derived_from: str = ""  # "name#digest" of the long run a sweep row was read from
-    eps_mode: str = ""  # multi-ε runs: "sweep" (ascending, still-robust only), "warm" (and warm-started), "independent"
+    eps_mode: str = ""  # multi-ε runs: "sweep" (default: ascending, still-robust only), "warm", "independent"
     amp: str = ""  # "" fp32; "auto" (resolved per device), "bf16" or "fp16": autocast during the attack
 
     def step_size(self, eps: float) -> float:

@@ -8,6 +8,7 @@ EOT and judged over R inference draws: robust only if correct in all R (check C2
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
@@ -110,12 +111,13 @@ def resolve_spec(spec: AttackSpec, *, randomized: bool, num_classes: int) -> Att
 
 
 def resolve_eps_mode(spec: AttackSpec, n_eps: int) -> AttackSpec:
-    """Multi-ε runs default to the ε sweep (stored as ``eps_mode``); one ε stores no mode.
+    """The mode of a multi-ε run, stored as ``eps_mode`` (one ε stores none); default ``sweep``.
 
     ``sweep``: ascending, only samples still robust at the previous ε are attacked, from the
-    same seeded starts as an independent run, so a sample robust in the sweep is robust in
-    the independent run too. ``warm``: the same, warm-started from the previous ε's example
-    (no such guarantee). An iteration sweep (``sweep=``) runs each ε independently.
+    same seeded starts as an independent run (:func:`seed_digest`), so where the model's
+    numerics do not depend on the batch a sample robust in the sweep is robust in the
+    independent run too. ``warm``: also warm-started from the previous ε's example (no such
+    guarantee, opt-in). An iteration sweep (``sweep=``) always runs each ε independently.
     """
     if n_eps < 2:
         return replace(spec, eps_mode="")
@@ -235,11 +237,26 @@ def _norms(x_adv: Inputs, x: Inputs) -> tuple[torch.Tensor, dict]:
     return torch.stack(list(per_input.values())).amax(0), per_input
 
 
-def _judge(model, spec: AttackSpec, result, x, labels, eps, threat):
+def seed_digest(spec: AttackSpec, eps: float) -> str:
+    """The digest seeding starts: the spec's without its ε mode (option and field), which changes
+    which samples run, never their seeds — so ``eps_mode=sweep`` reuses the independent run's starts."""
+    name = re.sub(r"(?<=[:,])eps_mode=[a-z]+,?", "", spec.name).rstrip(",:")
+    return replace(spec, name=name, eps_mode="").digest(eps)
+
+
+def _changed(x_adv: Inputs, reference: Inputs) -> torch.Tensor:
+    """Rows whose example differs from the reference's (an iteration-sweep snapshot vs the final example)."""
+    if isinstance(x_adv, Mapping):
+        return torch.stack([_changed(x_adv[n], reference[n]) for n in x_adv]).any(0)
+    return (x_adv != reference).flatten(1).any(1)
+
+
+def _judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=None):
     """B1 always; B2 on deterministic models (with the attack's own forward), R draws (C2) otherwise.
 
     Under AMP the attack's predictions are re-verified with its autocast forward, then every
-    example is judged in float32, the deployed precision. Returns (result, hits).
+    example is judged in float32, the deployed precision. ``reference`` (a judged final result)
+    spares re-scoring sweep snapshots whose example is the final one. Returns (result, hits).
     """
     x_adv = {k: v.detach() for k, v in result.x_adv.items()} if isinstance(x, Mapping) else result.x_adv.detach()
     if threat is not None:
@@ -251,9 +268,16 @@ def _judge(model, spec: AttackSpec, result, x, labels, eps, threat):
         hits, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, spec.draws)
         result.success = hits < spec.draws
         return result, hits
+    rows = torch.arange(len(labels), device=labels.device)
+    if reference is not None and not spec.amp:
+        same = ~_changed(x_adv, reference.x_adv)
+        if not torch.equal(result.adv_pred[same], reference.adv_pred[same]):
+            raise InvariantError("B2: a sweep snapshot disagrees with the final example it equals")
+        rows = rows[~same]
     with torch.no_grad():  # B2: a fresh forward pass on the returned examples must agree
-        verified = autocast_forward(model, spec.amp, labels.device)(x_adv).argmax(1)
-    if not torch.equal(verified, result.adv_pred):
+        verified = autocast_forward(model, spec.amp, labels.device)(take(x_adv, rows)).argmax(1) if len(rows) \
+            else result.adv_pred[rows]
+    if not torch.equal(verified, result.adv_pred[rows]):
         raise InvariantError("B2: re-scoring the adversarial examples disagrees with the attack's own predictions")
     if spec.amp:
         _, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, 1)
@@ -268,7 +292,7 @@ def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=No
     Returns ``{steps: (result, hits)}``: the run's own steps, plus each k of an iteration sweep.
     ``warm`` (ε sweep) is the previous ε's example, replacing the first start.
     """
-    digest = replace(spec, eps_mode="").digest(eps)  # the ε mode changes which samples run, not their seeds
+    digest = seed_digest(spec, eps)
     family = FAMILIES.get(spec.family)
     chunk_seed = sample_seed(seed, int(ids[0]), digest)
     if spec.extra.get("randomized"):
@@ -281,9 +305,11 @@ def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=No
     options = {"threat": threat} if threat is not None else {}
     result = family.run(forward, x_dev, labels, spec=spec, eps=eps, start=to_device(start, device), seed=chunk_seed,
                         **options)
-    outcomes = {k: snapshot for k, snapshot in result.snapshots.items()} or {spec.steps: result}
-    outcomes[spec.steps] = result
-    return {k: _judge(model, spec, r, x_dev, labels, eps, threat) for k, r in sorted(outcomes.items())}
+    judged = {spec.steps: _judge(model, spec, result, x_dev, labels, eps, threat)}
+    for k, snapshot in result.snapshots.items():
+        if k != spec.steps:
+            judged[k] = _judge(model, spec, snapshot, x_dev, labels, eps, threat, reference=result)
+    return judged
 
 
 def sweep_spec(spec: AttackSpec, k: int, eps: float) -> AttackSpec:
@@ -389,8 +415,8 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
 
     ``x`` may be a mapping of named inputs; ``threat`` then gives one threat model or several
     (e.g. :func:`robustmed.attacks.threat.modality_threats`: joint and each input alone, check F4),
-    default: every input attacked within the run's ε. Several ε run as an ascending sweep unless
-    a spec says otherwise (:func:`resolve_eps_mode`; ``source_eps``: where each row's example was found).
+    default: every input attacked within the run's ε. Several ε run as an ascending sweep unless a
+    spec says otherwise (:func:`resolve_eps_mode`; ``source_eps``: where each row's example was found).
     """
     model.eval()
     randomized = bool(randomized or is_randomized(model))

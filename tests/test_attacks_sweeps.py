@@ -11,7 +11,7 @@ from robustmed.attacks import parse_attack
 from robustmed.attacks.pgd import run_pgd
 from robustmed.checks.invariants import monotone
 from robustmed.errors import UserError
-from robustmed.harness import benchmark
+from robustmed.harness import benchmark, seed_digest
 
 EPS = 4 / 255
 EPS_LIST = [0.5 / 255, 1 / 255, 1.5 / 255, 2 / 255, 3 / 255, 4 / 255]
@@ -90,10 +90,12 @@ def test_eps_sweep_is_monotone_and_never_above_independent_runs(model, batch):
     independent = benchmark(model, x, y, attack="pgd10:eps_mode=independent", eps=EPS_LIST, seed=0)
     assert {json.loads(s)["eps_mode"] for s in sweep.spec} == {"sweep"}  # the multi-ε default, stored
     assert {json.loads(s)["eps_mode"] for s in independent.spec} == {"independent"}
+    assert seed_digest(parse_attack("pgd10:eps_mode=independent"), EPS) == seed_digest(parse_attack("pgd10"), EPS)
     robust = sweep.pivot_table(index="sample_id", columns="eps", values="robust", aggfunc="first").to_numpy()
     assert (robust[:, 1:] <= robust[:, :-1]).all()  # robust at a larger ε ⇒ robust at every smaller one
     assert not monotone(None, sweep).fired  # B5
-    # same seeded starts as the independent run: a sample robust in the sweep is robust there too
+    # same seeded starts as the independent run: on this model (batch-independent numerics) a sample
+    # robust in the sweep is robust there too
     assert not (sweep.robust.to_numpy() & ~independent.robust.to_numpy()).any()
     acc = sweep.groupby("eps").robust.mean().to_numpy()
     assert (acc <= independent.groupby("eps").robust.mean().to_numpy()).all()
@@ -127,3 +129,4 @@ def test_iteration_sweep_with_several_eps_runs_them_independently(model, batch):
     assert {json.loads(s)["eps_mode"] for s in rows.spec} == {"independent"}
     with pytest.raises(UserError, match="independently"):
         benchmark(model, x[:16], y[:16], attack="pgd4:sweep=2,eps_mode=sweep", eps=[2 / 255, 4 / 255])
+    assert "eps_mode" not in json.loads(benchmark(model, x[:8], y[:8], attack="pgd2", eps=EPS).spec.iloc[0])
