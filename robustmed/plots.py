@@ -27,7 +27,12 @@ def curve_eps(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFrame:
-    """Robust at k steps ⟺ clean-correct and not broken within the first k steps of the same run."""
+    """Robust at k steps ⟺ clean-correct and not broken within the first k steps of the same run.
+
+    Rows an iteration sweep derived from a longer run (``derived_from`` in their spec) are left out:
+    the long run's first-success steps already hold them.
+    """
+    rows = rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))]
     total = max(json.loads(s)["steps"] for s in rows.spec.unique())
     steps = steps or sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= total} | {total})
     first = rows.first_success_step

@@ -23,6 +23,13 @@ def test_steps_curve_from_first_success():
     assert (curve.low <= curve.accuracy).all() and (curve.accuracy <= curve.high).all()
 
 
+def test_steps_curve_ignores_rows_derived_from_a_sweep():
+    long_run = _rows([-1, 3, 30, -1], clean=[True, True, True, False])
+    derived = _rows([-1, 3, 30, -1], steps=10).assign(spec=json.dumps({"steps": 10, "derived_from": "pgd100#x"}))
+    pd.testing.assert_frame_equal(curve_steps(pd.concat([long_run, derived]), [1, 5, 50]),
+                                  curve_steps(long_run, [1, 5, 50]))
+
+
 def test_eps_curve_is_per_sample_worst_case():
     a = _rows([-1, -1, 2], eps=0.01)
     b = _rows([-1, 4, 1], eps=0.02)
