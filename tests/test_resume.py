@@ -55,8 +55,8 @@ def _killed_bench(out, kill_at_rename: int, kill_at_unit: int) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("reference")
-    assert main([*BENCH, "--out", str(out)]) == 0
+    out = tmp_path_factory.mktemp("reference")  # module scope: before the per-test environment is set
+    assert main([*BENCH, "--out", str(out), "--data-root", str(data_root)]) == 0
     (run,) = store.load_runs(out)
     return run
 
