@@ -2,8 +2,9 @@
 
 A run expands to units; each unit is computed anywhere the store is shared and written
 atomically with a digest of its rows, so a rerun skips the units that exist and verify.
-Seeds come from (run seed, sample id, attack spec) inside the harness, and shards are aligned
-to the batch size, so executor choice and resumption change no per-sample result.
+Seeds come from (run seed, sample id, attack spec) inside the harness and a run's units are fixed
+by its config (shards: multiples of the batch size, aligned to the sorted sample list), so the
+executor and resumption change no per-sample result.
 """
 from __future__ import annotations
 
