@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -115,12 +116,20 @@ def compute(unit: Unit, device) -> pd.DataFrame:
                            device=device, progress=False, randomized=unit.job["randomized"])
 
 
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """Once per process: a worker runs many units, and `git status` is not free."""
+    from robustmed.provenance import git_commit
+
+    return git_commit()
+
+
 def run(unit: Unit, device_name: str | None = None) -> dict:
     """Compute and store one unit unless a verified copy exists; returns its ``unit.json`` content.
 
     This is the body of every executor's task: it needs only the unit and the shared store.
     """
-    from robustmed.provenance import git_commit, resolve_device
+    from robustmed.provenance import resolve_device
 
     stored = store.read_unit(unit.run_dir, unit.unit_id)
     if stored is not None:
@@ -130,7 +139,7 @@ def run(unit: Unit, device_name: str | None = None) -> dict:
     rows = compute(unit, device)
     meta = {"run_id": unit.run_id, "index": unit.index, "attack": unit.attack, "sample_ids": list(unit.sample_ids),
             "wall_time_s": round(time.perf_counter() - started, 3), "device": str(device),
-            "git_commit": git_commit()}
+            "git_commit": _git_commit()}
     store.write_unit(unit.run_dir, unit.unit_id, rows, meta)
     return store.read_unit(unit.run_dir, unit.unit_id)[1]
 
