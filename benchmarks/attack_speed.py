@@ -24,7 +24,7 @@ from robustmed.attacks import parse_attack
 from robustmed.attacks.autoattack import run_autoattack
 from robustmed.attacks.pgd import run_pgd
 from robustmed.harness import attack_rows
-from robustmed.randomness import RandomModule
+from robustmed.randomness import InputNoise
 
 EPS_SWEEP = (1 / 255, 2 / 255, 3 / 255, 4 / 255, 6 / 255, 8 / 255)
 
@@ -91,21 +91,6 @@ def eps_sweep(model, x, y, attack: str = "pgd20") -> dict:
     return {"ratio_one": sweep_s / one_s, "ratio_independent": sweep_s / indep_s, "sweep_s": sweep_s,
             "independent_s": indep_s, "one_s": one_s, "sweep_robust": sweep.groupby("eps").robust.mean().tolist(),
             "independent_robust": indep.groupby("eps").robust.mean().tolist()}
-
-
-class InputNoise(RandomModule):
-    """One Gaussian noise map per forward, shared by the batch (as PNI/RPF realizations are)."""
-
-    def __init__(self, shape, std: float = 0.1):
-        super().__init__()
-        self.shape, self.std, self.noise = shape, std, None
-
-    def draw(self):
-        self.noise = self.normal(self.shape, like=torch.zeros(()), std=self.std)
-
-    def forward(self, x):
-        self.maybe_resample()
-        return x + self.noise
 
 
 def tiny_cnn(classes: int = 2, seed: int = 0) -> nn.Module:

@@ -119,3 +119,21 @@ def seed_model(model: nn.Module, seed: int) -> None:
         if isinstance(module, RandomModule):
             digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
             module.reseed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class InputNoise(RandomModule):
+    """Additive Gaussian noise, one map per forward shared by the whole batch (like PNI/RPF realizations).
+
+    The smallest randomized model there is: tests and benchmarks put it in front of a classifier.
+    """
+
+    def __init__(self, shape, std: float = 0.1):
+        super().__init__()
+        self.shape, self.std, self.noise = shape, std, None
+
+    def draw(self):
+        self.noise = self.normal(self.shape, like=torch.zeros(()), std=self.std)
+
+    def forward(self, x):
+        self.maybe_resample()
+        return x + self.noise

@@ -8,22 +8,9 @@ from torch import nn
 from conftest import TinyCNN
 from robustmed.attacks.eot import LOSSES, eot_loss_grad, margin_loss
 from robustmed.harness import benchmark, summarize
-from robustmed.randomness import RandomModule, frozen, is_randomized, seed_model
+from robustmed.randomness import InputNoise, RandomModule, frozen, is_randomized, seed_model
 
 
-class InputNoise(RandomModule):
-    """One Gaussian noise map per forward, shared by the whole batch (like PNI/RPF realizations)."""
-
-    def __init__(self, shape, std: float):
-        super().__init__()
-        self.shape, self.std, self.noise = shape, std, None
-
-    def draw(self):
-        self.noise = self.normal(self.shape, like=torch.zeros(()), std=self.std)
-
-    def forward(self, x):
-        self.maybe_resample()
-        return x + self.noise
 
 
 class NoisyTiny(nn.Module):
