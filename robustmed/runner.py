@@ -27,7 +27,7 @@ from robustmed.errors import UserError
 from robustmed.executors import get_executor
 from robustmed.factory import from_checkpoint, shipped_checkpoint
 from robustmed.harness import attack_rows, select_subset, summarize
-from robustmed.models.zoo import DEFAULT_MODEL, MODELS
+from robustmed.models.zoo import MODELS
 from robustmed.provenance import git_commit, machine, package_versions, resolve_device
 from robustmed.usermodel import load_model_file
 

@@ -5,7 +5,6 @@ import pandas as pd
 
 from robustmed.checks.context import CheckContext
 from robustmed.checks.invariants import run_invariants
-from robustmed.checks.preflight import run_preflight
 from robustmed.checks.randomized import adaptive_required, run_randomized
 from robustmed.checks.registry import Finding, sort_key
 
