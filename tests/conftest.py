@@ -61,3 +61,15 @@ class TinyCNN(nn.Module):
 @pytest.fixture
 def tiny_model():
     return TinyCNN().eval()
+
+
+def untrained_checkpoint(tmp_path, defense: str, model: str = "mail-rn18-mini"):
+    """A verified checkpoint of an untrained defended model: exercises loading and bench without training."""
+    from robustmed import checkpoints
+    from robustmed.factory import build
+
+    path = tmp_path / f"{defense}.pt"
+    build_spec = {"model": model, "defense": defense, "num_classes": [2]}
+    checkpoints.save(build(**build_spec).state_dict(), path,
+                     {"build": build_spec, "model": model, "defense": defense, "dataset": "pneumoniamnist"})
+    return path

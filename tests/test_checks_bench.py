@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from robustmed import checkpoints, store
+from conftest import untrained_checkpoint
+from robustmed import store
 from robustmed.cli import main
 from robustmed.defenses.rpan import MANNoise
 from robustmed.errors import UserError
@@ -49,13 +50,7 @@ def test_check_command_exit_1_on_error(data_root, capsys):
 
 @pytest.fixture
 def rpan_code_checkpoint(tmp_path):
-    model = build("mail-rn18-mini", "rpan-code", (2,))
-    path = tmp_path / "rpan-code.pt"
-    checkpoints.save(model.state_dict(), path, {"build": {"model": "mail-rn18-mini", "defense": "rpan-code",
-                                                          "num_classes": [2]},
-                                                "model": "mail-rn18-mini", "defense": "rpan-code",
-                                                "dataset": "pneumoniamnist"})
-    return path
+    return untrained_checkpoint(tmp_path, "rpan-code")
 
 
 def test_bench_rpan_code_uses_eot_and_bpda(data_root, tmp_path, rpan_code_checkpoint):

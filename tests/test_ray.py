@@ -2,8 +2,7 @@
 import pandas as pd
 import pytest
 
-from robustmed import checkpoints
-from robustmed.factory import build
+from conftest import untrained_checkpoint
 from robustmed.runner import BenchConfig, run_benches
 from robustmed.suites import load_suite, run_suite
 
@@ -24,13 +23,7 @@ seed = 3
 @pytest.fixture
 def pni_checkpoint(tmp_path):
     """An untrained randomized model (PNI): EOT, R-draw judgement and per-chunk reseeding cross processes."""
-    model = build("mail-rn18-mini", "pni", (2,))
-    path = tmp_path / "pni.pt"
-    checkpoints.save(model.state_dict(), path, {"build": {"model": "mail-rn18-mini", "defense": "pni",
-                                                          "num_classes": [2]},
-                                                "model": "mail-rn18-mini", "defense": "pni",
-                                                "dataset": "pneumoniamnist"})
-    return path
+    return untrained_checkpoint(tmp_path, "pni")
 
 
 @pytest.fixture
