@@ -18,7 +18,7 @@ def test_shipped_defenses_and_clean_failure_for_the_rest(tmp_path, capsys):
     from robustmed.defenses import DEFENSES
 
     shipped = {p.stem for p in SHIPPED}
-    assert {"none", "pgd-at", "rpan", "rpan-code"} <= shipped <= set(DEFENSES.names())
+    assert {"none", "pgd-at", "rpan", "rpan-code", "ctrw"} <= shipped <= set(DEFENSES.names())
     for name in sorted(set(DEFENSES.names()) - shipped):
         assert main(["bench", "--defense", name, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err
