@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustmed.defenses import cap, ctrw, dbn, learn2perturb, pni, rpan, rpf
+from robustmed.defenses import DEFENSES, cap, ctrw, dbn, learn2perturb, pni, rpan, rpf
 from robustmed.factory import build
 from robustmed.randomness import frozen, resample, seed_model
-from robustmed.training import RECIPES, attack_phase, eot_pgd, make_optimizers
+from robustmed.training import RECIPES, attack_phase, eot_pgd, make_optimizers, set_mode
 
 SMALL = {"widths": (16, 32), "depths": (1, 1)}
 
@@ -256,6 +256,26 @@ def test_attack_phase_freezes_for_ai_and_sets_the_mode():
     with attack_phase(model, {"attack_mode": "eval"}):
         assert not model.training and not any(getattr(m, "frozen", False) for m in model.modules())
     assert model.training
+
+
+def _bn_layers(model):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("name", ["pni", "rpf"])
+def test_batch_shared_noise_defenses_train_with_frozen_bn_after_warm_up(name):
+    """Batch statistics would hide each draw's channel offsets from training (see ``set_mode``)."""
+    model = _model(name)
+    assert DEFENSES.get(name).train_options["freeze_bn_after_warmup"]
+    set_mode(model, True, bn_frozen=True)
+    assert model.training and not any(bn.training for bn in _bn_layers(model))
+    before = [bn.running_mean.clone() for bn in _bn_layers(model)]
+    with attack_phase(model, {"attack_mode": "train", "realization": "ai", "bn_frozen": True}):
+        model(_x())  # RPF attacks in train mode, yet BN must keep its statistics
+        assert not any(bn.training for bn in _bn_layers(model))
+    assert all(torch.equal(b, bn.running_mean) for b, bn in zip(before, _bn_layers(model)))
+    set_mode(model, True)
+    assert all(bn.training for bn in _bn_layers(model))
 
 
 def test_eot_pgd_stays_in_the_ball_and_in_range():
