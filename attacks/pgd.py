@@ -42,7 +42,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         steps: int, step_size: Budget, start: torch.Tensor | None = None, random_start: bool = True,
         momentum: float = 0.0, keep_best: bool = True, early_stop: bool = True, eot: int = 1,
         loss: str = "ce", generator: torch.Generator | None = None, bounds: tuple[Budget, Budget] = (0, 1),
-        snapshots: tuple[int, ...] = ()) -> AttackResult:
+        snapshots: tuple[int, ...] = (), constrain: Callable | None = None) -> AttackResult:
     """Sign-gradient ascent on ``loss`` (ce | margin) within ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1].
 
     ``start`` is the initial perturbation (per-sample seeded by the harness); without it a
@@ -53,7 +53,8 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     averaged logits. ``keep_best=False, early_stop=False`` returns the last iterate, as
     torchattacks does (used by conformance tests). ``snapshots`` lists steps k at which the
     best-so-far state is copied into ``result.snapshots[k]``: the k-step attack with this α.
-    ``eps``, ``step_size`` and ``bounds`` may be per-element tensors (packed multi-input samples).
+    ``eps``, ``step_size`` and ``bounds`` may be per-element tensors (packed multi-input samples);
+    ``constrain(x_adv, x)`` then maps every projected iterate onto valid values (integer features).
     """
     x = x.detach()
     n = len(x)
@@ -61,6 +62,8 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     if start is None:
         start = uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
     current = project(x + start.to(x), x, eps, bounds)
+    if constrain is not None:
+        current = constrain(current, x)
     best = current.clone()
     best_loss = torch.full((n,), -torch.inf, device=x.device)
     best_broke = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -92,7 +95,8 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
             grad = grad / grad.abs().sum(dim=tuple(range(1, grad.ndim)), keepdim=True).clamp_min(1e-12)
             velocity[active] = momentum * velocity[active] + grad
             grad = velocity[active]
-        current[active] = project(x_active + step_size * grad.sign(), x[active], eps, bounds)
+        stepped = project(x_active + step_size * grad.sign(), x[active], eps, bounds)
+        current[active] = stepped if constrain is None else constrain(stepped, x[active])
         if len(active) == 0:
             break
     for k in snapshots:  # steps after an early exit of every sample change nothing
@@ -130,19 +134,20 @@ def _run_packed(forward, x, y, *, spec, eps, start, seed, threat) -> AttackResul
     packing = Packing(x, threat, eps)
     flat_start = None if start is None else packing.pack(start)
     result = _run_flat(packing.forward(forward), packing.pack(x), y, spec=spec, eps=packing.eps, start=flat_start,
-                       seed=seed, bounds=(packing.low, packing.high))
+                       seed=seed, bounds=(packing.low, packing.high),
+                       constrain=packing.constrain if packing.constrained else None)
     for outcome in (result, *result.snapshots.values()):
         outcome.x_adv = packing.unpack(outcome.x_adv)
     return result
 
 
 def _run_flat(forward, x, y, *, spec: AttackSpec, eps: Budget, start, seed: int,
-              bounds: tuple[Budget, Budget] = (0, 1)) -> AttackResult:
+              bounds: tuple[Budget, Budget] = (0, 1), constrain: Callable | None = None) -> AttackResult:
     starts = start if start is not None and start.ndim == x.ndim + 1 else [start]
     options = dict(eps=eps, steps=spec.steps, step_size=spec.step_size(eps), random_start=spec.random_start,
                    momentum=spec.momentum, keep_best=spec.keep_best, early_stop=spec.early_stop,
                    eot=max(1, spec.eot), loss=spec.loss, generator=torch.Generator().manual_seed(seed),
-                   bounds=bounds, snapshots=tuple(spec.sweep))
+                   bounds=bounds, snapshots=tuple(spec.sweep), constrain=constrain)
     total = pgd(forward, x, y, start=starts[0], **options)
     for restart_start in starts[1:]:
         rows = torch.nonzero(~total.success).flatten()

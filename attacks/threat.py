@@ -4,7 +4,9 @@ A model may take a mapping of named inputs. A :class:`ThreatModel` says, per inp
 is attacked, its L∞ ε (absolute or a multiple of the run's ε) and its bounds. Gradient attacks
 run on a :class:`Packing` of the mapping: one flat tensor per sample whose elements carry their
 own ε and bounds; frozen inputs get ε = 0, no bounds and no gradient, so the ordinary projection
-returns them bit-identical.
+returns them bit-identical. Tabular inputs may also constrain single elements: a per-element ε
+scale (0 freezes a categorical feature), per-element bounds (valid values) and a grid of valid
+values (integer features), which :meth:`Packing.constrain` enforces after every projection.
 """
 from __future__ import annotations
 
@@ -25,7 +27,10 @@ class InputThreat:
     norm: str = "Linf"
     eps: float | None = None
     scale: float = 1.0
-    bounds: tuple[float, float] = (0.0, 1.0)
+    bounds: tuple[float, float] = (0.0, 1.0)  # the hull of ``element_bounds`` when those are given
+    element_scale: tuple[float, ...] | None = None  # per element, × this input's ε (0 freezes the element)
+    element_bounds: tuple[tuple[float, float], ...] | None = None  # per element valid range
+    element_grid: tuple[float, ...] | None = None  # per element spacing of valid values (0: continuous)
 
     def budget(self, run_eps: float) -> float:
         if not self.attackable:
@@ -60,7 +65,10 @@ class ThreatModel:
         return {n: t.budget(run_eps) for n, t in self.inputs.items()}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "inputs": {n: asdict(t) for n, t in self.inputs.items()}}
+        """Element constraints are stored only when set, so earlier threat models keep their digests."""
+        inputs = {n: {k: v for k, v in asdict(t).items() if v is not None or not k.startswith("element_")}
+                  for n, t in self.inputs.items()}
+        return {"name": self.name, "inputs": inputs}
 
 
 def modality_threats(names, **options) -> list[ThreatModel]:
@@ -86,17 +94,51 @@ class Packing:
         self.slices = {n: slice(e - s, e) for n, s, e in zip(self.names, sizes, ends)}
         device, dtype = x[self.names[0]].device, x[self.names[0]].dtype
         budgets = threat.budgets(run_eps)
-        self.eps = self._fill(lambda n: budgets[n], device, dtype)
+        self.eps = self._fill(lambda n: self._scaled(n, budgets[n]), device, dtype)
         self.low = self._fill(lambda n: self._bound(n, 0), device, dtype)
         self.high = self._fill(lambda n: self._bound(n, 1), device, dtype)
+        self.grid = self._fill(self._grid, device, dtype)
+        self.constrained = bool((self.grid > 0).any())
 
-    def _bound(self, name: str, side: int) -> float:
+    def _attacked(self, name: str, field: str):
         threat = self.threat.inputs[name]
-        return threat.bounds[side] if threat.attackable else (-math.inf, math.inf)[side]
+        return getattr(threat, field) if threat.attackable else None
 
-    def _fill(self, value: Callable[[str], float], device, dtype) -> torch.Tensor:
-        return torch.cat([torch.full((math.prod(self.shapes[n]),), float(value(n)), device=device, dtype=dtype)
-                          for n in self.names])
+    def _scaled(self, name: str, budget: float):
+        scale = self._attacked(name, "element_scale")
+        return budget if scale is None else [budget * s for s in scale]
+
+    def _bound(self, name: str, side: int):
+        threat = self.threat.inputs[name]
+        if not threat.attackable:
+            return (-math.inf, math.inf)[side]
+        elements = threat.element_bounds
+        return threat.bounds[side] if elements is None else [b[side] for b in elements]
+
+    def _grid(self, name: str):
+        grid = self._attacked(name, "element_grid")
+        return 0.0 if grid is None else grid
+
+    def _fill(self, value: Callable[[str], float | list], device, dtype) -> torch.Tensor:
+        """One value per element: a scalar fills the input, a list gives each element its own."""
+        parts = []
+        for name in self.names:
+            size, given = math.prod(self.shapes[name]), value(name)
+            if isinstance(given, (list, tuple)) and len(given) != size:
+                raise UserError(f"threat model: input {name!r} has {size} elements but {len(given)} constraints")
+            parts.append(torch.tensor(given, device=device, dtype=dtype) if isinstance(given, (list, tuple))
+                         else torch.full((size,), float(given), device=device, dtype=dtype))
+        return torch.cat(parts)
+
+    def constrain(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Grid elements onto valid values: each change truncated toward zero to whole grid steps (so it
+        stays within ε), then ε and the bounds again (bounds lie on the grid of a valid clean value)."""
+        on_grid = self.grid > 0
+        steps = (x_adv - x) / torch.where(on_grid, self.grid, torch.ones_like(self.grid))
+        delta = torch.sign(steps) * torch.floor(steps.abs() + 1e-4) * self.grid
+        delta = torch.minimum(torch.maximum(delta, -self.eps), self.eps)
+        snapped = torch.minimum(torch.maximum(x + delta, self.low), self.high)
+        return torch.where(on_grid, snapped, x_adv)  # other elements exactly as projected
 
     def pack(self, tree: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(…, N, *shape) per input → (…, N, D); leading dimensions (restarts) are kept."""
