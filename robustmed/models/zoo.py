@@ -40,3 +40,9 @@ MODELS.register("mail-rn18-mini", ModelPreset(
                bn_momentum=0.1),
     input_size=None,
 ))
+
+# The multi-input presets (MMCAF-Net, IIMGF-Net): their own wrapper and data bindings, one registry.
+from robustmed.models.multimodal import PRESETS as _MULTIMODAL  # noqa: E402
+
+for _preset in _MULTIMODAL:
+    MODELS.register(_preset.name, _preset)
