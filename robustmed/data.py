@@ -6,14 +6,16 @@ Files are never shipped with robustmed; they are read from a data root
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,22 @@ SPLITS = ("train", "val", "test")
 _NAME_RE = re.compile(r"^(?P<name>[a-z0-9]+?)(?:_(?P<size>28|64|128|224))?$")
 
 
+@lru_cache(maxsize=1)
 def medmnist_info() -> dict:
-    """MedMNIST's metadata table (task, labels, channels, URLs, MD5s)."""
-    from medmnist.info import INFO  # imported lazily: `robustmed list` stays fast
+    """MedMNIST's metadata table (task, labels, channels, URLs, MD5s).
 
-    return INFO
+    Read from ``medmnist/info.py`` alone: importing the package runs its ``__init__``, which loads
+    scikit-learn and SciPy (about 2 s, paid again by every fresh worker process).
+    """
+    if "medmnist.info" in sys.modules:
+        return sys.modules["medmnist.info"].INFO
+    package = importlib.util.find_spec("medmnist")
+    if package is None:
+        raise UserError("robustmed needs the medmnist package: pip install medmnist")
+    spec = importlib.util.spec_from_file_location("_medmnist_info", Path(package.origin).with_name("info.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.INFO
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
