@@ -1,4 +1,4 @@
-"""Executors run work units behind one interface: ``local`` (in-process) and ``ray`` (one task per unit).
+"""Executors run work units behind one interface: ``local`` (in-process) and ``ray`` (one warm actor per worker).
 
 Every executor only calls :func:`robustmed.units.run` on each unit; the unit writes its own rows
 to the store, so executors differ in where units run, never in what they compute.
@@ -8,18 +8,25 @@ to the store, so executors differ in where units run, never in what they compute
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol, Sequence
 
 from robustmed.errors import UserError
 from robustmed.progress import progress_bar
-from robustmed.units import Unit, run as run_unit
+from robustmed.units import Unit, run as run_unit, warm_up
 
 
 class Executor(Protocol):
     name: str
 
+    def start(self, units: int) -> None:
+        """Get workers ready for ``units`` more units (called while the runs are planned and checked)."""
+
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
         """Complete every unit (each one stored and verified), or raise."""
+
+    def close(self) -> None:
+        """Release what :meth:`start` took."""
 
 
 def _describe(unit: Unit, done: int, total: int) -> str:
@@ -31,6 +38,9 @@ class LocalExecutor:
 
     name = "local"
 
+    def start(self, units: int) -> None:
+        """Nothing to start: this process already holds torch and the run's model."""
+
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
         with progress_bar(progress) as bar:
             task = bar.add_task("units", total=sum(u.size for u in units))
@@ -38,6 +48,9 @@ class LocalExecutor:
                 bar.update(task, description=_describe(unit, done, len(units)))
                 run_unit(unit)
                 bar.advance(task, unit.size)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def _ray():
@@ -48,53 +61,102 @@ def _ray():
     return ray
 
 
-def _ray_task(unit: Unit) -> dict:
-    return run_unit(unit)
+class _Worker:
+    """A Ray actor per worker slot: its process keeps torch, robustmed and the runs' models and data loaded.
+
+    A fresh process's first unit would otherwise pay the imports (seconds); the models and data
+    stay cached per process by :func:`robustmed.units.run`, keyed by the run's job and device.
+    """
+
+    def __init__(self):
+        import torch
+
+        torch.set_num_threads(1)  # the worker holds one CPU
+        warm_up()
+
+    def run(self, unit: Unit) -> dict:
+        return run_unit(unit)
 
 
 class RayExecutor:
-    """One Ray task per unit (1 CPU, plus 1 GPU where the cluster has GPUs); results go to the shared store.
+    """One actor per worker slot (1 CPU, plus 1 GPU where the cluster has GPUs); units go to idle actors.
 
     Uses the Ray session already initialized in this process, else connects to ``address``
-    (``auto``, ``HOST:PORT``), else starts a local one for the duration of the run.
+    (``auto``, ``HOST:PORT``), else starts a local one until :meth:`close`. Each unit writes its
+    rows to the shared store as it finishes; the actors only save each unit the start-up.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None):
         self.address = address
+        self._ray = None
+        self._started_ray = False
+        self._workers: list = []
+        self._wanted = 0
+
+    def start(self, units: int) -> None:
+        """Start up to one actor per slot for the units announced so far; they warm up while the caller plans."""
+        ray = self._connect()
+        self._wanted += units
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        slots = int(resources.get("GPU" if gpus else "CPU", 1))
+        actor = ray.remote(_Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=1, max_task_retries=1)
+        while len(self._workers) < max(1, min(self._wanted, slots)):
+            self._workers.append(actor.remote())
 
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
+        owned = not self._workers
+        if owned:
+            self.start(len(units))
+        try:
+            self._dispatch(units, progress)
+        finally:
+            if owned:
+                self.close()
+
+    def close(self) -> None:
+        for worker in self._workers:
+            self._ray.kill(worker)
+        self._workers, self._wanted = [], 0
+        if self._started_ray:
+            self._ray.shutdown()
+        self._ray, self._started_ray = None, False
+
+    def _connect(self):
+        if self._ray is not None:
+            return self._ray
         ray = _ray()
-        started_here = not ray.is_initialized()
-        if started_here:
+        if not ray.is_initialized():
             options = {"address": self.address} if self.address else {"include_dashboard": False}
             try:
                 ray.init(**options, logging_level="WARNING", log_to_driver=False)
             except ConnectionError as exc:
                 raise UserError(f"cannot reach the Ray cluster at {self.address!r}: {exc}") from None
-        try:
-            self._submit_and_wait(ray, units, progress)
-        finally:
-            if started_here:
-                ray.shutdown()
+            self._started_ray = True
+        self._ray = ray
+        return ray
 
-    def _submit_and_wait(self, ray, units: Sequence[Unit], progress: bool) -> None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=gpus, max_retries=1)
-        pending = {task.remote(unit): unit for unit in units}
+    def _dispatch(self, units: Sequence[Unit], progress: bool) -> None:
+        """Each idle actor takes the next unit; finished units are counted as they come back."""
+        ray, queue, idle, running = self._ray, deque(units), list(self._workers), {}
         with progress_bar(progress) as bar:
             handle = bar.add_task("units", total=sum(u.size for u in units))
-            while pending:
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                unit = pending.pop(ref)
+            while queue or running:
+                while queue and idle:
+                    worker, unit = idle.pop(), queue.popleft()
+                    running[worker.run.remote(unit)] = (worker, unit)
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                worker, unit = running.pop(ref)
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:
                     if isinstance(exc.cause, UserError):
                         raise exc.cause from None
                     raise
-                bar.update(handle, description=_describe(unit, len(units) - len(pending), len(units)))
+                idle.append(worker)
+                bar.update(handle, description=_describe(unit, len(units) - len(queue) - len(running), len(units)))
                 bar.advance(handle, unit.size)
 
 

@@ -18,17 +18,18 @@ from typing import Sequence
 
 import torch
 
-from robustmed import checkpoints, data as data_mod, store, units as units_mod
+from robustmed import checkpoints, data as data_mod, multimodal_bench, store, units as units_mod
 from robustmed.attacks import parse_attack, parse_eps_list
 from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, run_preflight, unreliable
 from robustmed.checks.bpda import bpda, switches
 from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
-from robustmed.executors import get_executor
+from robustmed.executors import Executor, get_executor
 from robustmed.factory import from_checkpoint, shipped_checkpoint
 from robustmed.harness import attack_rows, select_subset, summarize
 from robustmed.models.zoo import MODELS
 from robustmed.provenance import git_commit, machine, package_versions, resolve_device
+from robustmed.tensors import batch_size, take, to_device
 from robustmed.usermodel import load_model_file
 
 DEFAULT_EPS = "4/255"
@@ -74,6 +75,8 @@ class BenchConfig:
     executor: str = "local"  # local | ray
     address: str | None = None  # Ray cluster: auto | HOST:PORT (default: a local one for the run)
     resume: str | None = None  # complete this stored run instead of the one the config hashes to
+    threat: str | None = None  # multi-input models: inputs attacked (joint, image, tabular, an input's name)
+    criterion: str | None = None  # multi-label models: success criterion (any, label:NAME)
 
     def specs(self):
         return [parse_attack(a) for a in split_attacks(self.attack)]
@@ -114,6 +117,7 @@ class BenchReport:
             "findings": [f for f in self.manifest["findings"] if f["fired"]],
             "results": str(self.run_dir / store.ROWS_FILE),
             "manifest": str(self.run_dir / store.MANIFEST_FILE),
+            **({"multimodal": self.manifest["multimodal"]} if "multimodal" in self.manifest else {}),
         }
 
 
@@ -133,6 +137,9 @@ def resolve_model(cfg: BenchConfig, device):
         dataset = data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET, cfg.data_root)
         return model.to(device), dataset, {"model": f"file:{Path(prov['model_file']).name}", "defense": "custom",
                                            "checkpoint": prov}
+    preset = multimodal_bench.preset_of(cfg)
+    if preset is not None:  # MMCAF-Net, IIMGF-Net: named inputs, their own data
+        return multimodal_bench.resolve(cfg, preset, device)
     if cfg.model:
         MODELS.get(cfg.model)
     DEFENSES.get(cfg.defense)
@@ -151,7 +158,7 @@ def resolve_model(cfg: BenchConfig, device):
 
 def _check_classes(model, x, dataset, device) -> None:
     with torch.no_grad():
-        width = model(x[:1].to(device)).shape[-1]
+        width = model(to_device(take(x, slice(0, 1)), device)).shape[-1]
     if width != dataset.num_classes:
         raise UserError(f"the model predicts {width} classes but {dataset.key} has {dataset.num_classes}")
 
@@ -178,8 +185,10 @@ def refuse_on_errors(findings: list[Finding]) -> None:
 
 
 def identity(cfg: BenchConfig) -> dict:
-    """The config fields that decide the rows (everything but :data:`EXECUTION`)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in EXECUTION}
+    """The config fields that decide the rows (everything but :data:`EXECUTION`); the multi-input fields
+    only when set, so single-input runs keep their ids."""
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in EXECUTION and not (k in ("threat", "criterion") and v is None)}
 
 
 def run_id_for(cfg: BenchConfig, defense: str, checkpoint_sha256: str | None, dataset_sha256: str) -> str:
@@ -211,8 +220,9 @@ def _prepare(cfg: BenchConfig):
     model, dataset, prov = resolve_model(cfg, device)
     x_all, y_all = dataset.split(cfg.split)
     _check_classes(model, x_all, dataset, device)
-    ids = select_subset(len(x_all), cfg.n, cfg.seed)
-    return check_context(cfg, model, dataset, prov, x_all[ids], y_all[ids], ids, len(x_all), device), dataset, prov
+    ids = select_subset(batch_size(x_all), cfg.n, cfg.seed)
+    ctx = check_context(cfg, model, dataset, prov, take(x_all, ids), y_all[ids], ids, batch_size(x_all), device)
+    return multimodal_bench.for_checks(ctx), dataset, prov
 
 
 def _attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
@@ -238,6 +248,9 @@ def run_checks(cfg: BenchConfig) -> list[Finding]:
     """`robustmed check` as an API: every check on the configured run, nothing refused, nothing written."""
     _validate(cfg)
     ctx, _, _ = _prepare(cfg)
+    if "multimodal" in ctx.extras:
+        raise UserError("`robustmed check` runs single-input models; `robustmed bench` runs the checks on "
+                        "multi-input ones")
     return _attack_and_check(cfg, ctx, refuse=False)[1]
 
 
@@ -311,8 +324,12 @@ def _stored_report(cfg: BenchConfig, run_dir: Path) -> BenchReport:
     return BenchReport(cfg, run_dir, manifest, manifest["summary"], rows)
 
 
-def _start(cfg: BenchConfig) -> _Run | BenchReport:
-    """Validate, load, run the pre-flight checks and plan the units; a complete run is just read back."""
+def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchReport:
+    """Validate, load, run the pre-flight checks and plan the units; a complete run is just read back.
+
+    An incomplete run announces its units to ``executor`` before the pre-flight checks, so remote
+    workers start up while they run.
+    """
     if cfg.resume:
         cfg = resumed(cfg)
     _validate(cfg)
@@ -321,6 +338,8 @@ def _start(cfg: BenchConfig) -> _Run | BenchReport:
     run_dir = out_root(cfg) / run_id
     if (run_dir / store.MANIFEST_FILE).is_file():
         return _stored_report(cfg, run_dir)
+    if executor is not None:
+        executor.start(len(split_attacks(cfg.attack)) * len(units_mod.shards(ctx.ids, cfg.unit_size())))
     preflight = run_preflight(ctx)
     refuse_on_errors(preflight)
     sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
@@ -363,22 +382,28 @@ def _finish(run: _Run) -> BenchReport:
         "checks": cfg.checks, "findings": [f.to_json() for f in findings], "unreliable": unreliable(findings),
         "bpda_sites": run.bpda_sites,
         "git_commit": git_commit(), "packages": package_versions(), "machine": machine(ctx.device),
+        **multimodal_bench.run_extras(ctx, rows),
     }
     store.finish_run(run.run_dir, rows, manifest)
     return BenchReport(cfg, run.run_dir, manifest, summary, rows)
 
 
-def run_benches(cfgs: Sequence[BenchConfig]) -> list[BenchReport]:
+def run_benches(cfgs: Sequence[BenchConfig], executor: Executor | None = None) -> list[BenchReport]:
     """Several runs through one executor (a suite): every run is checked and planned before any unit runs.
 
     Units already stored and verified are skipped, so rerunning a killed call completes it.
+    ``executor`` defaults to the one the configs name.
     """
     if len({(c.executor, c.address) for c in cfgs}) > 1:
         raise UserError("the runs of one call share one executor")
-    started = [_start(cfg) for cfg in cfgs]
-    pending = [u for run in started if isinstance(run, _Run) for u in run.units if not u.done()]
-    if pending:
-        get_executor(cfgs[0].executor, cfgs[0].address).run(pending, cfgs[0].progress)
+    executor = executor or get_executor(cfgs[0].executor, cfgs[0].address)
+    try:
+        started = [_start(cfg, executor) for cfg in cfgs]
+        pending = [u for run in started if isinstance(run, _Run) for u in run.units if not u.done()]
+        if pending:
+            executor.run(pending, cfgs[0].progress)
+    finally:
+        executor.close()
     return [_finish(run) if isinstance(run, _Run) else run for run in started]
 
 

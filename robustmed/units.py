@@ -106,14 +106,17 @@ def compute(unit: Unit, device) -> pd.DataFrame:
     from robustmed.attacks import parse_attack, parse_eps_list
     from robustmed.checks.bpda import bpda
     from robustmed.harness import attack_rows
+    from robustmed.multimodal_bench import bench_threats
+    from robustmed.tensors import take
 
     config = unit.job["config"]
     model, x_all, y_all = _load(unit.job, device)
     ids = np.asarray(unit.sample_ids)
     with bpda(model) if unit.job["bpda"] else nullcontext():
-        return attack_rows(model, x_all[ids], y_all[ids], ids, [parse_attack(unit.attack)],
+        return attack_rows(model, take(x_all, ids), y_all[ids], ids, [parse_attack(unit.attack)],
                            parse_eps_list(config["eps"]), seed=config["seed"], batch_size=config["batch_size"],
-                           device=device, progress=False, randomized=unit.job["randomized"])
+                           device=device, progress=False, randomized=unit.job["randomized"],
+                           threat=bench_threats(model, config))
 
 
 @lru_cache(maxsize=1)
@@ -122,6 +125,11 @@ def _git_commit() -> str | None:
     from robustmed.provenance import git_commit
 
     return git_commit()
+
+
+def warm_up() -> None:
+    """Import what computing a unit needs: a fresh worker process pays it before its first unit, not in it."""
+    import robustmed.runner  # noqa: F401  (the model loader; it imports torch, the harness, attacks and checks)
 
 
 def run(unit: Unit, device_name: str | None = None) -> dict:
