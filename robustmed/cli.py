@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="samples per work unit, a multiple of --batch-size (default: one batch)")
     bench.add_argument("--resume", default=None, metavar="RUN_ID",
                        help="complete a stored run (rerunning the same command does too)")
+    bench.add_argument("--threat", default=None,
+                       help="multi-input models: inputs attacked, comma-separated: joint | image | tabular | an "
+                            "input's name; NAME:INPUT=EPS sets an input's ε (e.g. joint:shape=0.25); default joint")
+    bench.add_argument("--criterion", default=None,
+                       help="multi-label models: success criterion, any (any-label flip, default) | label:NAME")
 
     train = sub.add_parser("train", help="train a registered model with a defense",
                            description="example: robustmed train --defense none --epochs 12 --out ckpt/none.pt")
@@ -130,7 +135,7 @@ def cmd_bench(args) -> int:
                       eps=args.eps, n=args.n, seed=args.seed, split=args.split, batch_size=args.batch_size,
                       device=args.device, out=args.out, progress=not (args.no_progress or args.json),
                       checks=args.checks, shard_size=args.shard_size, executor=args.executor, address=args.address,
-                      resume=args.resume)
+                      resume=args.resume, threat=args.threat, criterion=args.criterion)
     report = run_bench(cfg)
     if args.json:
         print(json.dumps(report.to_json()))
@@ -275,14 +280,18 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from robustmed.models.zoo import DEFAULT_MODEL
+    from robustmed.models.zoo import DEFAULT_MODEL, MODELS
     from robustmed.provenance import resolve_device
     from robustmed.training import TrainConfig, train
 
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    multimodal = getattr(MODELS.get(args.model or DEFAULT_MODEL), "multimodal", False)
+    if multimodal:  # MMCAF-Net, IIMGF-Net: their own data, loss and thresholds
+        from robustmed.train_multimodal import train
     cfg = TrainConfig(defense=args.defense, model=args.model or DEFAULT_MODEL,
-                      dataset=args.dataset or "pneumoniamnist", data_root=args.data_root, recipe=args.recipe,
+                      dataset=args.dataset or (None if multimodal else "pneumoniamnist"), data_root=args.data_root,
+                      recipe=args.recipe,
                       epochs=args.epochs, seed=args.seed, device=str(resolve_device(args.device)), out=args.out,
                       progress=not (args.no_progress or args.json))
     meta = train(cfg)

@@ -39,6 +39,8 @@ class Criterion:
 
     @property
     def description(self) -> str:
+        if self.label is None and len(self.labels) == 1:
+            return f"flip of the label {self.labels[0]} (threshold fixed on validation data)"
         if self.label is None:
             return f"any-label flip over {', '.join(self.labels)} (thresholds fixed on validation data)"
         return f"flip of the target label {self.labels[self.label]} (threshold fixed on validation data)"

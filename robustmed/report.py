@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from robustmed.stats import wilson
 
 
 def _pct(value: float) -> str:
@@ -22,10 +25,28 @@ def print_bench(report) -> None:
         eps = s["eps"]
         table.add_row(report.config.attack, f"{eps * 255:.3g}/255", str(s["n"]), _pct(s["clean_accuracy"]),
                       _pct(s["robust_accuracy"]), _ci(s["robust_ci"]), f"{s['attack_time_s']:.1f} s")
+        if "multimodal" in m:  # one row per threat model (check F4) under the per-sample worst case
+            for name, accuracy in s["per_attack"].items():
+                table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(wilson(round(accuracy * s["n"]), s["n"])), "")
     console = Console()
     console.print(table)
+    if "multimodal" in m:
+        console.print(label_table(m["multimodal"]))
     print_findings(m.get("findings", []), console, fired_only=True)
     console.print(f"rows: {report.run_dir / 'rows.parquet'}  (wall time {m['wall_time_s']:.1f} s)")
+
+
+def label_table(facts: dict) -> Table:
+    """Check F2: per label, clean accuracy and how many of the attacked samples had that label flipped."""
+    table = Table(title=f"per label · success criterion: {facts['criterion_description']}", title_justify="left")
+    for column in ("attack", "ε", "label", "clean acc", "attacked", "flipped", "flip rate"):
+        table.add_column(column, justify="left" if column in ("attack", "label") else "right")
+    for eps, attacks in facts["per_label"].items():
+        for attack, labels in attacks.items():
+            for label, f in labels.items():
+                table.add_row(escape(attack), f"{float(eps) * 255:.3g}/255", label, _pct(f["clean_accuracy"]),
+                              str(f["attacked"]), str(f["flipped"]), _pct(f["flip_rate"]))
+    return table
 
 
 _STYLE = {"ERROR": "bold red", "FLAG": "yellow", "INFO": "cyan"}

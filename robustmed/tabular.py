@@ -144,15 +144,16 @@ class Standardiser:
 class ShapeFeatureLayer(nn.Module):
     """Standardised primitives (N, 9) → standardised primitives ‖ standardised derived features (N, 14).
 
-    The statistics are buffers set from the training split (:meth:`set_statistics`) and saved with
-    the weights, so a checkpoint carries the standardisation its inputs were made with.
+    The statistics are float64 buffers set from the training split (:meth:`set_statistics`) and saved
+    with the weights, so a checkpoint carries exactly the standardisation its inputs were made with.
     """
 
     def __init__(self):
         super().__init__()
         for name, size in (("mean", len(NAMES)), ("std", len(NAMES)), ("derived_mean", len(DERIVED_NAMES)),
                            ("derived_std", len(DERIVED_NAMES))):
-            self.register_buffer(name, torch.zeros(size) if "mean" in name else torch.ones(size))
+            self.register_buffer(name, torch.zeros(size, dtype=torch.float64) if "mean" in name
+                                 else torch.ones(size, dtype=torch.float64))
         self.register_buffer("grid_size", torch.tensor(28.0))  # side of the volumes the features come from
 
     @property
@@ -161,13 +162,13 @@ class ShapeFeatureLayer(nn.Module):
 
     def set_statistics(self, stats: Standardiser, size: int) -> None:
         for name in ("mean", "std", "derived_mean", "derived_std"):
-            getattr(self, name).copy_(torch.as_tensor(getattr(stats, name), dtype=torch.float32))
+            getattr(self, name).copy_(torch.as_tensor(getattr(stats, name), dtype=torch.float64))
         self.grid_size.fill_(size)
 
     def statistics(self) -> Standardiser:
-        return Standardiser(*(getattr(self, n).double().numpy() for n in ("mean", "std", "derived_mean", "derived_std")))
+        return Standardiser(*(getattr(self, n).cpu().numpy() for n in ("mean", "std", "derived_mean", "derived_std")))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        raw = z * self.std + self.mean
+        raw = z.double() * self.std + self.mean
         derived = (derive(raw) - self.derived_mean) / self.derived_std
-        return torch.cat([z, derived], 1)
+        return torch.cat([z, derived.to(z.dtype)], 1)

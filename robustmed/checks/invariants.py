@@ -48,9 +48,14 @@ def _pct(value: float) -> str:
 # --- always on: the stored rows -------------------------------------------------------------------
 
 def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
-    """B1: the harness refuses any chunk leaving the ε-ball, [0, 1] or finite values; stored norms re-checked."""
-    ratio = float((rows.linf / rows.eps).max()) if len(rows) else 0.0
-    over = int((rows.linf > rows.eps * (1 + BUDGET_TOL) + BUDGET_TOL).sum())
+    """B1: the harness refuses any chunk leaving the ε-ball, [0, 1] or finite values; stored norms re-checked
+    (per input against its own ε when the rows come from a multi-input threat model, check F4)."""
+    pairs = [(c, f"eps_{c[5:]}") for c in rows.columns if c.startswith("linf_") and f"eps_{c[5:]}" in rows]
+    pairs = pairs or [("linf", "eps")]
+    over = sum((rows[n] > rows[e] * (1 + BUDGET_TOL) + BUDGET_TOL) for n, e in pairs)
+    over = int((over > 0).sum()) if len(rows) else 0
+    ratios = [float((rows[n] / rows[e]).where(rows[e] > 0).max()) for n, e in pairs] if len(rows) else []
+    ratio = max((r for r in ratios if r == r), default=0.0)  # frozen inputs (ε = 0) have no ratio
     return B1.outcome(over > 0, f"{over} stored row(s) exceed ε" if over else
                       f"every ‖δ‖∞ ≤ ε (largest ‖δ‖∞/ε = {ratio:.4f}); box and NaN checked per chunk", max_ratio=ratio)
 

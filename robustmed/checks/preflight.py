@@ -175,7 +175,12 @@ def class_count(ctx: CheckContext) -> Finding:
 
 
 def task_type(ctx: CheckContext) -> Finding:
-    """A8: the harness judges success as an argmax flip, which is only defined for single-label tasks."""
+    """A8: the harness judges success as an argmax flip, which is only defined for single-label tasks, unless
+    the run declares its criterion (``extras["success_criterion"]``: a multi-label model's criterion view)."""
+    declared = ctx.extras.get("success_criterion")
+    if declared:
+        return A8.passed(f"task {ctx.task!r}: declared success criterion: {declared}", task=ctx.task,
+                         criterion=declared)
     if ctx.task.startswith("multi-label") or ctx.task.startswith("ordinal"):
         return A8.fired(f"task {ctx.task!r}: success is judged as an argmax flip, which does not define "
                         "robustness for this task; no success criterion is declared", task=ctx.task)

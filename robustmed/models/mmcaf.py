@@ -270,6 +270,11 @@ class MMCAFNet(nn.Module):
         self.fusion = MSCAFusion(cfg.embed, cfg.fusion_dropout)
         self.head = nn.Linear(cfg.embed, 1)
 
+    def input_constraints(self) -> dict:
+        """Threat constraints of the tabular input, from the training statistics this network carries."""
+        stats = self.features.statistics()
+        return {self.cfg.input_names[1]: stats.constraints(int(self.features.grid_size))}
+
     def forward(self, inputs) -> torch.Tensor:
         volume, shape = (inputs[name] for name in self.cfg.input_names)
         return self.head(self.fusion(self.image(volume), self.kan(self.features(shape))))

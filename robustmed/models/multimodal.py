@@ -41,6 +41,11 @@ class MultiLabelClassifier(nn.Module):
     def set_criterion(self, text: str | None) -> None:
         self.criterion = multilabel.parse_criterion(text, self.labels)
 
+    def input_constraints(self) -> dict:
+        """Per tabular input, its threat constraints (element ε scales, bounds, grid); images have none."""
+        hook = getattr(self.network, "input_constraints", None)
+        return hook() if hook else {}
+
     def margins(self, x) -> torch.Tensor:
         return self.network(x) - self.thresholds
 

@@ -1,0 +1,162 @@
+"""`bench` on the multi-input presets: model and data, ``--threat`` (check F4), ``--criterion`` (A8/F2).
+
+Threats name which inputs an attack may change: ``joint`` (all), a modality kind (``image``, ``tabular``:
+every input of that kind) or one input by name (``xray``); several are separated by commas. Each input
+has its own L∞ ε: images the run's ε (pixels in [0, 1]); tabular features ε × 6 standardised units
+(a standardised feature's ±3 SD span plays the part of [0, 1], so ε is the same fraction of the range)
+under the features' constraints. ``NAME:INPUT=EPS`` sets an input's ε, e.g. ``joint:shape=0.25``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from robustmed import checkpoints, multilabel, multimodal_data
+from robustmed.attacks.base import parse_number
+from robustmed.attacks.threat import InputThreat, Packing, ThreatModel
+from robustmed.errors import UserError
+from robustmed.factory import from_checkpoint, shipped_checkpoint
+from robustmed.models.zoo import MODELS
+
+TABULAR_SCALE = 6.0  # ε of a standardised feature = 6 × the run's ε (the ±3 SD span as the unit range)
+
+
+def preset_of(cfg):
+    """The multi-input preset a bench config names (``--model`` or the checkpoint's metadata), else None."""
+    name = cfg.model
+    if name is None and cfg.checkpoint and not cfg.model_file:
+        name = checkpoints.read_metadata(cfg.checkpoint).get("model")
+    preset = MODELS.get(name) if name else None
+    if getattr(preset, "multimodal", False):
+        return preset
+    if getattr(cfg, "threat", None) or getattr(cfg, "criterion", None):
+        raise UserError("--threat and --criterion apply to multi-input models only (mmcaf-net, iimgf-net)")
+    return None
+
+
+def _statistics_match(model: nn.Module, dataset) -> None:
+    features = getattr(model.network, "features", None)
+    if features is None or dataset.statistics is None:
+        return
+    ours, theirs = features.statistics(), dataset.statistics
+    if any(not torch.allclose(torch.as_tensor(getattr(ours, f)), torch.as_tensor(getattr(theirs, f)), rtol=1e-9)
+           for f in ("mean", "std", "derived_mean", "derived_std")):
+        raise UserError(f"the checkpoint standardises its shape features with other training statistics than "
+                        f"{dataset.key}'s: it was trained on another data set")
+
+
+def resolve(cfg, preset, device):
+    """(model, dataset, provenance) as :func:`robustmed.runner.resolve_model` returns them."""
+    from robustmed.runner import portable_path
+
+    if cfg.defense != "none":
+        raise UserError(f"{preset.name} is shipped and trained without a defense; use --defense none")
+    if cfg.checks == "full":
+        raise UserError("--checks full re-attacks single-input models only; multi-input runs take --checks cheap")
+    dataset = multimodal_data.load(preset, cfg.dataset, cfg.data_root)
+    path = cfg.checkpoint or shipped_checkpoint(cfg.defense, preset.name, dataset.key)
+    model, meta = from_checkpoint(path, device)
+    _statistics_match(model, dataset)
+    model.set_criterion(cfg.criterion)
+    dataset.criterion = model.criterion
+    accuracy = meta.get("test_accuracy_by_criterion", {}).get(model.criterion.name)
+    prov = {"path": portable_path(path), "sha256": meta["sha256"], "val_accuracy": meta.get("val_accuracy"),
+            "test_accuracy": accuracy, "trained_on": meta.get("dataset")}
+    return model, dataset, {"model": meta["model"], "defense": meta["defense"], "checkpoint": prov}
+
+
+def _entries(text: str) -> list[str]:
+    """``image,joint:shape=0.25,volume=2/255`` → [``image``, ``joint:shape=0.25,volume=2/255``]."""
+    from robustmed.runner import split_attacks  # the same rule: a key=value token continues the entry
+
+    return split_attacks(text)
+
+
+def _attacked(name: str, model) -> set[str]:
+    """``joint``: every input; an input's name: that input; a kind (``image``, ``tabular``): its inputs."""
+    kinds = {m.name: m.kind for m in model.modalities}
+    if name == "joint":
+        return set(kinds)
+    chosen = {name} if name in kinds else {n for n, k in kinds.items() if k == name}
+    if not chosen:
+        options = ["joint", *sorted(set(kinds.values())), *kinds]
+        raise UserError(f"threat {name!r} attacks no input of this model; choices: {', '.join(options)}")
+    return chosen
+
+
+def threat_models(model, text: str | None) -> list[ThreatModel]:
+    """The ``--threat`` entries as threat models over the model's inputs (default ``joint``)."""
+    constraints = model.input_constraints()
+    kinds = {m.name: m.kind for m in model.modalities}
+    out = []
+    for entry in _entries(text or "joint"):
+        name, _, options = entry.partition(":")
+        attacked = _attacked(name.strip(), model)
+        given = {}
+        for option in filter(None, options.split(",")):
+            key, _, value = option.partition("=")
+            if key not in attacked or not value:
+                raise UserError(f"threat {entry!r}: {option!r} must set the ε of an attacked input "
+                                f"({', '.join(sorted(attacked))}), e.g. {sorted(attacked)[0]}=0.25")
+            given[key] = parse_number(value)
+        inputs = {n: InputThreat(attackable=n in attacked, eps=given.get(n),
+                                 scale=TABULAR_SCALE if kinds[n] == "tabular" else 1.0, **constraints.get(n, {}))
+                  for n in model.input_names}
+        out.append(ThreatModel(inputs, entry.strip()))
+    return out
+
+
+def bench_threats(model, config: Mapping) -> list[ThreatModel] | None:
+    """Threat models of a unit's run, or None for single-input models."""
+    if not hasattr(model, "modalities"):
+        return None
+    return threat_models(model, config.get("threat"))
+
+
+class PackedView(nn.Module):
+    """The model over one flat tensor per sample, each element scaled to [0, 1] by its input's valid range.
+
+    The single-tensor pre-flight checks read it (A2's "inside [0, 1]" is then "inside the declared
+    bounds"); its logits are the model's. ``pack`` maps a mapping of inputs to the flat view.
+    """
+
+    def __init__(self, model: nn.Module, sample: Mapping[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.packing = Packing(sample, threat_models(model, "joint")[0], 1.0)
+        self.register_buffer("low", self.packing.low.clone())
+        self.register_buffer("span", (self.packing.high - self.packing.low).clone())
+
+    def pack(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return (self.packing.pack(x) - self.low) / self.span
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.model(self.packing.unpack(self.low + flat * self.span))
+
+
+def for_checks(ctx):
+    """The check context of a multi-input run: the packed view, and the declared criterion (A8)."""
+    if not isinstance(ctx.x, Mapping):
+        return ctx
+    model = ctx.model
+    view = PackedView(model, {k: v[:1] for k, v in ctx.x.items()})
+    ctx.model, ctx.x = view, view.pack(ctx.x)
+    ctx.extras["success_criterion"] = model.criterion.description
+    ctx.extras["multimodal"] = {"criterion": model.criterion.name, "labels": list(model.labels),
+                                "thresholds": [float(t) for t in model.thresholds]}
+    return ctx
+
+
+def run_extras(ctx, rows) -> dict:
+    """Manifest additions of a multi-input run: inputs' threat models, criterion, per-label flip rates (F2)."""
+    facts = ctx.extras.get("multimodal")
+    if not facts:
+        return {}
+    criterion = multilabel.parse_criterion(facts["criterion"], tuple(facts["labels"]))
+    threats = {t: rows[rows.threat == t].spec.iloc[0] for t in rows.threat.unique()} if "threat" in rows else {}
+    return {"multimodal": {**facts, "criterion_description": criterion.description,
+                           "threats": {t: json.loads(s)["extra"]["threat"] for t, s in threats.items()},
+                           "per_label": multilabel.label_flips(rows, criterion)}}
