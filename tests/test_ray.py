@@ -1,4 +1,6 @@
 """The Ray executor on a local 2-CPU cluster gives the local executor's per-sample rows, exactly."""
+import time
+
 import pandas as pd
 import pytest
 
@@ -33,6 +35,14 @@ def ray_cluster():
     ray.shutdown()
 
 
+def _cpus_released(total: int, wait_s: float = 10.0) -> bool:
+    """Killed actors give their CPUs back asynchronously."""
+    deadline = time.monotonic() + wait_s
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ray.available_resources().get("CPU", 0) >= total
+
+
 def _suite(root, executor):
     suite = load_suite(_write(root / "suite.toml", SUITE))
     return run_suite(suite, device="cpu", progress=False, executor=executor)
@@ -60,3 +70,4 @@ def test_ray_and_local_executors_give_identical_rows(tmp_path, data_root, pni_ch
         assert mine.run_dir.name == theirs.run_dir.name
         pd.testing.assert_frame_equal(mine.rows.drop(columns="attack_time_s"),
                                       theirs.rows.drop(columns="attack_time_s"))
+    assert _cpus_released(2)  # the worker actors were stopped with the runs
