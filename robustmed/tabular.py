@@ -65,11 +65,11 @@ def valid_range(size: int) -> np.ndarray:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
+    """Exposed faces: foreground/background changes along each axis, plus foreground on the grid's border."""
     faces = np.zeros(len(mask))
     for axis in (1, 2, 3):
-        pad = [(0, 0)] * 4
-        pad[axis] = (1, 1)
-        faces += np.abs(np.diff(np.pad(mask, pad).astype(np.int8), axis=axis)).sum(axis=(1, 2, 3))
+        border = np.take(mask, 0, axis=axis).sum(axis=(1, 2)) + np.take(mask, -1, axis=axis).sum(axis=(1, 2))
+        faces += np.diff(mask, axis=axis).sum(axis=(1, 2, 3)) + border
     return faces
 
 
@@ -83,12 +83,19 @@ def _extents(mask: np.ndarray) -> np.ndarray:
 
 
 def _axes(mask: np.ndarray) -> np.ndarray:
-    weights = mask.reshape(len(mask), -1).astype(np.float64)
-    coords = np.stack(np.meshgrid(*[np.arange(s) for s in mask.shape[1:]], indexing="ij"), -1).reshape(-1, 3)
-    count = weights.sum(1, keepdims=True)
-    mean = weights @ coords / count
-    second = np.einsum("nv,vi,vj->nij", weights, coords, coords) / count[:, :, None]
-    cov = second - mean[:, :, None] * mean[:, None, :]
+    """4·√eigenvalues of the coordinate covariance, from 2D marginals (exact integer sums, one pass each)."""
+    pairs = {(0, 1): mask.sum(3, dtype=np.int64), (0, 2): mask.sum(2, dtype=np.int64),
+             (1, 2): mask.sum(1, dtype=np.int64)}
+    coord = [np.arange(s, dtype=np.float64) for s in mask.shape[1:]]
+    marginals = [pairs[(0, 1)].sum(2), pairs[(0, 1)].sum(1), pairs[(0, 2)].sum(1)]
+    count = marginals[0].sum(1)
+    mean = np.stack([m @ c for m, c in zip(marginals, coord)], 1) / count[:, None]
+    second = np.empty((len(mask), 3, 3))
+    for i in range(3):
+        second[:, i, i] = marginals[i] @ coord[i] ** 2
+    for (i, j), m in pairs.items():
+        second[:, i, j] = second[:, j, i] = np.einsum("nab,a,b->n", m, coord[i], coord[j])
+    cov = second / count[:, None, None] - mean[:, :, None] * mean[:, None, :]
     eig = np.linalg.eigvalsh(cov)[:, ::-1].clip(min=0)
     return 4 * np.sqrt(eig)
 

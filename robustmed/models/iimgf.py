@@ -86,7 +86,11 @@ class CMIGFBlock(nn.Module):
 
 
 class MGC(nn.Module):
-    """Multi-granularity collaboration (Eqs. 4–5): coarse-to-fine CMMs, then fine-to-coarse CMMs with residuals."""
+    """Multi-granularity collaboration (Eqs. 4–5): coarse-to-fine CMMs, then fine-to-coarse CMMs with residuals.
+
+    Only each CMM's first output is used (K_l = CMM(Z_l, Ẑ_{l+1}), as in the code), so the second scan is
+    skipped and its Δ projection and output norm receive no gradient.
+    """
 
     def __init__(self, dims: list[int], tokens: list[int], cmm_state: int):
         super().__init__()
@@ -100,7 +104,7 @@ class MGC(nn.Module):
         self.last = len(dims) - 2
 
     def _cmm(self, cmm: CrossModalMamba, fine: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        return cmm(fine.transpose(1, 2), other.transpose(1, 2))[0].transpose(1, 2)
+        return cmm(fine.transpose(1, 2), other.transpose(1, 2), first_only=True).transpose(1, 2)
 
     def forward(self, z: list[torch.Tensor]) -> torch.Tensor:
         """Z_l as (b, 2·C_l, N_l), fine to coarse → R_L (b, 2·C_L, N_L)."""

@@ -206,7 +206,11 @@ class ImageEncoder3d(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Eqs. 4–10: multi-head attention of one modality's tokens over the other's, plus the query (residual)."""
+    """Eqs. 4–10: multi-head attention of one modality's tokens over the other's, plus the query (residual).
+
+    As in the code, each modality is one token, so the softmax runs over a single key: every attention
+    weight is 1, the output is V(other) + query, and W_q, W_k receive no gradient. Kept for fidelity.
+    """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()

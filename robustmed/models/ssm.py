@@ -73,17 +73,20 @@ class CrossModalMamba(nn.Module):
         delta = (dt @ self.dt_proj[which].weight.T).transpose(1, 2)  # (b, d, l); the bias enters the scan
         return delta, B.transpose(1, 2), C.transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b, l, d) token sequences of both modalities → their cross-read outputs, same shapes."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, first_only: bool = False):
+        """(b, l, d) token sequences of both modalities → their cross-read outputs, same shapes.
+
+        ``first_only`` runs x's scan alone (IIMGF-Net's MGC discards the other output, as its code does).
+        """
         parts = [self._parts(x, 0), self._parts(y, 1)]
         outs = []
-        for which, (seq, other) in enumerate(((x, 1), (y, 0))):
+        for which, (seq, other) in enumerate(((x, 1), (y, 0))[:1 if first_only else 2]):
             delta, B, _ = parts[which]
             C = parts[other][2]
             out = selective_scan(seq.transpose(1, 2)[:, None], delta[:, None], -self.A_log[which:which + 1].exp(),
                                  B[:, None], C[:, None], self.D[which:which + 1], self.dt_proj[which].bias[None])
             outs.append(self.out_norm[which](out[:, 0].transpose(1, 2)))
-        return outs[0], outs[1]
+        return outs[0] if first_only else (outs[0], outs[1])
 
 
 class SS2D(nn.Module):
