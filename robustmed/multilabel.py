@@ -110,7 +110,8 @@ def label_accuracy(predicted: torch.Tensor, labels: torch.Tensor, names: tuple[s
         hit, y = predicted[:, k] == labels[:, k], labels[:, k]
         rate = float(y.float().mean())
         out[name] = {"accuracy": float(hit.float().mean()), "majority_rate": max(rate, 1 - rate),
-                     "balanced_accuracy": float(np.mean([hit[y == c].float().mean() for c in (0, 1) if (y == c).any()]))}
+                     "balanced_accuracy": float(np.mean([hit[y == c].float().mean() for c in (0, 1)
+                                                         if (y == c).any()]))}
     return out
 
 

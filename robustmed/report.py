@@ -27,7 +27,8 @@ def print_bench(report) -> None:
                       _pct(s["robust_accuracy"]), _ci(s["robust_ci"]), f"{s['attack_time_s']:.1f} s")
         if "multimodal" in m:  # one row per threat model (check F4) under the per-sample worst case
             for name, accuracy in s["per_attack"].items():
-                table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(wilson(round(accuracy * s["n"]), s["n"])), "")
+                interval = wilson(round(accuracy * s["n"]), s["n"])
+                table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(interval), "")
     console = Console()
     console.print(table)
     if "multimodal" in m:

@@ -1,7 +1,8 @@
 """Benchmark suites as data (TOML): defenses × datasets × attacks, expanded to bench runs.
 
 A suite names where its results live, so tables and regression gates read exactly the
-runs the suite produced.
+runs the suite produced. Several models (each with its own data sets, threat models and
+success criterion) are listed as ``[[models]]`` entries.
 """
 from __future__ import annotations
 
@@ -32,22 +33,29 @@ class Suite:
     paper_protocol: bool = True  # randomized defenses also get the paper's single-draw column
     description: str = ""
     options: dict = field(default_factory=dict)
+    models: tuple[dict, ...] = ()  # [[models]] entries: model, datasets, threat, criterion, defenses
+
+    def entries(self) -> tuple[dict, ...]:
+        """One entry per model: the ``[[models]]`` tables, else the suite's own model and data sets."""
+        return self.models or ({"model": self.model, "datasets": list(self.datasets)},)
 
     def configs(self, randomized: set[str], device: str = "auto", progress: bool = True,
                 defenses: tuple[str, ...] | None = None, executor: str = "local",
                 address: str | None = None) -> list[tuple[str, BenchConfig]]:
         """(protocol, config) per defense × dataset; randomized defenses get a paper-protocol run too."""
         out = []
-        for defense in defenses or self.defenses:
-            for dataset in self.datasets:
-                protocols = PROTOCOLS if (self.paper_protocol and defense in randomized) else PROTOCOLS[:1]
-                for protocol in protocols:
-                    attacks = self.attacks if protocol == "adaptive" else tuple(_paper(a) for a in self.attacks)
-                    out.append((protocol, BenchConfig(
-                        defense=defense, attack=",".join(attacks), model=self.model, dataset=dataset,
-                        eps=self.eps, n=self.n, seed=self.seed, device=device, out=str(self.results),
-                        progress=progress, batch_size=self.batch_size, shard_size=self.shard_size,
-                        executor=executor, address=address)))
+        for entry in self.entries():
+            for defense in defenses or entry.get("defenses", self.defenses):
+                for dataset in entry.get("datasets") or [None]:
+                    protocols = PROTOCOLS if (self.paper_protocol and defense in randomized) else PROTOCOLS[:1]
+                    for protocol in protocols:
+                        attacks = self.attacks if protocol == "adaptive" else tuple(_paper(a) for a in self.attacks)
+                        out.append((protocol, BenchConfig(
+                            defense=defense, attack=",".join(attacks), model=entry.get("model"), dataset=dataset,
+                            eps=self.eps, n=self.n, seed=self.seed, device=device, out=str(self.results),
+                            progress=progress, batch_size=self.batch_size, shard_size=self.shard_size,
+                            executor=executor, address=address, threat=entry.get("threat"),
+                            criterion=entry.get("criterion"))))
         return out
 
 
@@ -64,14 +72,16 @@ def load_suite(path: str | Path) -> Suite:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"suite {path} is not valid TOML: {exc}") from None
-    missing = [k for k in ("name", "defenses", "datasets", "attacks") if k not in raw]
+    missing = [k for k in ("name", "defenses", "attacks") if k not in raw]
+    missing += [] if "datasets" in raw or "models" in raw else ["datasets (or [[models]])"]
     if missing:
         raise UserError(f"suite {path} lacks {', '.join(missing)}")
     results = Path(raw.get("results", f"results/{raw['name']}"))
     if not results.is_absolute():  # relative to the suite file, not the caller's working directory
         results = (path.resolve().parent / results).resolve()
     return Suite(name=raw["name"], path=path, results=results, defenses=tuple(raw["defenses"]),
-                 datasets=tuple(raw["datasets"]), attacks=tuple(raw["attacks"]), eps=str(raw.get("eps", "4/255")),
+                 datasets=tuple(raw.get("datasets", ())), attacks=tuple(raw["attacks"]),
+                 eps=str(raw.get("eps", "4/255")), models=tuple(raw.get("models", ())),
                  model=raw.get("model"), n=raw.get("n"), seed=int(raw.get("seed", 0)),
                  batch_size=int(raw.get("batch_size", 256)), shard_size=raw.get("shard_size"),
                  paper_protocol=bool(raw.get("paper_protocol", True)), description=raw.get("description", ""))
@@ -90,14 +100,22 @@ def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defense
     All runs' units go to one executor together (so Ray spreads a whole suite); runs already
     stored are read back and killed ones completed, so rerunning the command finishes a suite.
     """
-    from robustmed import data as data_mod
-    from robustmed.factory import shipped_checkpoint
     from robustmed.runner import run_benches
 
     plan = suite.configs(randomized_defenses(), device, progress, defenses, executor, address)
     for _, cfg in plan:  # fail fast: a missing checkpoint or data set stops the suite before it starts
-        shipped_checkpoint(cfg.defense, cfg.model, data_mod.load(cfg.dataset).key)
+        _shipped(cfg)
     return run_benches([cfg for _, cfg in plan])
+
+
+def _shipped(cfg: BenchConfig):
+    from robustmed import data as data_mod, multimodal_bench, multimodal_data
+    from robustmed.factory import shipped_checkpoint
+
+    preset = multimodal_bench.preset_of(cfg)
+    dataset = multimodal_data.load(preset, cfg.dataset, cfg.data_root) if preset else \
+        data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET)
+    return shipped_checkpoint(cfg.defense, cfg.model, dataset.key)
 
 
 def suite_evaluations(suite: Suite):

@@ -1,8 +1,9 @@
 """Paper-style tables (the seed paper's Table 3 layout) rendered from stored evaluations.
 
 Rows: defenses (randomized ones twice: the paper's single-draw protocol beside the adaptive
-EOT protocol); columns: dataset × attack, plus the per-sample worst case. Cells: robust
-accuracy with its 95% Wilson interval; the best adaptive number per column in bold.
+EOT protocol), per model when the evaluations hold several; columns: dataset × attack (one per
+threat model for multi-input models, ``pgd20[image]``), plus the per-sample worst case. Cells:
+robust accuracy with its 95% Wilson interval; the best adaptive number per column in bold.
 """
 from __future__ import annotations
 
@@ -11,21 +12,32 @@ from robustmed.evidence import WORST, Evaluation
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
 
 
+def _variants(evals: list[Evaluation], dataset: str, attack: str) -> list[str]:
+    """The attack's evaluations on a data set: itself, or one per threat model (``attack[threat]``)."""
+    names = dict.fromkeys(e.attack for e in evals if e.dataset == dataset and e.attack.startswith(f"{attack}["))
+    return list(names) or [attack]
+
+
 def _columns(evals: list[Evaluation], attacks: list[str]) -> list[tuple[str, str]]:
     datasets = sorted({e.dataset for e in evals})
-    return [(d, a) for d in datasets for a in [*attacks, WORST]]
+    return [(d, a) for d in datasets for a in [*(v for at in attacks for v in _variants(evals, d, at)), WORST]]
 
 
 def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float):
-    """(columns, rows): rows are (label, defense, protocol, {column: Evaluation}) in suite order."""
+    """(columns, rows): rows are (label, defense, protocol, {column: Evaluation}) in suite order; with
+    several models, one row per model and defense, labelled ``defense · model``."""
     evals = [e for e in evals if abs(e.eps - eps) < 1e-9]
     columns = _columns(evals, attacks)
+    models = sorted({e.model for e in evals})
     rows = []
     for defense in defenses:
-        for protocol in ("paper", "adaptive"):
-            cells = {(e.dataset, e.attack): e for e in evals if e.defense == defense and e.protocol == protocol}
-            if cells:
-                rows.append((defense + PROTOCOL_LABEL[protocol], defense, protocol, cells))
+        for model in models:
+            for protocol in ("paper", "adaptive"):
+                cells = {(e.dataset, e.attack): e for e in evals
+                         if e.defense == defense and e.model == model and e.protocol == protocol}
+                label = defense + (f" · {model}" if len(models) > 1 else "") + PROTOCOL_LABEL[protocol]
+                if cells:
+                    rows.append((label, defense, protocol, cells))
     return columns, rows
 
 

@@ -84,7 +84,8 @@ def test_shape_layer_appends_consistent_derived_features(data_root):
     out = layer(z)
     raw = z.double() * layer.std + layer.mean
     assert torch.equal(out[:, :9], z)
-    assert torch.allclose(out[:, 9:].double(), (tabular.derive(raw) - layer.derived_mean) / layer.derived_std, atol=1e-5)
+    derived = (tabular.derive(raw) - layer.derived_mean) / layer.derived_std
+    assert torch.allclose(out[:, 9:].double(), derived, atol=1e-5)
 
 
 def _parameters_without_gradient(model, x) -> list[str]:

@@ -87,7 +87,8 @@ def test_harness_rows_per_threat_pass_the_per_input_budget_check(adrenal):
     model, x, y, _ = adrenal
     rows = benchmark(model, x, y, attack="pgd3", eps=EPS, threat=threat_models(model, "image,tabular,joint"))
     assert sorted(rows.threat.unique()) == ["image", "joint", "tabular"]
-    assert (rows[rows.threat == "image"].linf_shape == 0).all() and (rows[rows.threat == "tabular"].linf_volume == 0).all()
+    assert (rows[rows.threat == "image"].linf_shape == 0).all()
+    assert (rows[rows.threat == "tabular"].linf_volume == 0).all()
     assert (rows.eps_shape[rows.threat != "image"] == TABULAR_SCALE * EPS).all()
     finding = budget(CheckContext(model, x, y, [EPS], [], 2), rows)
     assert not finding.fired and finding.details["max_ratio"] <= 1 + 1e-6

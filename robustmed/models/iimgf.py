@@ -46,7 +46,8 @@ class VSSBlock(nn.Module):
         super().__init__()
         self.norm1, self.ss2d = nn.LayerNorm(dim), SS2D(dim, d_state)
         hidden = int(dim * mlp_ratio)
-        self.norm2, self.mlp = nn.LayerNorm(dim), nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.ss2d(self.norm1(x))

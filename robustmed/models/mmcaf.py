@@ -246,7 +246,7 @@ class MSCAFusion(nn.Module):
         self.down = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim // f), nn.ReLU(), nn.Dropout(dropout))
                                   for f in (2, 4))
         self.attend = nn.ModuleList([CrossAttention(dim, 4), CrossAttention(dim // 2, 2), CrossAttention(dim // 4, 2)])
-        self.carry = nn.ModuleList(nn.ModuleList([nn.Linear(dim // f, dim // (2 * f)), nn.Linear(dim // f, dim // (2 * f))])
+        self.carry = nn.ModuleList(nn.ModuleList(nn.Linear(dim // f, dim // (2 * f)) for _ in range(2))
                                    for f in (1, 2))
         self.bsf = nn.ModuleList([BSF(dim // 2), BSF(dim)])
 
