@@ -72,8 +72,8 @@ def load_suite(path: str | Path) -> Suite:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"suite {path} is not valid TOML: {exc}") from None
-    missing = [k for k in ("name", "defenses", "attacks") if k not in raw]
-    missing += [] if "datasets" in raw or "models" in raw else ["datasets (or [[models]])"]
+    missing = [k for k in ("name", "defenses", "datasets", "attacks")
+               if k not in raw and not (k == "datasets" and "models" in raw)]  # [[models]] name their own
     if missing:
         raise UserError(f"suite {path} lacks {', '.join(missing)}")
     results = Path(raw.get("results", f"results/{raw['name']}"))
