@@ -76,10 +76,37 @@ class RandomProjectionConv(RandomModule):
                         self.groups)
 
 
-def attach(model: nn.Module, ratio: float = 0.75, standardize: bool = True, blocks: bool = False) -> nn.Module:
-    """RP stem in every branch (independent filters); ``blocks`` also converts stage 1's first ERLA."""
+class InputNormalization(nn.Module):
+    """Per-channel input standardisation inside the model, fitted on the training split.
+
+    The RPF reference builds its network with ``normalize=`` (dataset mean/std) applied before the
+    RP stem; MAIL itself has none (spec §1). Without it every draw of random filters adds a
+    draw-specific offset (input mean × filter sum) to its channels, which batch statistics remove in
+    training but BN's running statistics cannot remove at test time.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    @torch.no_grad()
+    def fit_input_statistics(self, x: torch.Tensor) -> None:
+        self.mean.copy_(x.mean(dim=(0, 2, 3), keepdim=True))
+        self.std.copy_(x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def attach(model: nn.Module, ratio: float = 0.75, standardize: bool = True, blocks: bool = False,
+           normalize: bool = True) -> nn.Module:
+    """RP stem in every branch (independent filters) behind the reference's input normalisation;
+    ``blocks`` also converts stage 1's first ERLA."""
     for module in network_of(model).modules():
         if isinstance(module, Stem):
+            if normalize:
+                module.input_site = InputNormalization(module.conv.in_channels)
             module.conv = RandomProjectionConv(module.conv, ratio, standardize)
     if blocks:
         for branch in network_of(model).branch_nets:
@@ -94,13 +121,13 @@ DEFENSES.register("rpf", DefenseInfo(
     name="rpf",
     family="random projection filters + adversarial training",
     reference="Dong, Xu. Adversarial Robustness via Random Projection Filters. CVPR 2023",
-    description="stem conv of each branch 75 % random N(0, 1/k²) filters (trainable part standardised), "
-                "[A]/[I] realizations, PGD loss only",
+    description="stem conv of each branch 75 % random N(0, 1/k²) filters (trainable part standardised) "
+                "on standardised inputs, [A]/[I] realizations, PGD loss only",
     randomized=True,
     train_step="pgd-at",
     train_options={"clean_weight": 0.0, "attack_mode": "train", "realization": "ai", "rp_weight_decay": 1e-2,
                    "select": "robust", "freeze_bn_after_warmup": True},
     attach=attach,
-    options={"ratio": 0.75, "standardize": True, "blocks": False},
+    options={"ratio": 0.75, "standardize": True, "blocks": False, "normalize": True},
     cpu_recipe="cpu-at",
 ))

@@ -389,6 +389,14 @@ def test_accuracy(model, x, y, device, draws: int = TEST_DRAWS) -> tuple[float, 
     return (hits.float() / draws).mean().item(), draws
 
 
+def fit_input_statistics(model, x) -> None:
+    """Modules that standardise inputs inside the model (RPF's reference normalisation) learn the
+    training split's statistics once, before training, so they are saved with the weights."""
+    for module in model.modules():
+        if hasattr(module, "fit_input_statistics"):
+            module.fit_input_statistics(x)
+
+
 def _materialize(model, x) -> None:
     """Lazy defense parameters (L2P σ, CTRW μ/σ) take the input's shape; create them before the optimiser."""
     if any(isinstance(p, UninitializedParameter) for p in model.parameters()):
@@ -464,6 +472,7 @@ def train(cfg: TrainConfig) -> dict:
     build_spec = {"model": cfg.model, "defense": cfg.defense, "num_classes": [dataset.num_classes]}
     model = build(**build_spec).to(device)
     seed_model(model, cfg.seed)
+    fit_input_statistics(model, x_train.to(device))
     _materialize(model, take(x_train, slice(0, 2)).to(device))
     optimizers = make_optimizers(model, recipe, options)
     optimizer = optimizers["main"]

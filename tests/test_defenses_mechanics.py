@@ -6,7 +6,7 @@ from torch import nn
 from robustmed.defenses import DEFENSES, cap, ctrw, dbn, learn2perturb, pni, rpan, rpf
 from robustmed.factory import build
 from robustmed.randomness import frozen, resample, seed_model
-from robustmed.training import RECIPES, attack_phase, eot_pgd, make_optimizers, set_mode
+from robustmed.training import RECIPES, attack_phase, eot_pgd, fit_input_statistics, make_optimizers, set_mode
 
 SMALL = {"widths": (16, 32), "depths": (1, 1)}
 
@@ -144,6 +144,19 @@ def test_rpf_trainable_part_gets_its_own_weight_decay():
     rp = {id(p) for m in model.modules() if isinstance(m, rpf.RandomProjectionConv) for p in m.parameters()}
     decays = {g["weight_decay"] for g in groups if {id(p) for p in g["params"]} <= rp}
     assert decays == {1e-2}
+
+
+def test_rpf_stem_sees_inputs_standardised_with_training_statistics():
+    model = _model("rpf")
+    x = _x(64) * 0.5 + 0.3
+    fit_input_statistics(model, x)
+    norms = [m for m in model.modules() if isinstance(m, rpf.InputNormalization)]
+    assert len(norms) == 2  # one per branch, in front of each RP stem
+    for norm in norms:
+        out = norm(x)
+        assert abs(out.mean().item()) < 1e-5 and abs(out.std().item() - 1) < 1e-3
+        assert {"mean", "std"} <= {name.split(".")[-1] for name, _ in norm.named_buffers()}
+    assert any(k.endswith("input_site.mean") for k in model.state_dict())  # saved with the weights
 
 
 # --- CAP -------------------------------------------------------------------------------------
