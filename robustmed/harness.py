@@ -110,6 +110,15 @@ def resolve_spec(spec: AttackSpec, *, randomized: bool, num_classes: int) -> Att
     return family.adapt(spec, num_classes) if family.adapt else spec
 
 
+def with_bpda(spec: AttackSpec, model) -> AttackSpec:
+    """E1: the number of non-differentiable ops the attack sees through straight-through (BPDA, check D1),
+    stored as ``extra["bpda_sites"]`` only when there are some, so every other spec keeps its digest."""
+    from robustmed.checks.bpda import active_sites  # robustmed.checks imports this module
+
+    sites = active_sites(model)
+    return replace(spec, extra={**spec.extra, "bpda_sites": sites}) if sites else spec
+
+
 def resolve_eps_mode(spec: AttackSpec, n_eps: int) -> AttackSpec:
     """The mode of a multi-ε run, stored as ``eps_mode`` (one ε stores none); default ``sweep``.
 
@@ -427,6 +436,7 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
     with torch.no_grad():
         num_classes = model(to_device(take(x, slice(0, 1)), device)).shape[-1]
     specs = [resolve_spec(s, randomized=randomized, num_classes=num_classes) for s in specs]
+    specs = [with_bpda(s, model) for s in specs]
     n_clean = max(s.draws for s in specs) if randomized else 1
     pred, loss, hits = clean_draws(model, x, y, batch_size, device, n_clean)
     clean = _Clean(pred, loss, hits, hits == n_clean, hits > 0)

@@ -21,6 +21,11 @@ def _flag(module: nn.Module) -> str:
     return "enabled" if isinstance(module, BPDA) else "straight_through"
 
 
+def active_sites(model: nn.Module) -> int:
+    """Switches now set to straight-through: how many non-differentiable ops an attack sees through (E1)."""
+    return sum(bool(getattr(m, _flag(m))) for m in switches(model))
+
+
 @contextmanager
 def bpda(model: nn.Module, enabled: bool = True):
     """Every switch set to ``enabled`` for the duration, then restored."""

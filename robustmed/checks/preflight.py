@@ -1,4 +1,4 @@
-"""Pre-flight checks A1–A10 (evaluation spec §4.A): cheap probes run before every benchmark.
+"""Pre-flight checks A1–A10 (evaluation spec §4.A), and D2, cheap probes run before every benchmark.
 
 They look at the model and the data only; no attack has run yet. The global RNG is restored
 afterwards, so a run's rows are the same with or without the checks.
@@ -11,9 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustmed.attacks.bpda import BPDA
 from robustmed.attacks.eot import margin_loss
+from robustmed.checks.bpda import switches
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, INFO, Finding, register
+from robustmed.checks.sites import measure_sites
+from robustmed.checks.surface import attack_surface
 from robustmed.harness import resolve_spec
 from robustmed.stats import wilson
 
@@ -33,6 +37,8 @@ RANDOMNESS_TOL = 1e-4
 LARGE_EPS = 16 / 255
 PARITY_TOL = 0.0005  # ±0.05 points on the full split
 PARITY_Z = 3.29  # 99.9% Wilson interval on a subset or over random draws
+SITE_BLOCKED_TOL = 0.01  # A6 per site: over 1% of the entries reaching a declared op get no gradient back
+SITE_COSINE_MIN = 0.9  # A6 per site: the gradient an op passes back vs the straight-through one
 
 
 def eval_mode(ctx: CheckContext) -> Finding:
@@ -140,8 +146,19 @@ def _input_grads(model, x, y, loss_fn) -> torch.Tensor | None:
     return torch.zeros_like(x) if grad is None else grad
 
 
+def declared_sites(ctx: CheckContext) -> bool:
+    """Non-differentiable ops to measure: declared by the defense, or wrapped in BPDA by the model itself."""
+    return bool(ctx.nondiff_ops and switches(ctx.model)) or any(isinstance(m, BPDA) for m in ctx.model.modules())
+
+
+def _obfuscated(sites: dict) -> dict:
+    """Kinds of site whose plain gradient is blocked on over 1% of its entries or bent away from straight-through."""
+    return {k: s for k, s in sites.items() if s.blocked_fraction > SITE_BLOCKED_TOL or s.cosine < SITE_COSINE_MIN}
+
+
 def gradient_health(ctx: CheckContext) -> Finding:
-    """A6: per-sample input gradients of CE and margin loss must exist, be finite and be non-zero."""
+    """A6: per-sample input gradients of CE and margin loss must exist, be finite and be non-zero; at every
+    declared non-differentiable op (per site) the gradient must not be blocked or shattered."""
     x, y = ctx.probe
     details = {}
     for name, loss_fn in (("ce", lambda o, t: F.cross_entropy(o, t, reduction="none")), ("margin", margin_loss)):
@@ -155,8 +172,23 @@ def gradient_health(ctx: CheckContext) -> Finding:
     worst = max(max(d.values()) for d in details.values())
     summary = ", ".join(f"{k}: {100 * v['zero']:.0f}% zero, {100 * v['nonfinite']:.0f}% NaN/inf"
                         for k, v in details.items())
-    return A6.outcome(worst > 0, f"unusable input gradients on {len(x)} samples ({summary}): gradient masking"
-                      if worst > 0 else f"input gradients finite and non-zero on {len(x)} samples", **details)
+    if worst > 0:
+        return A6.fired(f"unusable input gradients on {len(x)} samples ({summary}): gradient masking", **details)
+    if not declared_sites(ctx):
+        unswitchable = f"; the {len(ctx.nondiff_ops)} declared non-differentiable op(s) expose no straight-through " \
+            "switch, so they are neither measured nor attacked with BPDA" if ctx.nondiff_ops else ""
+        return A6.passed(f"input gradients finite and non-zero on {len(x)} samples{unswitchable}", **details)
+    sites = measure_sites(ctx.model, x, y)
+    details["sites"] = {k: s.to_json() for k, s in sites.items()}
+    details["nondiff_ops"] = list(ctx.nondiff_ops)
+    bad = _obfuscated(sites)
+    if not bad:
+        return A6.passed(f"input gradients finite and non-zero; the {len(sites)} declared non-differentiable "
+                         "op(s) pass the gradient on", **details)
+    where = "; ".join(f"{k} ×{s.sites} blocks {100 * s.blocked_fraction:.0f}% of the gradient reaching it "
+                      f"(cosine {s.cosine:.2f} with straight-through)" for k, s in bad.items())
+    return A6.fired(f"zero-gradient / obfuscated gradients at {len(bad)} declared non-differentiable op(s): {where}; "
+                    "plain gradients cannot see through them, BPDA (straight-through) is required there", **details)
 
 
 def class_count(ctx: CheckContext) -> Finding:
@@ -224,7 +256,7 @@ def budget_sanity(ctx: CheckContext) -> Finding:
 
 
 PREFLIGHT = (eval_mode, input_domain, probabilities, randomness, test_time_optimization, gradient_health,
-             class_count, task_type, clean_parity, budget_sanity)
+             class_count, task_type, clean_parity, budget_sanity, attack_surface)
 
 
 def run_preflight(ctx: CheckContext) -> list[Finding]:
