@@ -171,6 +171,7 @@ def check_context(cfg: BenchConfig, model, dataset, prov: dict, x, y, ids, total
     return CheckContext(model, x, y, cfg.eps_values(), cfg.specs(), dataset.num_classes, task=dataset.task,
                         declared_randomized=bool(info and info.randomized),
                         nondiff_ops=tuple(info.nondiff_ops) if info else (),
+                        adversarially_trained=info.train_step != "standard" if info else None,
                         registry_accuracy=ckpt.get("test_accuracy") if same_data else None,
                         full_split=len(ids) == total, device=device, seed=cfg.seed,
                         batch_size=cfg.batch_size, sample_ids=ids)

@@ -30,6 +30,7 @@ class CheckContext:
     task: str = "multi-class"
     declared_randomized: bool = False
     nondiff_ops: tuple[str, ...] = ()
+    adversarially_trained: bool | None = None  # the defense's training step uses attacks (registry); None: unknown
     registry_accuracy: float | None = None
     full_split: bool = False
     device: torch.device | str = "cpu"

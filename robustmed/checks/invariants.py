@@ -1,8 +1,9 @@
 """Attack-correctness invariants B1–B15 (evaluation spec §4.B).
 
 The cheap ones read the run's per-sample rows (always on); the costly ones re-attack a seeded
-subset of the run's samples through the harness (``--checks full``). Not implemented here: B11
-(transfer from the undefended model) and B16 (binarization test); B14 works on deterministic models.
+subset of the run's samples through the harness (``--checks full``). B11 (transfer from the
+defense-removed model) lives in :mod:`robustmed.checks.ablation`, B16 (binarization test) in
+:mod:`robustmed.checks.binarization`; B14 works on deterministic models.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from robustmed.attacks.pgd import pgd, uniform_start
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, FULL, Finding, register
-from robustmed.checks.subset import Subset, attack_robust, gradient_spec, subset
+from robustmed.checks.subset import Subset, attack_robust, gradient_spec, run_robust, subset
 from robustmed.harness import summarize
 
 B1 = register("B1", "budget and box respected", ERROR)
@@ -114,11 +115,6 @@ ROW_CHECKS = (budget, reverification, clean_errors, worst_case, monotone, silent
 
 # --- full: re-attacking a seeded subset -----------------------------------------------------------
 
-def _run_robust(ctx: CheckContext, rows: pd.DataFrame, ids: np.ndarray, eps: float) -> np.ndarray:
-    at = rows[(rows.eps == eps) & rows.sample_id.isin(ids)]
-    return at.groupby("sample_id").robust.all().reindex(ids).to_numpy(dtype=bool)
-
-
 def convergence(ctx, rows, sub) -> Finding:
     """B6: doubling the steps must not break more than 0.5 pt more samples."""
     spec = gradient_spec(ctx)
@@ -132,7 +128,7 @@ def convergence(ctx, rows, sub) -> Finding:
 
 def _missed(ctx, rows, sub, attack: str) -> float:
     """Fraction of the subset that ``attack`` breaks although the run's attacks left it robust."""
-    run = _run_robust(ctx, rows, sub.ids, sub.eps)
+    run = run_robust(rows, sub.ids, sub.eps)
     if not run.any():
         return 0.0
     keep = np.flatnonzero(run)  # only samples still robust can reveal a weaker-than-possible attack
@@ -164,7 +160,7 @@ def unbounded(ctx, rows, sub) -> Finding:
 @torch.no_grad()
 def random_noise(ctx, rows, sub) -> Finding:
     """B10: random corners of the ε-ball must not break samples the gradient attacks left robust."""
-    run = _run_robust(ctx, rows, sub.ids, sub.eps)
+    run = run_robust(rows, sub.ids, sub.eps)
     generator, broken = torch.Generator().manual_seed(ctx.seed), 0
     for i in np.flatnonzero(run):
         x, y = sub.x[i:i + 1].to(ctx.device), sub.y[i:i + 1].to(ctx.device)

@@ -1,7 +1,7 @@
 """Randomized (C1–C4) and non-differentiable/dynamic (D1, D4) defenses (evaluation spec §4.C–D).
 
-Not implemented: D2 (the attacked callable is the deployed model by construction of the harness,
-nothing is measured) and D3 (needs the defense-removed model, which the registry does not build).
+D2 (attack surface) runs before the attack (:mod:`robustmed.checks.surface`); D3 needs the
+defense-removed model (:mod:`robustmed.checks.ablation`).
 """
 from __future__ import annotations
 

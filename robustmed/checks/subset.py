@@ -29,6 +29,12 @@ def subset(ctx: CheckContext, rows: pd.DataFrame | None = None, size: int = FULL
     return Subset(ctx.ids[positions], ctx.x[positions], ctx.y[positions], float(min(ctx.eps)))
 
 
+def run_robust(rows: pd.DataFrame, ids: np.ndarray, eps: float) -> np.ndarray:
+    """The run's per-sample verdict at ``eps`` (robust under every attack) for ``ids``, in that order."""
+    at = rows[(rows.eps == eps) & rows.sample_id.isin(ids)]
+    return at.groupby("sample_id").robust.all().reindex(ids).to_numpy(dtype=bool)
+
+
 def gradient_spec(ctx: CheckContext) -> AttackSpec:
     """The run's first PGD-like attack (its family and steps are what B6/B12/B15 vary), else PGD-10."""
     return next((s for s in ctx.specs if s.family in GRADIENT_FAMILIES), parse_attack("pgd10"))
