@@ -33,6 +33,15 @@ def test_error_finding_refuses_before_anything_is_written(data_root, tmp_path):
     assert not out.exists()
 
 
+def test_attacking_a_surrogate_is_refused_before_the_attack(data_root, tmp_path):
+    out = tmp_path / "out"
+    cfg = BenchConfig(model_file=f"{BROKEN}:make_attacks_a_surrogate", attack="pgd2", n=16, out=str(out),
+                      progress=False)
+    with pytest.raises(UserError, match="check D2 failed"):
+        run_bench(cfg)
+    assert not out.exists()
+
+
 def test_check_command_json_on_a_user_model(data_root, capsys):
     code = main(["check", "--model-file", f"{BROKEN}:make_softmax", "--n", "16", "--attack", "pgd2",
                  "--checks", "cheap", "--json"])
@@ -58,7 +67,14 @@ def test_bench_rpan_code_uses_eot_and_bpda(data_root, tmp_path, rpan_code_checkp
                                    progress=False))
     _, manifest = store.read_run(report.run_dir)
     fired = {f["id"] for f in manifest["findings"] if f["fired"]}
-    assert {"A1", "A4", "C4"} <= fired and manifest["unreliable"] is True
-    assert manifest["attacks"]["pgd1"]["eot"] == 20 and manifest["attacks"]["pgd1"]["draws"] == 10
+    assert {"A1", "A4", "A6", "C4"} <= fired and manifest["unreliable"] is True
+    spec = manifest["attacks"]["pgd1"]
+    assert spec["eot"] == 20 and spec["draws"] == 10
     sites = sum(isinstance(m, MANNoise) for m in build("mail-rn18-mini", "rpan-code", (2,)).modules())
-    assert manifest["bpda_sites"] == sites == 36  # every clipped MAN site ran straight-through
+    assert manifest["bpda_sites"] == spec["extra"]["bpda_sites"] == sites == 36  # every clip ran straight-through
+    a6 = next(f for f in manifest["findings"] if f["id"] == "A6")
+    assert "zero-gradient" in a6["reason"]  # per declared clip: the share of the gradient it blocks
+    assert set(a6["details"]["sites"]) == {"CodeChannelAttention.noise", "CodeEMILA.spatial_noise",
+                                           "CodeEMCAM.fused_man"}
+    assert sum(s["sites"] for s in a6["details"]["sites"].values()) == 36
+    assert max(s["blocked"] for s in a6["details"]["sites"].values()) > 0.01
