@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(bench)
     bench.add_argument("--attack", default="pgd100", help="attack spec(s), comma-separated: pgd100, pgd10:alpha=1/255")
     bench.add_argument("--eps", default="4/255", help="L∞ budget(s) in [0,1] pixel units, e.g. 2/255,4/255,8/255")
-    bench.add_argument("--n", type=int, default=None, help="seeded subset of N test samples (default: all)")
+    bench.add_argument("-n", "--n", type=int, default=None, help="seeded subset of N test samples (default: all)")
     bench.add_argument("--split", default="test", choices=["train", "val", "test"])
     bench.add_argument("--checkpoint", default=None, help="a checkpoint written by `robustmed train`")
     bench.add_argument("--model-file", default=None, help="FILE.py:FACTORY returning your own nn.Module")
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="results folder (default results/runs)")
     bench.add_argument("--no-progress", action="store_true")
     bench.add_argument("--checks", default="cheap", choices=["cheap", "full"],
-                       help="cheap: the always-on checks; full: also re-attack a seeded subset (B6-B15, C3, D1)")
+                       help="cheap: the always-on checks; full: also re-attack a seeded subset (B6-B16, C3, D1, D3)")
     bench.add_argument("--suite", default=None, help="run a whole suite file (benchmarks/*.toml) instead")
     bench.add_argument("--executor", default="local", choices=["local", "ray"],
                        help="local: in this process; ray: one Ray task per work unit (pip install 'robustmed[ray]')")
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(check)
     check.add_argument("--attack", default="pgd20", help="attack spec(s) the run-time checks use")
     check.add_argument("--eps", default="4/255", help="L∞ budget(s) in [0,1] pixel units")
-    check.add_argument("--n", type=int, default=32, help="seeded subset of N test samples")
+    check.add_argument("-n", "--n", type=int, default=32, help="seeded subset of N test samples")
     check.add_argument("--checkpoint", default=None, help="a checkpoint written by `robustmed train`")
     check.add_argument("--model-file", default=None, help="FILE.py:FACTORY returning your own nn.Module")
     check.add_argument("--checks", default="full", choices=["cheap", "full"])
