@@ -29,7 +29,7 @@ RECIPES.register("cpu-mmcaf", Recipe(
          "PENet): Adam from scratch, batch 32, cosine schedule; random flips of the volume (the shape features are "
          "flip-invariant, so both modalities stay consistent); class-balanced BCE"))
 RECIPES.register("cpu-iimgf", Recipe(
-    "cpu-iimgf", "adam", 2e-3, 20, 32, 1e-4, "cosine", class_weights="balanced",
+    "cpu-iimgf", "adam", 2e-3, 40, 32, 1e-4, "cosine", class_weights="balanced",
     note="CPU budget for iimgf-net (the paper: AdamW, lr 1e-4, weight decay 1e-4, batch 32, pretrained VMamba): "
          "Adam from scratch, cosine schedule; a fresh random index pairing of the two training sets every epoch "
          "(the MAIL authors' pairing), each image shifted by up to 2 px; class-balanced BCE per label"))
