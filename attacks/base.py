@@ -120,6 +120,7 @@ class AttackFamily:
     prefix_sweep: bool = False  # fixed-step loop: its first k iterates are the k-step attack (``sweep=``)
     warm_start: bool = False  # takes ``start`` as its initial perturbation (ε sweep warm starts)
     mapping_inputs: bool = False  # accepts a mapping of named inputs and a ``threat`` model
+    eps_rows: bool = False  # takes ``eps`` as an ``EpsRows``: several ε in one batch (the default ε sweep)
     amp: bool = True  # may run under autocast (FAB's constants overflow fp16: the AA cascade stays fp32)
 
 

@@ -22,4 +22,5 @@ FAMILIES.register("bim", AttackFamily(
     prefix_sweep=True,
     warm_start=True,
     mapping_inputs=True,
+    eps_rows=True,
 ))

@@ -25,4 +25,5 @@ FAMILIES.register("mim", AttackFamily(
     prefix_sweep=True,
     warm_start=True,
     mapping_inputs=True,
+    eps_rows=True,
 ))

@@ -1,11 +1,14 @@
 """L∞ PGD (Madry et al. 2018) keeping the best iterate and each sample's first-success step.
 
 Samples leave the batch the step they break (their adversarial example is kept), so
-each step costs one forward+backward over the samples still being attacked. BIM and MIM
-(``bim.py``, ``mim.py``) are this loop with other defaults.
+each step costs one forward+backward over the samples still being attacked; the shrinking
+batch is padded to one of a few sizes (:func:`batch_bucket`). BIM and MIM (``bim.py``,
+``mim.py``) are this loop with other defaults. Several ε can run in one batch
+(:class:`EpsRows`: the default ε sweep of the harness).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -28,6 +31,56 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
     return noise.mul_(2 * eps).sub_(eps)
 
 
+def batch_bucket(n: int) -> int:
+    """``n`` rounded up to keep its three leading bits (…, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, …).
+
+    A shrinking batch then takes about four sizes per octave instead of one per early exit, at
+    most 25% of padding. Every new batch size costs the backend a fresh kernel set-up (oneDNN
+    primitives on the CPU), on small models about as much as a small batch's whole pass.
+    """
+    shift = max(0, n.bit_length() - 3)
+    return -(-n >> shift) << shift
+
+
+def _padded(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` with its first row repeated up to ``size`` rows (the padding's results are dropped)."""
+    return t if len(t) >= size else torch.cat([t, t[:1].expand(size - len(t), *t.shape[1:])])
+
+
+def _at(value: Budget, rows: torch.Tensor, ndim: int) -> Budget:
+    """A per-row budget (shape ``(N, 1, …)``) at ``rows``; scalars and per-element budgets as they are."""
+    return value[rows] if isinstance(value, torch.Tensor) and value.ndim == ndim else value
+
+
+@dataclass(frozen=True)
+class EpsRows:
+    """Several ε in one batch: row r attacks sample ``group[r]`` within ``eps[level[r]]`` (ε ascending).
+
+    Each row keeps its own start, ε and α (the family's rule at its ε), so its trajectory is that
+    of a run at its ε alone. A row that breaks retires the rows of its sample at larger ε: the
+    balls are nested, so the sample is broken there too (the caller carries the example over).
+    """
+
+    eps: tuple[float, ...]
+    level: torch.Tensor  # (R,) long, index into ``eps``
+    group: torch.Tensor  # (R,) long, the sample a row belongs to
+
+    def column(self, values, like: torch.Tensor) -> torch.Tensor:
+        """Per-level ``values`` as a per-row tensor shaped ``(R, 1, …)`` like ``like``."""
+        per_level = torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)
+        return per_level[self.level].view(-1, *([1] * (like.ndim - 1)))
+
+    def retired(self, broke: torch.Tensor) -> torch.Tensor:
+        """Rows at a larger ε than a broken row of the same sample."""
+        cut = torch.full((int(self.group.max()) + 1 if len(self.group) else 0,), len(self.eps),
+                         dtype=torch.long, device=self.level.device)
+        cut.scatter_reduce_(0, self.group[broke], self.level[broke], reduce="amin")
+        return self.level > cut[self.group]
+
+    def take(self, rows: torch.Tensor) -> "EpsRows":
+        return EpsRows(self.eps, self.level[rows], self.group[rows])
+
+
 def _better(broke, loss, best_broke, best_loss):
     """Lexicographic (adversarial, loss): an adversarial point beats any clean one, then higher loss wins."""
     return (broke & ~best_broke) | ((broke == best_broke) & (loss > best_loss))
@@ -42,7 +95,8 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         steps: int, step_size: Budget, start: torch.Tensor | None = None, random_start: bool = True,
         momentum: float = 0.0, keep_best: bool = True, early_stop: bool = True, eot: int = 1,
         loss: str = "ce", generator: torch.Generator | None = None, bounds: tuple[Budget, Budget] = (0, 1),
-        snapshots: tuple[int, ...] = (), constrain: Callable | None = None) -> AttackResult:
+        snapshots: tuple[int, ...] = (), constrain: Callable | None = None,
+        nest: EpsRows | None = None) -> AttackResult:
     """Sign-gradient ascent on ``loss`` (ce | margin) within ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1].
 
     ``start`` is the initial perturbation (per-sample seeded by the harness); without it a
@@ -55,6 +109,9 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     best-so-far state is copied into ``result.snapshots[k]``: the k-step attack with this α.
     ``eps``, ``step_size`` and ``bounds`` may be per-element tensors (packed multi-input samples);
     ``constrain(x_adv, x)`` then maps every projected iterate onto valid values (integer features).
+    ``eps`` and ``step_size`` may also be per-row tensors shaped ``(N, 1, …)``; ``nest`` then says
+    which rows are one sample at several ε, and a broken row retires its sample's rows at larger ε.
+    With ``early_stop`` the shrinking batch is padded to :func:`batch_bucket` sizes (never past N).
     """
     x = x.detach()
     n = len(x)
@@ -73,9 +130,12 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     active = torch.arange(n, device=x.device)
     spent, taken = 0, {}
     for step in range(steps + 1):
-        x_active = current[active]
-        losses, logits, grad = eot_loss_grad(forward, x_active, y[active], loss=loss_fn, samples=eot,
-                                             grad=step < steps)
+        x_active, m = current[active], len(active)
+        size = min(batch_bucket(m), n) if early_stop else m
+        losses, logits, grad = eot_loss_grad(forward, _padded(x_active, size), _padded(y[active], size),
+                                             loss=loss_fn, samples=eot, grad=step < steps)
+        if size > m:
+            losses, logits, grad = losses[:m], logits[:m], None if grad is None else grad[:m]
         preds = logits.argmax(1)
         broke = preds != y[active]
         first[active[broke & (first[active] < 0)]] = step
@@ -90,12 +150,15 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
             break
         spent += len(active) * max(1, eot)
         keep = ~broke if early_stop else torch.ones_like(broke)
+        if nest is not None and early_stop and broke.any():
+            keep &= ~nest.retired(best_broke)[active]
         active, grad, x_active = active[keep], grad[keep], x_active[keep]
         if momentum:
             grad = grad / grad.abs().sum(dim=tuple(range(1, grad.ndim)), keepdim=True).clamp_min(1e-12)
             velocity[active] = momentum * velocity[active] + grad
             grad = velocity[active]
-        stepped = project(x_active + step_size * grad.sign(), x[active], eps, bounds)
+        stepped = project(x_active + _at(step_size, active, x.ndim) * grad.sign(), x[active],
+                          _at(eps, active, x.ndim), bounds)
         current[active] = stepped if constrain is None else constrain(stepped, x[active])
         if len(active) == 0:
             break
@@ -115,7 +178,7 @@ def _merge(total: AttackResult, trial: AttackResult, rows: torch.Tensor) -> None
     total.forward_backward += trial.forward_backward
 
 
-def run_pgd(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed: int = 0,
+def run_pgd(forward, x, y, *, spec: AttackSpec, eps: float | EpsRows, start=None, seed: int = 0,
             threat: ThreatModel | None = None) -> AttackResult:
     """Registry entry point for PGD, BIM and MIM: the spec's fields become the loop's options.
 
@@ -123,7 +186,14 @@ def run_pgd(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed: in
     a restart only attacks the samples no earlier restart broke. ``x`` (and ``start``) may be a
     mapping of named inputs: the loop then runs on their :class:`Packing` under ``threat``
     (default: every input attacked with the run's ε), and the result's examples are mappings.
+    ``eps`` may be an :class:`EpsRows` (a single tensor ``x`` of one row per sample and ε): each
+    row gets its level's ε and α, and a broken row retires its sample's rows at larger ε.
     """
+    if isinstance(eps, EpsRows):
+        if isinstance(x, Mapping):
+            raise TypeError("several ε in one batch take a single tensor")
+        return _run_flat(forward, x, y, spec=spec, eps=eps.column(eps.eps, x), start=start, seed=seed,
+                         step_size=eps.column([spec.step_size(e) for e in eps.eps], x), nest=eps)
     if isinstance(x, Mapping):
         return _run_packed(forward, x, y, spec=spec, eps=eps, start=start, seed=seed,
                            threat=threat or ThreatModel.joint(x))
@@ -142,18 +212,25 @@ def _run_packed(forward, x, y, *, spec, eps, start, seed, threat) -> AttackResul
 
 
 def _run_flat(forward, x, y, *, spec: AttackSpec, eps: Budget, start, seed: int,
-              bounds: tuple[Budget, Budget] = (0, 1), constrain: Callable | None = None) -> AttackResult:
+              bounds: tuple[Budget, Budget] = (0, 1), constrain: Callable | None = None,
+              step_size: Budget | None = None, nest: EpsRows | None = None) -> AttackResult:
+    """The loop over restarts; a restart attacks only the rows no earlier restart broke (nor retired)."""
     starts = start if start is not None and start.ndim == x.ndim + 1 else [start]
-    options = dict(eps=eps, steps=spec.steps, step_size=spec.step_size(eps), random_start=spec.random_start,
+    step_size = spec.step_size(eps) if step_size is None else step_size
+    options = dict(steps=spec.steps, random_start=spec.random_start,
                    momentum=spec.momentum, keep_best=spec.keep_best, early_stop=spec.early_stop,
                    eot=max(1, spec.eot), loss=spec.loss, generator=torch.Generator().manual_seed(seed),
                    bounds=bounds, snapshots=tuple(spec.sweep), constrain=constrain)
-    total = pgd(forward, x, y, start=starts[0], **options)
+    total = pgd(forward, x, y, start=starts[0], eps=eps, step_size=step_size, nest=nest, **options)
     for restart_start in starts[1:]:
-        rows = torch.nonzero(~total.success).flatten()
+        open_rows = ~total.success if nest is None else ~total.success & ~nest.retired(total.success)
+        rows = torch.nonzero(open_rows).flatten()
         if len(rows) == 0:
             break
-        _merge(total, pgd(forward, x[rows], y[rows], start=restart_start[rows], **options), rows)
+        trial = pgd(forward, x[rows], y[rows], start=restart_start[rows], eps=_at(eps, rows, x.ndim),
+                    step_size=_at(step_size, rows, x.ndim), nest=None if nest is None else nest.take(rows),
+                    **options)
+        _merge(total, trial, rows)
     return total
 
 
@@ -173,4 +250,5 @@ FAMILIES.register("pgd", AttackFamily(
     prefix_sweep=True,
     warm_start=True,
     mapping_inputs=True,
+    eps_rows=True,
 ))

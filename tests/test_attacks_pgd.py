@@ -137,3 +137,58 @@ def test_harness_draws_one_seeded_start_per_restart(tiny_model, batch):
     assert torch.equal(starts[0], _starts(parse_attack("pgd2"), x, list(range(8)), EPS, 0, "digest"))
     rows = benchmark(tiny_model, x, y, attack="pgd2:restarts=3", eps=EPS, seed=0)
     assert json.loads(rows.spec.iloc[0])["restarts"] == 3 and (rows.linf <= EPS + 1e-6).all()
+
+
+def test_batch_buckets_are_few_and_pad_at_most_a_quarter():
+    from robustmed.attacks.pgd import batch_bucket
+
+    sizes = [batch_bucket(n) for n in range(1, 257)]
+    assert all(n <= b <= max(n, 1.25 * n) for n, b in zip(range(1, 257), sizes))
+    assert [batch_bucket(n) for n in (8, 9, 15, 16, 17, 33, 64, 65)] == [8, 10, 16, 16, 20, 40, 64, 80]
+    assert len(set(sizes[15:64])) == 9  # 16 … 64: four sizes per octave, not 49
+
+
+def test_shrinking_batch_runs_on_bucket_sizes_and_padding_changes_no_row(batch):
+    from robustmed.attacks.pgd import batch_bucket
+
+    x, y = batch
+    x, y = torch.cat([x, x.flip(0), x]), torch.cat([y, 1 - y, y])
+    model = TinyCNN(classes=2, seed=4).eval()
+    calls = []
+
+    def forward(z):
+        calls.append(len(z))
+        return model(z)
+    start = torch.empty_like(x).uniform_(-EPS, EPS, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(eps=EPS, steps=10, step_size=2.5 * EPS / 10, start=start)
+    early = pgd(forward, x, y, early_stop=True, **kwargs)
+    assert set(calls) <= {len(x)} | {batch_bucket(n) for n in range(1, len(x))} and len(set(calls)) > 1
+    full = pgd(model, x, y, early_stop=False, **kwargs)
+    assert torch.equal(early.first_success, full.first_success)  # the padding rows changed no trajectory
+    broke = early.success & full.success
+    assert torch.equal(early.x_adv[~full.success], full.x_adv[~full.success]) and broke.any()
+
+
+def test_several_eps_in_one_batch_follow_each_eps_alone(batch):
+    """EpsRows: a row's trajectory is its ε's own run; a broken row retires its sample's larger-ε rows."""
+    from robustmed.attacks.pgd import EpsRows
+
+    x, y = batch
+    model = TinyCNN(classes=2, seed=3).eval()
+    eps_list = (1 / 255, 4 / 255, 16 / 255)
+    starts = [torch.empty_like(x).uniform_(-e, e, generator=torch.Generator().manual_seed(i))
+              for i, e in enumerate(eps_list)]
+    spec = parse_attack("pgd8")
+    alone = [run_pgd(model, x, y, spec=spec, eps=e, start=s) for e, s in zip(eps_list, starts)]
+    level = torch.arange(3).repeat_interleave(len(x))
+    group = torch.arange(len(x)).repeat(3)
+    rows = run_pgd(model, x[group], y[group], spec=spec, eps=EpsRows(eps_list, level, group), start=torch.cat(starts))
+    broke = rows.success.view(3, len(x))
+    for j, own in enumerate(alone):
+        part = slice(j * len(x), (j + 1) * len(x))
+        retired = broke[:j].any(0) if j else torch.zeros(len(x), dtype=torch.bool)
+        ran = ~retired
+        assert torch.equal(rows.x_adv[part][ran], own.x_adv[ran]) and torch.equal(rows.loss[part][ran], own.loss[ran])
+        assert torch.equal(rows.success[part][ran], own.success[ran])
+        assert (rows.x_adv[part] - x).abs().max() <= eps_list[j] + 1e-7
+    assert broke[0].sum() < broke[2].sum() and broke[:2].any(0).any()  # some rows were retired
