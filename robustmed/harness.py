@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from robustmed.attacks import FAMILIES, AttackSpec, parse_attack
 from robustmed.attacks.amp import autocast_forward, resolve_amp
+from robustmed.attacks.pgd import EpsRows
 from robustmed.attacks.threat import ThreatModel
 from robustmed.errors import UserError
 from robustmed.progress import progress_bar
@@ -329,6 +330,12 @@ def sweep_spec(spec: AttackSpec, k: int, eps: float) -> AttackSpec:
                    alpha_rule=f"fixed: the α of {spec.name}", sweep=(), derived_from=f"{spec.name}#{spec.digest(eps)}")
 
 
+def _chunks(mask: torch.Tensor, size: int) -> tuple:
+    """Indices where ``mask`` is set, in chunks of ``size``; none when it is empty (every sample broken)."""
+    todo = torch.nonzero(mask).flatten()
+    return todo.split(size) if len(todo) else ()
+
+
 def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, threat, carried, tick):
     """Every outcome of one attack at one ε: ``{steps: Outcome}`` (one per sweep k).
 
@@ -343,13 +350,72 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
         done = torch.nonzero(clean.attackable & ~todo_mask).flatten()
         for outcome in outcomes.values():
             outcome.copy_from(carried, done)
-    for chunk in torch.nonzero(todo_mask).flatten().split(batch_size):
+    for chunk in _chunks(todo_mask, batch_size):
         warm = take(carried.x_adv, chunk) if carried is not None and spec.eps_mode == "warm" else None
         judged = _run_attack(model, spec, take(x, chunk), y[chunk], ids[chunk.numpy()], eps, seed, device,
                              threat, warm)
         for k, (result, hits) in judged.items():
             _store(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps)
         tick(len(chunk))
+    return outcomes
+
+
+def _together(spec: AttackSpec, threat, n_eps: int, attacked: int, batch_size: int) -> bool:
+    """Whether a multi-ε run attacks all its ε in one batch (:func:`_sweep_together`): the default
+    ``sweep`` mode of a family taking :class:`EpsRows`, on a deterministic model, single tensor, fp32,
+    when every (sample, ε) row fits in one batch. Then one loop replaces one per ε, each over a small
+    batch where the per-call cost dominates; with more rows the ε-by-ε sweep, which never attacks a
+    sample at an ε above one where it broke, spends fewer sample passes and wins."""
+    return (n_eps > 1 and spec.eps_mode == "sweep" and FAMILIES.get(spec.family).eps_rows and threat is None
+            and not spec.amp and not spec.sweep and not spec.extra.get("randomized")
+            and 0 < attacked * n_eps <= batch_size)
+
+
+def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size, device, tick) -> list[dict]:
+    """The ascending ε sweep with every ε in one batch: one ``{steps: Outcome}`` per ε.
+
+    Each (sample, ε) pair is a row with the independent run's seeded start, its ε and its α; a row
+    that breaks retires its sample's rows at larger ε. Each ε then gets exactly the ascending sweep's
+    outcome (where the model's numerics do not depend on the batch): a sample broken at some ε′ ≤ ε
+    carries the example and judgement of the smallest such ε′ (``source_eps``), any other sample its
+    own row's, whose trajectory is the independent run's. One loop instead of one per ε, over at
+    most ``batch_size`` rows (samples × ε).
+    """
+    levels = len(eps_list)
+    family = FAMILIES.get(spec.family)
+    outcomes = [{spec.steps: Outcome.clean(x, clean.pred, clean.loss, clean.correct, eps)} for eps in eps_list]
+    source = torch.tensor(eps_list, dtype=torch.float64)
+    for chunk in _chunks(clean.attackable, max(1, batch_size // levels)):
+        m, chunk_ids = len(chunk), ids[chunk.numpy()]
+        x_chunk, labels = to_device(take(x, chunk), device), y[chunk].to(device)
+        digests = [seed_digest(spec, eps) for eps in eps_list]
+        starts = [_starts(spec, take(x, chunk), chunk_ids, eps, seed, d) for eps, d in zip(eps_list, digests)]
+        start = torch.cat(starts, dim=1 if spec.restarts > 1 else 0)
+        level = torch.arange(levels, device=device).repeat_interleave(m)
+        group = torch.arange(m, device=device).repeat(levels)
+        rows = EpsRows(tuple(eps_list), level, group)
+        result = family.run(model, x_chunk[group], labels[group], spec=spec, eps=rows, start=to_device(start, device),
+                            seed=sample_seed(seed, int(chunk_ids[0]), digests[0]))
+        x_adv = result.x_adv.detach()
+        for j, eps in enumerate(eps_list):  # B1 per row at its own ε
+            check_budget(x_adv[j * m:(j + 1) * m], x_chunk, eps)
+        broke = result.success.view(levels, m)
+        first_broken = torch.where(broke.any(0), broke.long().argmax(0), levels)
+        src = torch.minimum(first_broken[None, :], torch.arange(levels, device=device)[:, None])  # (levels, m)
+        picked = src * m + torch.arange(m, device=device)
+        used = torch.unique(picked)
+        with torch.no_grad():  # B2 on every row whose result is reported
+            verified = model(x_adv[used]).argmax(1)
+        if not torch.equal(verified, result.adv_pred[used]):
+            raise InvariantError("B2: re-scoring the adversarial examples disagrees with the attack's own predictions")
+        for j, eps in enumerate(eps_list):
+            r = picked[j]
+            own = replace(result, x_adv=x_adv[r], success=result.success[r], first_success=result.first_success[r],
+                          loss=result.loss[r], adv_pred=result.adv_pred[r], snapshots={})
+            outcome = outcomes[j][spec.steps]
+            _store(outcome, chunk, own, (~own.success).long() * spec.draws, take(x, chunk), clean.correct[chunk], eps)
+            outcome.source_eps[chunk] = source[src[j].cpu()]
+        tick(m * levels)
     return outcomes
 
 
@@ -446,6 +512,15 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
         task = bar.add_task("attack", total=len(specs) * len(threats) * len(eps_list) * int(clean.attackable.sum()))
         for spec, threat_model in ((s, t) for s in specs for t in threats):
             spec = _prepare_spec(spec, threat_model, len(eps_list), device)
+            if _together(spec, threat_model, len(eps_list), int(clean.attackable.sum()), batch_size):
+                bar.update(task, description=f"{spec.name} ε={eps_list[0]:.4g}…{eps_list[-1]:.4g}")
+                started = time.perf_counter()
+                together = _sweep_together(model, spec, x, y, sample_ids, eps_list, clean, seed=seed,
+                                           batch_size=batch_size, device=device, tick=lambda n: bar.advance(task, n))
+                seconds = (time.perf_counter() - started) / len(eps_list)  # one loop: its time split evenly
+                frames += [_frame(spec, eps, o[spec.steps], clean, y, sample_ids, seed, None, seconds)
+                           for eps, o in zip(eps_list, together)]
+                continue
             carried = None
             for eps in eps_list:
                 bar.update(task, description=f"{spec.name} ε={eps:.4g}")

@@ -130,3 +130,17 @@ def test_iteration_sweep_with_several_eps_runs_them_independently(model, batch):
     with pytest.raises(UserError, match="independently"):
         benchmark(model, x[:16], y[:16], attack="pgd4:sweep=2,eps_mode=sweep", eps=[2 / 255, 4 / 255])
     assert "eps_mode" not in json.loads(benchmark(model, x[:8], y[:8], attack="pgd2", eps=EPS).spec.iloc[0])
+
+
+@pytest.mark.parametrize("attack", ["pgd10", "mim6:restarts=2,random_start=1"])
+def test_eps_sweep_in_one_batch_equals_the_eps_by_eps_sweep(model, batch, attack):
+    """When every (sample, ε) row fits in one batch the sweep runs as one loop: same rows, fewer calls."""
+    x, y = batch
+    together = benchmark(model, x, y, attack=attack, eps=EPS_LIST, seed=0, batch_size=len(y) * len(EPS_LIST))
+    calls_together = len(model.calls)
+    model.calls.clear()
+    by_eps = benchmark(model, x, y, attack=attack, eps=EPS_LIST, seed=0, batch_size=len(y))
+    assert calls_together < len(model.calls) / 3
+    columns = [c for c in together.columns if c != "attack_time_s"]
+    assert together[columns].equals(by_eps[columns])
+    assert (together.linf <= together.source_eps + 1e-6).all() and (together.source_eps < together.eps).any()
