@@ -117,10 +117,11 @@ def bench_threats(model, config: Mapping) -> list[ThreatModel] | None:
 
 
 class PackedView(nn.Module):
-    """The model over one flat tensor per sample, each element scaled to [0, 1] by its input's valid range.
+    """The model over one flat (N, 1, D) tensor per batch, each element scaled to [0, 1] by its input's valid range.
 
     The single-tensor pre-flight checks read it (A2's "inside [0, 1]" is then "inside the declared
-    bounds"); its logits are the model's. ``pack`` maps a mapping of inputs to the flat view.
+    bounds"); its logits are the model's. ``pack`` maps a mapping of inputs to the flat view; its one
+    channel keeps per-channel check details to one number.
     """
 
     def __init__(self, model: nn.Module, sample: Mapping[str, torch.Tensor]):
@@ -131,10 +132,10 @@ class PackedView(nn.Module):
         self.register_buffer("span", (self.packing.high - self.packing.low).clone())
 
     def pack(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return (self.packing.pack(x) - self.low) / self.span
+        return ((self.packing.pack(x) - self.low) / self.span).unsqueeze(1)
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
-        return self.model(self.packing.unpack(self.low + flat * self.span))
+        return self.model(self.packing.unpack(self.low + flat.flatten(1) * self.span))
 
 
 def for_checks(ctx):
