@@ -62,6 +62,7 @@ def resolve(cfg, preset, device):
     _statistics_match(model, dataset)
     model.set_criterion(cfg.criterion)
     dataset.criterion = model.criterion
+    threat_models(model, cfg.threat)  # a bad --threat fails here, before a run is planned or written
     accuracy = meta.get("test_accuracy_by_criterion", {}).get(model.criterion.name)
     prov = {"path": portable_path(path), "sha256": meta["sha256"], "val_accuracy": meta.get("val_accuracy"),
             "test_accuracy": accuracy, "trained_on": meta.get("dataset")}
