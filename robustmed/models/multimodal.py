@@ -68,8 +68,10 @@ class MultimodalPreset:
     multimodal: bool = True
 
     def build(self, num_classes: tuple[int, ...], mode: str = "paired", input_names: tuple[str, ...] = (),
-              labels: tuple[str, ...] = ("positive",), image_size: int = 28, **overrides) -> MultiLabelClassifier:
-        """``num_classes`` is the number of labels here (one logit each); ``overrides`` replace config fields."""
+              labels: tuple[str, ...] | None = None, image_size: int = 28, **overrides) -> MultiLabelClassifier:
+        """``num_classes`` is the number of labels here (one logit each, named ``labels``, default label0, …);
+        ``overrides`` replace config fields."""
+        labels = tuple(labels) if labels is not None else tuple(f"label{i}" for i in range(num_classes[0]))
         if len(labels) != num_classes[0]:
             raise ValueError(f"{self.name}: {num_classes[0]} labels but names {labels}")
         network = self.make(replace(self.config, **overrides), image_size)
