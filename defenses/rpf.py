@@ -126,7 +126,7 @@ DEFENSES.register("rpf", DefenseInfo(
     randomized=True,
     train_step="pgd-at",
     train_options={"clean_weight": 0.0, "attack_mode": "train", "realization": "ai", "rp_weight_decay": 1e-2,
-                   "select": "robust", "freeze_bn_after_warmup": True},
+                   "select": "robust", "freeze_bn_after_warmup": False},
     attach=attach,
     options={"ratio": 0.75, "standardize": True, "blocks": False, "normalize": True},
     cpu_recipe="cpu-at",

@@ -276,10 +276,11 @@ def _bn_layers(model):
 
 
 @pytest.mark.parametrize("name", ["pni", "rpf"])
-def test_batch_shared_noise_defenses_train_with_frozen_bn_after_warm_up(name):
-    """Batch statistics would hide each draw's channel offsets from training (see ``set_mode``)."""
+def test_frozen_bn_keeps_statistics_through_training_and_attack_phases(name):
+    """Batch statistics would hide each draw's channel offsets from training (see ``set_mode``);
+    PNI trains with BN frozen after warm-up, RPF standardises its input instead."""
     model = _model(name)
-    assert DEFENSES.get(name).train_options["freeze_bn_after_warmup"]
+    assert DEFENSES.get(name).train_options["freeze_bn_after_warmup"] == (name == "pni")
     set_mode(model, True, bn_frozen=True)
     assert model.training and not any(bn.training for bn in _bn_layers(model))
     before = [bn.running_mean.clone() for bn in _bn_layers(model)]
