@@ -37,11 +37,12 @@ def eot_loss_grad(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     x = x.detach().requires_grad_(grad)
     loss_sum = logits_sum = grad_sum = None
     for _ in range(max(1, samples)):
-        logits = forward(x)
-        losses = loss(logits, y)
+        with torch.set_grad_enabled(grad):  # no graph for a pass that only scores (the final iterate)
+            logits = forward(x)
+            losses = loss(logits, y)
         if grad:
             g, = torch.autograd.grad(losses.sum(), x)
-            grad_sum = g if grad_sum is None else grad_sum + g
+            grad_sum = g if grad_sum is None else grad_sum.add_(g)  # the same sums, one buffer
         losses, logits = losses.detach(), logits.detach()
         loss_sum = losses if loss_sum is None else loss_sum + losses
         logits_sum = logits if logits_sum is None else logits_sum + logits
