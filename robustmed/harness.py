@@ -360,32 +360,41 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
     return outcomes
 
 
-def _together(spec: AttackSpec, threat, n_eps: int, attacked: int, batch_size: int) -> bool:
-    """Whether a multi-ε run attacks all its ε in one batch (:func:`_sweep_together`): the default
-    ``sweep`` mode of a family taking :class:`EpsRows`, on a deterministic model, single tensor, fp32,
-    when every (sample, ε) row fits in one batch. Then one loop replaces one per ε, each over a small
-    batch where the per-call cost dominates; with more rows the ε-by-ε sweep, which never attacks a
-    sample at an ε above one where it broke, spends fewer sample passes and wins."""
+def _groups_ok(spec: AttackSpec, threat, n_eps: int) -> bool:
+    """Whether a multi-ε run may attack several ε in one batch (:func:`_sweep_together`): the default
+    ``sweep`` mode of a family taking :class:`EpsRows`, on a deterministic model, single tensor, fp32."""
     return (n_eps > 1 and spec.eps_mode == "sweep" and FAMILIES.get(spec.family).eps_rows and threat is None
-            and not spec.amp and not spec.sweep and not spec.extra.get("randomized")
-            and 0 < attacked * n_eps <= batch_size)
+            and not spec.amp and not spec.sweep and not spec.extra.get("randomized"))
 
 
-def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size, device, tick) -> list[dict]:
-    """The ascending ε sweep with every ε in one batch: one ``{steps: Outcome}`` per ε.
+def eps_group(attacked: int, remaining: int, batch_size: int) -> int:
+    """How many of the next ε one loop attacks together: as many as fit in a batch, (attacked samples ×
+    ε) ≤ ``batch_size``, at least one. With a batch already half full or more this is one ε at a time:
+    the ε-by-ε order never attacks a sample above an ε where it broke, so it spends the fewest sample
+    passes; smaller batches are dominated by the per-call cost, which a group pays once per step."""
+    return max(1, min(remaining, batch_size // max(1, attacked)))
 
-    Each (sample, ε) pair is a row with the independent run's seeded start, its ε and its α; a row
-    that breaks retires its sample's rows at larger ε. Each ε then gets exactly the ascending sweep's
-    outcome (where the model's numerics do not depend on the batch): a sample broken at some ε′ ≤ ε
-    carries the example and judgement of the smallest such ε′ (``source_eps``), any other sample its
-    own row's, whose trajectory is the independent run's. One loop instead of one per ε, over at
-    most ``batch_size`` rows (samples × ε).
+
+def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size, device, carried, tick) -> list[dict]:
+    """Several ε of the ascending sweep in one loop: one ``{steps: Outcome}`` per ε.
+
+    Only samples ``carried`` (the previous ε's outcome) left correct are attacked, the rest carry it
+    over. Each (sample, ε) pair is a row with the independent run's seeded start, its ε and its α; a
+    row that breaks retires its sample's rows at larger ε. Each ε then gets exactly the ε-by-ε
+    sweep's outcome (where the model's numerics do not depend on the batch): a sample broken at some
+    ε′ ≤ ε carries the example and judgement of the smallest such ε′ (``source_eps``), any other
+    sample its own row's, whose trajectory is the independent run's.
     """
     levels = len(eps_list)
     family = FAMILIES.get(spec.family)
     outcomes = [{spec.steps: Outcome.clean(x, clean.pred, clean.loss, clean.correct, eps)} for eps in eps_list]
+    todo_mask = clean.attackable if carried is None else clean.attackable & (carried.hits > 0)
+    if carried is not None:
+        done = torch.nonzero(clean.attackable & ~todo_mask).flatten()
+        for outcome in outcomes:
+            outcome[spec.steps].copy_from(carried, done)
     source = torch.tensor(eps_list, dtype=torch.float64)
-    for chunk in _chunks(clean.attackable, max(1, batch_size // levels)):
+    for chunk in _chunks(todo_mask, max(1, batch_size // levels)):
         m, chunk_ids = len(chunk), ids[chunk.numpy()]
         x_chunk, labels = to_device(take(x, chunk), device), y[chunk].to(device)
         digests = [seed_digest(spec, eps) for eps in eps_list]
@@ -512,14 +521,9 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
         task = bar.add_task("attack", total=len(specs) * len(threats) * len(eps_list) * int(clean.attackable.sum()))
         for spec, threat_model in ((s, t) for s in specs for t in threats):
             spec = _prepare_spec(spec, threat_model, len(eps_list), device)
-            if _together(spec, threat_model, len(eps_list), int(clean.attackable.sum()), batch_size):
-                bar.update(task, description=f"{spec.name} ε={eps_list[0]:.4g}…{eps_list[-1]:.4g}")
-                started = time.perf_counter()
-                together = _sweep_together(model, spec, x, y, sample_ids, eps_list, clean, seed=seed,
-                                           batch_size=batch_size, device=device, tick=lambda n: bar.advance(task, n))
-                seconds = (time.perf_counter() - started) / len(eps_list)  # one loop: its time split evenly
-                frames += [_frame(spec, eps, o[spec.steps], clean, y, sample_ids, seed, None, seconds)
-                           for eps, o in zip(eps_list, together)]
+            if _groups_ok(spec, threat_model, len(eps_list)):
+                frames += _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, seed=seed,
+                                         batch_size=batch_size, device=device, bar=bar, task=task)
                 continue
             carried = None
             for eps in eps_list:
@@ -533,6 +537,30 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
                            for k, o in outcomes.items()]
                 carried = outcomes[spec.steps] if spec.eps_mode in ("sweep", "warm") else None
     return pd.concat(frames, ignore_index=True)
+
+
+def _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, *, seed, batch_size, device, bar, task) -> list:
+    """The default ε sweep in groups of ε (:func:`eps_group`), one loop per group; a group's time is
+    split evenly over its ε (``attack_time_s``)."""
+    frames, carried, j = [], None, 0
+    while j < len(eps_list):
+        attacked = int((clean.attackable if carried is None else clean.attackable & (carried.hits > 0)).sum())
+        group = eps_list[j:j + eps_group(attacked, len(eps_list) - j, batch_size)]
+        bar.update(task, description=f"{spec.name} ε={group[0]:.4g}" + (f"…{group[-1]:.4g}" if len(group) > 1 else ""))
+        started = time.perf_counter()
+        if len(group) == 1:
+            outcomes = [_attack_eps(model, spec, x, y, sample_ids, group[0], clean, seed=seed, batch_size=batch_size,
+                                    device=device, threat=None, carried=carried,
+                                    tick=lambda n: bar.advance(task, n))]
+        else:
+            outcomes = _sweep_together(model, spec, x, y, sample_ids, group, clean, seed=seed, batch_size=batch_size,
+                                       device=device, carried=carried,
+                                       tick=lambda n: bar.advance(task, n))
+        seconds = (time.perf_counter() - started) / len(group)
+        frames += [_frame(spec, eps, o[spec.steps], clean, y, sample_ids, seed, None, seconds)
+                   for eps, o in zip(group, outcomes)]
+        carried, j = outcomes[-1][spec.steps], j + len(group)
+    return frames
 
 
 def _expected(group: pd.DataFrame) -> dict:

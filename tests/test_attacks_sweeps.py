@@ -132,15 +132,19 @@ def test_iteration_sweep_with_several_eps_runs_them_independently(model, batch):
     assert "eps_mode" not in json.loads(benchmark(model, x[:8], y[:8], attack="pgd2", eps=EPS).spec.iloc[0])
 
 
-@pytest.mark.parametrize("attack", ["pgd10", "mim6:restarts=2,random_start=1"])
-def test_eps_sweep_in_one_batch_equals_the_eps_by_eps_sweep(model, batch, attack):
-    """When every (sample, ε) row fits in one batch the sweep runs as one loop: same rows, fewer calls."""
+@pytest.mark.parametrize("attack", ["pgd10", "mim6:restarts=2,random_start=1", "bim5"])
+def test_eps_sweep_in_groups_equals_the_eps_by_eps_sweep(model, batch, attack, monkeypatch):
+    """Several ε per loop while (samples × ε) fits in a batch: the same rows as one ε at a time, fewer calls."""
+    from robustmed import harness
+
     x, y = batch
-    together = benchmark(model, x, y, attack=attack, eps=EPS_LIST, seed=0, batch_size=len(y) * len(EPS_LIST))
-    calls_together = len(model.calls)
+    assert [harness.eps_group(a, 6, 256) for a in (96, 40, 128, 200, 0)] == [2, 6, 2, 1, 6]
+    grouped = benchmark(model, x, y, attack=attack, eps=EPS_LIST, seed=0)
+    calls_grouped = len(model.calls)
     model.calls.clear()
-    by_eps = benchmark(model, x, y, attack=attack, eps=EPS_LIST, seed=0, batch_size=len(y))
-    assert calls_together < len(model.calls) / 3
-    columns = [c for c in together.columns if c != "attack_time_s"]
-    assert together[columns].equals(by_eps[columns])
-    assert (together.linf <= together.source_eps + 1e-6).all() and (together.source_eps < together.eps).any()
+    monkeypatch.setattr(harness, "eps_group", lambda attacked, remaining, batch_size: 1)
+    by_eps = benchmark(model, x, y, attack=attack, eps=EPS_LIST, seed=0)
+    assert calls_grouped < len(model.calls) / 2
+    columns = [c for c in grouped.columns if c != "attack_time_s"]
+    assert grouped[columns].equals(by_eps[columns])
+    assert (grouped.linf <= grouped.source_eps + 1e-6).all() and (grouped.source_eps < grouped.eps).any()
