@@ -8,6 +8,7 @@ both precisions and FLAGs AMP robust accuracy above fp32 by more than 1 point.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable
 
@@ -17,6 +18,19 @@ from robustmed.attacks.base import AttackSpec, parse_attack
 
 AMP_TOL = 0.01  # 1 point
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextmanager
+def strict_fp32():
+    """fp32 means fp32: PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) on Ampere and
+    later GPUs by default, which would make every "fp32" attack a reduced-precision one. Off for the
+    duration of an evaluation, restored afterwards; autocast (``amp=``) is unaffected."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def resolve_amp(spec: AttackSpec, device) -> AttackSpec:

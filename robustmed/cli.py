@@ -18,9 +18,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--defense", default="none", help="registered defense (robustmed list defenses)")
+    p.add_argument("--defense", default=None,
+                   help="registered defense (robustmed list defenses; default none); with --suite: only these "
+                        "(comma-separated)")
     p.add_argument("--model", default=None, help="model preset (default mail-rn18-mini)")
-    p.add_argument("--dataset", default=None, help="MedMNIST name (pneumoniamnist, breastmnist_64, …) or .npz path")
+    p.add_argument("--dataset", default=None,
+                   help="MedMNIST name (pneumoniamnist, breastmnist_64, …) or .npz path; with --suite: only these")
     p.add_argument("--data-root", default=None, help="folder with the npz files (default $ROBUSTMED_DATA, ~/.medmnist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -130,7 +133,7 @@ def cmd_bench(args) -> int:
     if args.suite:
         return _bench_suite(args)
 
-    cfg = BenchConfig(defense=args.defense, attack=args.attack, model=args.model, dataset=args.dataset,
+    cfg = BenchConfig(defense=args.defense or "none", attack=args.attack, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
                       eps=args.eps, n=args.n, seed=args.seed, split=args.split, batch_size=args.batch_size,
                       device=args.device, out=args.out, progress=not (args.no_progress or args.json),
@@ -150,7 +153,9 @@ def _bench_suite(args) -> int:
 
     if args.resume:
         raise UserError("--resume names one run; rerun the same --suite command to complete a suite")
+    only = lambda value: tuple(v.strip() for v in value.split(",") if v.strip()) if value else None  # noqa: E731
     reports = run_suite(load_suite(args.suite), args.device, progress=not (args.no_progress or args.json),
+                        defenses=only(args.defense), datasets=only(args.dataset),
                         executor=args.executor, address=args.address)
     if args.json:
         print(json.dumps([r.to_json() for r in reports]))
@@ -181,7 +186,7 @@ def cmd_table(args) -> int:
                         f"run `robustmed bench --suite {args.suite}` first")
     attacks = [a.split(":")[0] if ":" in a else a for a in suite.attacks]
     _emit(render(evals, list(suite.defenses), attacks, eps_of(suite), args.format,
-                 title=suite.description), args.out)
+                 title=suite.description, substitutes=suite.randomized_substitutes), args.out)
     return 0
 
 
@@ -266,7 +271,7 @@ def cmd_check(args) -> int:
     from robustmed.report import print_findings
     from robustmed.runner import BenchConfig, run_checks
 
-    cfg = BenchConfig(defense=args.defense, attack=args.attack, model=args.model, dataset=args.dataset,
+    cfg = BenchConfig(defense=args.defense or "none", attack=args.attack, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
                       eps=args.eps, n=args.n, seed=args.seed, device=args.device, progress=False, checks=args.checks)
     findings = run_checks(cfg)
@@ -289,7 +294,7 @@ def cmd_train(args) -> int:
     multimodal = getattr(MODELS.get(args.model or DEFAULT_MODEL), "multimodal", False)
     if multimodal:  # MMCAF-Net, IIMGF-Net: their own data, loss and thresholds
         from robustmed.train_multimodal import train
-    cfg = TrainConfig(defense=args.defense, model=args.model or DEFAULT_MODEL,
+    cfg = TrainConfig(defense=args.defense or "none", model=args.model or DEFAULT_MODEL,
                       dataset=args.dataset or (None if multimodal else "pneumoniamnist"), data_root=args.data_root,
                       recipe=args.recipe,
                       epochs=args.epochs, seed=args.seed, device=str(resolve_device(args.device)), out=args.out,

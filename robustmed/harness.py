@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from robustmed.attacks import FAMILIES, AttackSpec, parse_attack
-from robustmed.attacks.amp import autocast_forward, resolve_amp
+from robustmed.attacks.amp import autocast_forward, resolve_amp, strict_fp32
 from robustmed.attacks.pgd import EpsRows
 from robustmed.attacks.threat import ThreatModel
 from robustmed.errors import UserError
@@ -487,6 +487,7 @@ def _prepare_spec(spec: AttackSpec, threat, n_eps: int, device) -> AttackSpec:
     return spec
 
 
+@strict_fp32()
 def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: Sequence[float], *, seed: int = 0,
                 batch_size: int = 256, device="cpu", progress: bool = False,
                 randomized: bool = False, threat: ThreatModel | Sequence[ThreatModel] | None = None) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Provenance recorded with every checkpoint and run (check E2)."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -22,17 +23,21 @@ def package_versions() -> dict[str, str | None]:
 
 
 def git_commit() -> str | None:
-    """The robustmed source commit (with a ``+dirty`` suffix), or None outside a git checkout."""
+    """The robustmed source commit (with a ``+dirty`` suffix), or None outside a git checkout.
+
+    A copy of the sources without ``.git`` (shipped to a GPU host, say) states its commit in
+    ``ROBUSTMED_SOURCE_COMMIT``, so its results still name the code that produced them (E2)."""
     source = Path(__file__).resolve().parent.parent
+    stated = os.environ.get("ROBUSTMED_SOURCE_COMMIT")
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
-            return None
+            return stated
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return stated
 
 
 def machine(device: torch.device | str = "cpu") -> dict:

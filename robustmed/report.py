@@ -23,9 +23,11 @@ def print_bench(report) -> None:
         table.add_column(column, justify="right" if column not in ("attack",) else "left")
     for s in report.summary:
         eps = s["eps"]
-        table.add_row(report.config.attack, f"{eps * 255:.3g}/255", str(s["n"]), _pct(s["clean_accuracy"]),
-                      _pct(s["robust_accuracy"]), _ci(s["robust_ci"]), f"{s['attack_time_s']:.1f} s")
-        if "multimodal" in m:  # one row per threat model (check F4) under the per-sample worst case
+        several = len(s["per_attack"]) > 1
+        table.add_row("worst case" if several else escape(report.config.attack), f"{eps * 255:.3g}/255", str(s["n"]),
+                      _pct(s["clean_accuracy"]), _pct(s["robust_accuracy"]), _ci(s["robust_ci"]),
+                      f"{s['attack_time_s']:.1f} s")
+        if several or "multimodal" in m:  # one row per attack / threat model (F4) under the per-sample worst case
             for name, accuracy in s["per_attack"].items():
                 interval = wilson(round(accuracy * s["n"]), s["n"])
                 table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(interval), "")

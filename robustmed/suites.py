@@ -34,22 +34,37 @@ class Suite:
     description: str = ""
     options: dict = field(default_factory=dict)
     models: tuple[dict, ...] = ()  # [[models]] entries: model, datasets, threat, criterion, defenses
+    # attack → the attack run in its place on randomized defenses under the adaptive protocol
+    # (e.g. aa → aa-rand, the EOT profile of check C1); the table
+    # shows it in the original attack's column and says so.
+    randomized_substitutes: dict = field(default_factory=dict)
 
     def entries(self) -> tuple[dict, ...]:
         """One entry per model: the ``[[models]]`` tables, else the suite's own model and data sets."""
         return self.models or ({"model": self.model, "datasets": list(self.datasets)},)
 
+    def attacks_for(self, protocol: str, randomized: bool) -> tuple[str, ...]:
+        if protocol == "paper":
+            return tuple(_paper(a) for a in self.attacks)
+        return tuple(self.randomized_substitutes.get(a, a) for a in self.attacks) if randomized else self.attacks
+
     def configs(self, randomized: set[str], device: str = "auto", progress: bool = True,
                 defenses: tuple[str, ...] | None = None, executor: str = "local",
-                address: str | None = None) -> list[tuple[str, BenchConfig]]:
-        """(protocol, config) per defense × dataset; randomized defenses get a paper-protocol run too."""
+                address: str | None = None, datasets: tuple[str, ...] | None = None) -> list[tuple[str, BenchConfig]]:
+        """(protocol, config) per defense × dataset; randomized defenses get a paper-protocol run too.
+
+        ``defenses`` and ``datasets`` keep only those of the suite's (one row of a table, say)."""
         out = []
         for entry in self.entries():
-            for defense in defenses or entry.get("defenses", self.defenses):
+            for defense in entry.get("defenses", self.defenses):
+                if defenses and defense not in defenses:
+                    continue
                 for dataset in entry.get("datasets") or [None]:
+                    if datasets and dataset not in datasets:
+                        continue
                     protocols = PROTOCOLS if (self.paper_protocol and defense in randomized) else PROTOCOLS[:1]
                     for protocol in protocols:
-                        attacks = self.attacks if protocol == "adaptive" else tuple(_paper(a) for a in self.attacks)
+                        attacks = self.attacks_for(protocol, defense in randomized)
                         out.append((protocol, BenchConfig(
                             defense=defense, attack=",".join(attacks), model=entry.get("model"), dataset=dataset,
                             eps=self.eps, n=self.n, seed=self.seed, device=device, out=str(self.results),
@@ -84,7 +99,8 @@ def load_suite(path: str | Path) -> Suite:
                  eps=str(raw.get("eps", "4/255")), models=tuple(raw.get("models", ())),
                  model=raw.get("model"), n=raw.get("n"), seed=int(raw.get("seed", 0)),
                  batch_size=int(raw.get("batch_size", 256)), shard_size=raw.get("shard_size"),
-                 paper_protocol=bool(raw.get("paper_protocol", True)), description=raw.get("description", ""))
+                 paper_protocol=bool(raw.get("paper_protocol", True)), description=raw.get("description", ""),
+                 randomized_substitutes=dict(raw.get("randomized_substitutes", {})))
 
 
 def randomized_defenses() -> set[str]:
@@ -94,7 +110,7 @@ def randomized_defenses() -> set[str]:
 
 
 def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defenses: tuple[str, ...] | None = None,
-              executor: str = "local", address: str | None = None):
+              executor: str = "local", address: str | None = None, datasets: tuple[str, ...] | None = None):
     """Run every (defense × dataset × protocol) of a suite; checkpoints are checked before any work.
 
     All runs' units go to one executor together (so Ray spreads a whole suite); runs already
@@ -102,7 +118,10 @@ def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defense
     """
     from robustmed.runner import run_benches
 
-    plan = suite.configs(randomized_defenses(), device, progress, defenses, executor, address)
+    plan = suite.configs(randomized_defenses(), device, progress, defenses, executor, address, datasets)
+    if not plan:
+        raise UserError(f"suite {suite.name!r} has no run for defenses {defenses or 'all'} "
+                        f"and data sets {datasets or 'all'}")
     for _, cfg in plan:  # fail fast: a missing checkpoint or data set stops the suite before it starts
         _shipped(cfg)
     return run_benches([cfg for _, cfg in plan])

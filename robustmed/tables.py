@@ -7,6 +7,9 @@ robust accuracy with its 95% Wilson interval; the best adaptive number per colum
 """
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 from robustmed.evidence import WORST, Evaluation
 
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
@@ -23,10 +26,22 @@ def _columns(evals: list[Evaluation], attacks: list[str]) -> list[tuple[str, str
     return [(d, a) for d in datasets for a in [*(v for at in attacks for v in _variants(evals, d, at)), WORST]]
 
 
-def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float):
+def column_attack(name: str, substitutes: dict | None = None) -> str:
+    """The column an evaluation belongs to: the attack without its options (``pgd20:protocol=paper``
+    → ``pgd20``, threat suffix kept), and a suite's randomized substitute under the attack it
+    replaces (``aa-rand`` → ``aa``)."""
+    base = re.sub(r":[^\[]*", "", name)
+    back = {sub: orig for orig, sub in (substitutes or {}).items()}
+    stem, bracket, rest = base.partition("[")
+    return back.get(stem, stem) + bracket + rest
+
+
+def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float,
+               substitutes: dict | None = None):
     """(columns, rows): rows are (label, defense, protocol, {column: Evaluation}) in suite order; with
     several models, one row per model and defense, labelled ``defense · model``."""
-    evals = [e for e in evals if abs(e.eps - eps) < 1e-9]
+    evals = [replace(e, attack=column_attack(e.attack, substitutes)) if e.attack != WORST else e
+             for e in evals if abs(e.eps - eps) < 1e-9]
     columns = _columns(evals, attacks)
     models = sorted({e.model for e in evals})
     rows = []
@@ -69,22 +84,51 @@ def _flags(cells: dict) -> str:
     return ", ".join(fired) if fired else ""
 
 
+GAP = 0.05  # issue-level rule: adaptive more than 5 points below the paper protocol is marked
+MARK = "†"
+# Why the paper protocol overstates robustness, by the checks that fired on the adaptive run.
+REASONS = {"A4": "randomized (A4): the paper protocol neither averages gradients over draws (EOT) nor judges a sample over several draws",
+           "A6": "gradient blocked by a non-differentiable op (A6): the adaptive run attacks through it with BPDA"}
+
+
+def overstatement(rows, defense: str, column) -> float | None:
+    """Paper-protocol minus adaptive robust accuracy of a defense in one column (None: not both run)."""
+    cells = {protocol: c.get(column) for _, d, protocol, c in rows if d == defense}
+    paper, adaptive = cells.get("paper"), cells.get("adaptive")
+    return None if paper is None or adaptive is None else paper.robust_accuracy - adaptive.robust_accuracy
+
+
+def _note(rows, defense: str, protocol: str, cells: dict, columns) -> str:
+    if protocol != "adaptive":
+        return ""
+    gaps = [g for c in columns if (g := overstatement(rows, defense, c)) is not None and g > GAP]
+    if not gaps:
+        return ""
+    fired = {flag for e in cells.values() for flag in e.findings}
+    why = "; ".join(REASONS[f] for f in sorted(REASONS) if f in fired) or "the adaptive attacks are stronger"
+    return f"{MARK} paper protocol overstates by up to {100 * max(gaps):.1f} pts: {why}"
+
+
 def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float, fmt: str = "md",
-           title: str = "") -> str:
-    columns, rows = table_data(evals, defenses, attacks, eps)
+           title: str = "", substitutes: dict | None = None) -> str:
+    columns, rows = table_data(evals, defenses, attacks, eps, substitutes)
     datasets = list(dict.fromkeys(d for d, _ in columns))
-    header = ["defense", *[f"{d} clean" for d in datasets], *[f"{d} {a}" for d, a in columns], "flags"]
+    header = ["defense", *[f"{d} clean" for d in datasets], *[f"{d} {a}" for d, a in columns], "flags", "note"]
     best = {c: _best(rows, c) for c in columns}
     body = []
-    for label, _, protocol, cells in rows:
+    for label, defense, protocol, cells in rows:
         line = [label, *[_clean(cells, d) for d in datasets]]
         for column in columns:
             ev = cells.get(column)
             bold = ev is not None and protocol == "adaptive" and best[column] is not None \
                 and abs(ev.robust_accuracy - best[column]) < 1e-12
-            line.append(_cell(ev, bold, fmt))
-        body.append([*line, _flags(cells)])
+            gap = overstatement(rows, defense, column) if protocol == "adaptive" else None
+            line.append(_cell(ev, bold, fmt) + (MARK if gap is not None and gap > GAP else ""))
+        body.append([*line, _flags(cells), _note(rows, defense, protocol, cells, columns)])
     caption = title or f"Robust accuracy (%) at ε = {eps * 255:.3g}/255, 95% Wilson intervals"
+    caption += "".join(f"; {orig} column: {sub} on randomized defenses (adaptive protocol)"
+                       for orig, sub in (substitutes or {}).items())
+    caption += f"; {MARK}: adaptive more than {100 * GAP:.0f} points below the paper protocol"
     return _latex(header, body, caption) if fmt == "latex" else _markdown(header, body, caption)
 
 

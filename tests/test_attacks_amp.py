@@ -69,3 +69,12 @@ def test_compare_amp_reports_the_difference_and_flags_a_gap(batch):
     assert report["difference"] == pytest.approx(report["amp_robust_accuracy"] - report["fp32_robust_accuracy"])
     assert (round(96 * report["fp32_robust_accuracy"]), round(96 * report["amp_robust_accuracy"])) == (14, 19)
     assert report["flag"] and report["disagreements"] == 5  # bf16 gradients lose points fp32 breaks: FLAG
+
+
+def test_fp32_attacks_run_without_tf32_and_restore_the_setting():
+    from robustmed.attacks.amp import strict_fp32
+
+    torch.backends.cudnn.allow_tf32 = True
+    with strict_fp32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32

@@ -131,3 +131,23 @@ def test_killed_write_is_never_read_as_a_run(tmp_path):
     assert proc.returncode == -9
     assert any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
     assert store.list_runs(tmp_path) == [] and store.load_runs(tmp_path) == []
+
+
+def test_table_maps_stored_attack_names_to_columns_and_marks_an_overstating_paper_protocol():
+    """Stored names carry options (``pgd10:protocol=paper``) and suites substitute aa-rand for aa on
+    randomized defenses; both land in the plain column. rpan's paper protocol says 100% where the
+    adaptive worst case is 25%: its adaptive row is marked, with the reason from the checks (A4)."""
+    runs = [
+        _run("none", [_rows("none", "pgd10", [1, 0, 0, 0]), _rows("none", "aa", [0, 0, 0, 0])], "r1"),
+        _run("rpan", [_rows("rpan", "pgd10", [1, 1, 0, 0]), _rows("rpan", "aa-rand", [1, 0, 0, 0])], "r2", ["A4"]),
+        _run("rpan", [_rows("rpan", "pgd10:protocol=paper", [1, 1, 1, 1], protocol="paper"),
+                      _rows("rpan", "aa:protocol=paper", [1, 1, 1, 1], protocol="paper")], "r3"),
+    ]
+    lines = render(evaluations(runs), ["none", "rpan"], ["pgd10", "aa"], EPS, "md",
+                   substitutes={"aa": "aa-rand"}).splitlines()
+    assert "aa column: aa-rand on randomized defenses" in lines[0]
+    paper, adaptive = lines[5], lines[6]
+    assert "100.0 [51.0, 100.0]" in paper and "†" not in paper
+    assert "**50.0** [15.0, 85.0]†" in adaptive and "**25.0** [4.6, 69.9]†" in adaptive
+    assert "paper protocol overstates by up to 75.0 pts: randomized (A4)" in adaptive
+    assert "†" not in lines[4]  # no paper-protocol row for a deterministic defense: nothing to compare

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Regenerate the committed results on one machine: the BreastMNIST checkpoints, then Table 3 and
+# Fig. 6 for every defense and data set. Each (defense, data set) is an independent job and JOBS
+# of them run side by side: the mini model leaves a GPU (or a many-core CPU) mostly idle, so
+# parallel jobs, not bigger batches, are what fill it. Rerunning skips what is already stored
+# (runs resume from their verified units; a checkpoint that exists is kept).
+#
+#   DEVICE=cuda JOBS=16 bash benchmarks/reproduce_results.sh     # a GPU host
+#   DEVICE=cpu  JOBS=2  bash benchmarks/reproduce_results.sh     # here: many core-hours
+#
+# Logs go to $LOGS (default results/logs); a job's exit status is its log's last line.
+set -uo pipefail
+
+DEVICE=${DEVICE:-auto}
+JOBS=${JOBS:-4}
+PYTHON=${PYTHON:-python3}
+LOGS=${LOGS:-results/logs}
+BREAST_EPOCHS_AT=${BREAST_EPOCHS_AT:-30}    # cpu-at recipe: 12 random batches of 128 per epoch
+BREAST_EPOCHS_CLEAN=${BREAST_EPOCHS_CLEAN:-60}  # cpu recipe: one pass over the 546 images per epoch
+read -ra DEFENSES <<<"${DEFENSES:-none pgd-at pni dbn-clean dbn-adv l2p rpf cap ctrw rpan rpan-code}"
+read -ra SUITES <<<"${SUITES:-table3 fig6_steps fig6_eps}"
+SUITE_DIR=${SUITE_DIR:-benchmarks}
+ZOO=robustmed/zoo/mail-rn18-mini/breastmnist
+mkdir -p "$LOGS"
+
+run() {  # run NAME CMD...: log the command's output, then its exit status
+    local name=$1; shift
+    "$@" >"$LOGS/$name.log" 2>&1
+    local status=$?
+    echo "exit $status" >>"$LOGS/$name.log"
+    return $status
+}
+
+train_breast() {  # once per defense (a lock makes later jobs wait for it); a checkpoint trained before is kept
+    local defense=$1 epochs=$BREAST_EPOCHS_AT
+    mkdir -p "$ZOO"
+    exec 9>"$LOGS/.train-$defense.lock"
+    flock 9
+    [ -f "$ZOO/$defense.pt" ] && return 0
+    case $defense in none|rpan-code) epochs=$BREAST_EPOCHS_CLEAN ;; esac
+    run "train-breastmnist-$defense" env OMP_NUM_THREADS=1 "$PYTHON" -m robustmed train --defense "$defense" \
+        --dataset breastmnist --epochs "$epochs" --device "$DEVICE" --no-progress
+}
+
+job() {  # job SUITE DEFENSE DATASET: one row of one suite, training its checkpoint first where needed
+    local suite=$1 defense=$2 dataset=$3
+    if [ "$dataset" = breastmnist ]; then (train_breast "$defense") || return 1; fi
+    run "$suite-$dataset-$defense" env OMP_NUM_THREADS=1 "$PYTHON" -m robustmed bench \
+        --suite "$SUITE_DIR/$suite.toml" --defense "$defense" --dataset "$dataset" --device "$DEVICE" --no-progress
+}
+export -f run train_breast job
+export DEVICE PYTHON LOGS SUITE_DIR BREAST_EPOCHS_AT BREAST_EPOCHS_CLEAN ZOO
+
+# Suite-major order, so the tables finish before the figures; BreastMNIST rows first (training).
+for suite in "${SUITES[@]}"; do
+    for dataset in breastmnist pneumoniamnist; do
+        for defense in "${DEFENSES[@]}"; do echo "$suite $defense $dataset"; done
+    done
+done >"$LOGS/queue"
+xargs -P "$JOBS" -L 1 bash -c 'job "$0" "$1" "$2"' <"$LOGS/queue"
+failed=$(grep -L "^exit 0$" "$LOGS"/*.log)
+[ -z "$failed" ] && echo "all jobs done" || { echo "failed: $failed"; exit 1; }
