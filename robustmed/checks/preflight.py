@@ -136,14 +136,33 @@ def test_time_optimization(ctx: CheckContext) -> Finding:
                       "no gradient computation inside forward", calls=calls)
 
 
-def _input_grads(model, x, y, loss_fn) -> torch.Tensor | None:
+def _input_grads(model, x, y, loss_fns) -> list[torch.Tensor] | None:
+    """Input gradients of each loss from one forward pass; None when the output does not require grad."""
     x = x.detach().clone().requires_grad_(True)
+    grads = []
     with torch.enable_grad():
         out = model(x)
         if not out.requires_grad:
             return None
-        grad, = torch.autograd.grad(loss_fn(out, y).sum(), x, allow_unused=True)
-    return torch.zeros_like(x) if grad is None else grad
+        for i, loss_fn in enumerate(loss_fns):
+            grad, = torch.autograd.grad(loss_fn(out, y).sum(), x, allow_unused=True,
+                                        retain_graph=i + 1 < len(loss_fns))
+            grads.append(torch.zeros_like(x) if grad is None else grad)
+    return grads
+
+
+def _loss_grads(ctx: CheckContext, x, y, loss_fns) -> list[torch.Tensor] | None:
+    """A6's gradients: one forward pass serves every loss of a deterministic model; a randomized model
+    draws a fresh pass per loss."""
+    if not ctx.randomized:
+        return _input_grads(ctx.model, x, y, loss_fns)
+    grads = []
+    for loss_fn in loss_fns:
+        grad = _input_grads(ctx.model, x, y, [loss_fn])
+        if grad is None:
+            return None
+        grads += grad
+    return grads
 
 
 def declared_sites(ctx: CheckContext) -> bool:
@@ -161,11 +180,12 @@ def gradient_health(ctx: CheckContext) -> Finding:
     declared non-differentiable op (per site) the gradient must not be blocked or shattered."""
     x, y = ctx.probe
     details = {}
-    for name, loss_fn in (("ce", lambda o, t: F.cross_entropy(o, t, reduction="none")), ("margin", margin_loss)):
-        grad = _input_grads(ctx.model, x, y, loss_fn)
-        if grad is None:
-            return A6.fired("the output does not require grad: the model detaches its input, gradient attacks "
-                            "see nothing", detached=True)
+    losses = {"ce": lambda o, t: F.cross_entropy(o, t, reduction="none"), "margin": margin_loss}
+    grads = _loss_grads(ctx, x, y, list(losses.values()))
+    if grads is None:
+        return A6.fired("the output does not require grad: the model detaches its input, gradient attacks "
+                        "see nothing", detached=True)
+    for name, grad in zip(losses, grads):
         flat = grad.flatten(1)
         details[name] = {"zero": (flat.abs().amax(1) == 0).float().mean().item(),
                          "nonfinite": (~torch.isfinite(flat).all(1)).float().mean().item()}
