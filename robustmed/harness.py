@@ -490,7 +490,8 @@ def _prepare_spec(spec: AttackSpec, threat, n_eps: int, device) -> AttackSpec:
 @strict_fp32()
 def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: Sequence[float], *, seed: int = 0,
                 batch_size: int = 256, device="cpu", progress: bool = False,
-                randomized: bool = False, threat: ThreatModel | Sequence[ThreatModel] | None = None) -> pd.DataFrame:
+                randomized: bool = False, threat: ThreatModel | Sequence[ThreatModel] | None = None,
+                clean_pass: tuple | None = None) -> pd.DataFrame:
     """Per-sample rows for every attack × ε; only clean-correct samples are attacked.
 
     ``randomized`` declares the model randomized (the defense registry's flag); randomness is
@@ -502,6 +503,9 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
     (e.g. :func:`robustmed.attacks.threat.modality_threats`: joint and each input alone, check F4),
     default: every input attacked within the run's ε. Several ε run as an ascending sweep unless a
     spec says otherwise (:func:`resolve_eps_mode`; ``source_eps``: where each row's example was found).
+
+    ``clean_pass`` is :func:`clean_draws`'s (prediction, loss, correct draws) of these samples with one draw,
+    in these batches, already made (check A9's): a deterministic model's clean pass is not repeated.
     """
     model.eval()
     randomized = bool(randomized or is_randomized(model))
@@ -514,7 +518,10 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
     specs = [resolve_spec(s, randomized=randomized, num_classes=num_classes) for s in specs]
     specs = [with_bpda(s, model) for s in specs]
     n_clean = max(s.draws for s in specs) if randomized else 1
-    pred, loss, hits = clean_draws(model, x, y, batch_size, device, n_clean)
+    if clean_pass is not None and n_clean == 1 and all(len(t) == len(y) for t in clean_pass):
+        pred, loss, hits = clean_pass
+    else:
+        pred, loss, hits = clean_draws(model, x, y, batch_size, device, n_clean)
     clean = _Clean(pred, loss, hits, hits == n_clean, hits > 0)
     threats = _threats(x, threat)
     frames = []

@@ -22,6 +22,7 @@ from robustmed import checkpoints, data as data_mod, multimodal_bench, store, un
 from robustmed.attacks import parse_attack, parse_eps_list
 from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, run_preflight, unreliable
 from robustmed.checks.bpda import bpda, switches
+from robustmed.checks.preflight import CLEAN_PASS
 from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
 from robustmed.executors import Executor, get_executor
@@ -29,6 +30,7 @@ from robustmed.factory import from_checkpoint, shipped_checkpoint
 from robustmed.harness import attack_rows, select_subset, summarize
 from robustmed.models.zoo import MODELS
 from robustmed.provenance import git_commit, machine, package_versions, resolve_device
+from robustmed.randomness import is_randomized
 from robustmed.tensors import batch_size, take, to_device
 from robustmed.usermodel import load_model_file
 
@@ -238,7 +240,7 @@ def _attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
     with bpda(ctx.model) if ctx.nondiff_ops else nullcontext(0) as straight_through:
         rows = attack_rows(ctx.model, ctx.x, ctx.y, ctx.ids, ctx.specs, ctx.eps, seed=cfg.seed,
                            batch_size=cfg.batch_size, device=ctx.device, progress=cfg.progress,
-                           randomized=ctx.randomized)
+                           randomized=ctx.randomized, clean_pass=_clean_pass(ctx))
         findings = post_run(ctx, rows, preflight, cfg.checks)
     if refuse:
         refuse_on_errors(findings)
@@ -325,6 +327,25 @@ def _stored_report(cfg: BenchConfig, run_dir: Path) -> BenchReport:
     return BenchReport(cfg, run_dir, manifest, manifest["summary"], rows)
 
 
+def _clean_pass(ctx: CheckContext):
+    """Check A9's clean pass, when the attack may take it for its own: a deterministic model on the CPU
+    (the same forward pass in the same batches gives the same logits; a randomized model's pass is seeded
+    per run, and a GPU's kernels are not held to bitwise repeatability here)."""
+    if ctx.randomized or is_randomized(ctx.model) or torch.device(ctx.device).type != "cpu":
+        return None
+    return ctx.extras.get(CLEAN_PASS)
+
+
+def _share_with_units(cfg: BenchConfig, ctx: CheckContext, dataset, job: dict) -> None:
+    """Units computed in this process (local executor) reuse the model and split loaded here instead of
+    loading them again, and A9's clean pass instead of repeating it: single-input deterministic models only
+    (a randomized model's generators would start the post-run checks where the attack left them, not where
+    the pre-flight checks did)."""
+    if ctx.randomized or is_randomized(ctx.model) or "multimodal" in ctx.extras:
+        return
+    units_mod.share(job, ctx.device, ctx.model, *dataset.split(cfg.split), ctx.ids, _clean_pass(ctx))
+
+
 def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchReport:
     """Validate, load, run the pre-flight checks and plan the units; a complete run is just read back.
 
@@ -346,6 +367,8 @@ def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRe
     sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
     job = units_mod.job_for(_job_config(cfg), prov["checkpoint"].get("sha256"), ctx.randomized, sites)
     plan = units_mod.plan(run_id, str(run_dir), split_attacks(cfg.attack), ctx.ids, cfg.unit_size(), job)
+    if executor is not None and executor.name == "local":
+        _share_with_units(cfg, ctx, dataset, job)
     run = _Run(cfg, ctx, dataset, prov, preflight, run_dir, plan, sites)
     _write_plan(run)
     return run

@@ -18,12 +18,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from robustmed import store
 
 CACHED_MODELS = 2  # models kept loaded per process (a worker runs many units of the same run)
 _LOADED: OrderedDict = OrderedDict()
+_CLEAN: dict = {}  # job key → (sample ids, prediction, loss, correct draws): a clean pass shared with the units
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,38 @@ def remember(key: str, loaded) -> None:
     _LOADED[key] = loaded
     _LOADED.move_to_end(key)
     while len(_LOADED) > CACHED_MODELS:
-        _LOADED.popitem(last=False)
+        _CLEAN.pop(_LOADED.popitem(last=False)[0], None)
 
 
 def _job_key(job: dict, device: str) -> str:
     return hashlib.sha256(json.dumps([job, device], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def share(job: dict, device, model, x_all, y_all, sample_ids=None, clean_pass=None) -> None:
+    """Give the units of ``job`` computed in this process the model and split the caller loaded (the local
+    executor: the planning process), so they are not loaded again; ``clean_pass`` is the (prediction, loss,
+    correct draws) of ``sample_ids`` from one clean pass in the run's batches (check A9's), which spares the
+    units theirs. The caller vouches that ``model`` is the planned checkpoint's and deterministic."""
+    key = _job_key(job, str(device))
+    _CLEAN.pop(key, None)
+    remember(key, (model, x_all, y_all))
+    if clean_pass is not None:
+        _CLEAN[key] = (np.asarray(sample_ids), *clean_pass)
+
+
+def _shared_clean(job: dict, device, sample_ids: np.ndarray):
+    """The shared clean pass of a unit's samples when they are a batch-aligned slice of the passed ones."""
+    stored = _CLEAN.get(_job_key(job, str(device)))
+    if stored is None or not len(sample_ids):
+        return None
+    passed, *clean = stored
+    start = np.flatnonzero(passed == sample_ids[0])
+    if len(start) != 1 or start[0] % job["config"]["batch_size"]:
+        return None
+    rows = slice(int(start[0]), int(start[0]) + len(sample_ids))
+    if not np.array_equal(passed[rows], sample_ids):
+        return None
+    return tuple(t[rows] for t in clean)
 
 
 def _load(job: dict, device):
@@ -101,8 +130,6 @@ def _load(job: dict, device):
 
 def compute(unit: Unit, device) -> pd.DataFrame:
     """The unit's per-sample rows (harness output, one row per sample × ε)."""
-    import numpy as np
-
     from robustmed.attacks import parse_attack, parse_eps_list
     from robustmed.checks.bpda import bpda
     from robustmed.harness import attack_rows
@@ -116,7 +143,7 @@ def compute(unit: Unit, device) -> pd.DataFrame:
         return attack_rows(model, take(x_all, ids), y_all[ids], ids, [parse_attack(unit.attack)],
                            parse_eps_list(config["eps"]), seed=config["seed"], batch_size=config["batch_size"],
                            device=device, progress=False, randomized=unit.job["randomized"],
-                           threat=bench_threats(model, config))
+                           threat=bench_threats(model, config), clean_pass=_shared_clean(unit.job, device, ids))
 
 
 @lru_cache(maxsize=1)

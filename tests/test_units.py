@@ -85,6 +85,33 @@ def test_shards_change_no_per_sample_result(cfg, data_root):
     assert sharded.summary[0]["robust_accuracy"] == whole.summary[0]["robust_accuracy"]
 
 
+def test_local_units_reuse_the_loaded_model_and_a9s_clean_pass(cfg, data_root, monkeypatch):
+    """The local executor's units take the planning process's model and check A9's clean pass: one checkpoint
+    load and one clean pass for the run, and the same rows as units that load and pass for themselves."""
+    from robustmed import harness, runner
+    from robustmed.checks import preflight
+
+    calls = {"load": 0, "clean": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(runner, "from_checkpoint", counted("load", runner.from_checkpoint))
+    for module in (harness, preflight):
+        monkeypatch.setattr(module, "clean_draws", counted("clean", module.clean_draws))
+    shared = run_bench(cfg)
+    assert calls == {"load": 1, "clean": 1} and len(shared.manifest["units"]) == 6
+    monkeypatch.setattr(units, "share", lambda *args, **kwargs: None)
+    calls.update(load=0, clean=0)
+    alone = run_bench(replace(cfg, out=cfg.out + "-alone"))
+    assert calls == {"load": 2, "clean": 1 + 6}
+    pd.testing.assert_frame_equal(per_sample(alone.rows), per_sample(shared.rows))
+    assert alone.manifest["findings"] == shared.manifest["findings"]
+
+
 def test_missing_or_corrupt_units_are_recomputed_alone(cfg, data_root, computed):
     full = run_bench(cfg)
     unit_ids = [u["unit_id"] for u in full.manifest["units"]]

@@ -18,7 +18,7 @@ from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, INFO, Finding, register
 from robustmed.checks.sites import measure_sites
 from robustmed.checks.surface import attack_surface
-from robustmed.harness import resolve_spec
+from robustmed.harness import clean_draws, resolve_spec
 from robustmed.stats import wilson
 
 A1 = register("A1", "eval mode", ERROR)
@@ -39,6 +39,7 @@ PARITY_TOL = 0.0005  # ±0.05 points on the full split
 PARITY_Z = 3.29  # 99.9% Wilson interval on a subset or over random draws
 SITE_BLOCKED_TOL = 0.01  # A6 per site: over 1% of the entries reaching a declared op get no gradient back
 SITE_COSINE_MIN = 0.9  # A6 per site: the gradient an op passes back vs the straight-through one
+CLEAN_PASS = "clean_pass"  # ctx.extras: A9's single-draw clean pass, (prediction, loss, correct draws) per sample
 
 
 def eval_mode(ctx: CheckContext) -> Finding:
@@ -239,14 +240,13 @@ def task_type(ctx: CheckContext) -> Finding:
     return A8.passed(f"task {ctx.task!r}: an argmax flip is the success criterion", task=ctx.task)
 
 
-@torch.no_grad()
 def _clean_accuracy(ctx: CheckContext, draws: int) -> float:
-    hits = 0
-    for start in range(0, len(ctx.x), ctx.batch_size):
-        x = ctx.x[start:start + ctx.batch_size].to(ctx.device)
-        y = ctx.y[start:start + ctx.batch_size].to(ctx.device)
-        hits += sum((ctx.model(x).argmax(1) == y).sum().item() for _ in range(draws))
-    return hits / (draws * len(ctx.x))
+    """The harness's clean pass over the run's samples, in the run's batches; a single-draw pass is kept in
+    ``ctx.extras[CLEAN_PASS]`` so the attack does not repeat it (``attack_rows(clean_pass=...)``)."""
+    pred, loss, hits = clean_draws(ctx.model, ctx.x, ctx.y, ctx.batch_size, ctx.device, draws)
+    if draws == 1:
+        ctx.extras[CLEAN_PASS] = (pred, loss, hits)
+    return int(hits.sum()) / (draws * len(ctx.x))
 
 
 def clean_parity(ctx: CheckContext) -> Finding:
