@@ -5,7 +5,6 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
 
@@ -16,6 +15,10 @@ def progress_bar(enabled: bool = True):
     if not enabled:
         yield _Silent()
         return
+    # imported here: rich.progress takes about 0.1 s, which a run without a bar (workers, --json) need not pay
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as bar:

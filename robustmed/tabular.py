@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 
@@ -105,6 +104,8 @@ def primitives(volumes: np.ndarray) -> np.ndarray:
     mask = volumes > 0
     if not mask.reshape(len(mask), -1).any(1).all():
         raise ValueError("every volume needs at least one foreground voxel")
+    from scipy import ndimage  # here, not at import: every `bench` imports this module, few compute shapes
+
     volume = mask.sum(axis=(1, 2, 3)).astype(np.float64)
     components = [ndimage.label(m, structure=np.ones((3, 3, 3)))[1] for m in mask]
     return np.column_stack([volume, _surface(mask), _extents(mask), _axes(mask), components]).astype(np.float64)
