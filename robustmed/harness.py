@@ -284,12 +284,14 @@ def _judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=No
         if not torch.equal(result.adv_pred[same], reference.adv_pred[same]):
             raise InvariantError("B2: a sweep snapshot disagrees with the final example it equals")
         rows = rows[~same]
-    with torch.no_grad():  # B2: a fresh forward pass on the returned examples must agree
-        verified = autocast_forward(model, spec.amp, labels.device)(take(x_adv, rows)).argmax(1) if len(rows) \
-            else result.adv_pred[rows]
-    if not torch.equal(verified, result.adv_pred[rows]):
-        raise InvariantError("B2: re-scoring the adversarial examples disagrees with the attack's own predictions")
-    if spec.amp:
+    if not spec.amp:
+        with torch.no_grad():  # B2: a fresh forward pass on the returned examples must agree
+            verified = model(take(x_adv, rows)).argmax(1) if len(rows) else result.adv_pred[rows]
+        if not torch.equal(verified, result.adv_pred[rows]):
+            raise InvariantError("B2: re-scoring the adversarial examples disagrees with the attack's own predictions")
+    else:  # judged in float32 only: half-precision kernels round differently with the batch's
+        # shape (cuDNN picks per shape), so the attack's own fp16 predictions cannot be re-verified
+        # bit for bit; the fp32 judgement is the result, and compare_amp checks AMP against fp32
         _, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, 1)
         result.success = result.adv_pred != labels
         result.first_success = torch.where(result.success, result.first_success, -1)

@@ -77,8 +77,8 @@ def input_domain(ctx: CheckContext) -> Finding:
 def probabilities(ctx: CheckContext) -> Finding:
     """A3: rows in [0, 1] summing to 1 (softmax) or with logsumexp ≈ 0 (log-softmax) are not logits."""
     out = ctx.model(ctx.probe[0]).float()
-    softmax = bool(((out >= 0) & (out <= 1)).all() and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4))
-    log_softmax = bool(torch.allclose(out.logsumexp(1), torch.zeros(len(out)), atol=1e-4))
+    softmax = bool(((out >= 0) & (out <= 1)).all() and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-4))
+    log_softmax = bool(torch.allclose(out.logsumexp(1), torch.zeros_like(out[:, 0]), atol=1e-4))
     if softmax or log_softmax:
         kind = "probabilities (rows sum to 1)" if softmax else "log-probabilities (logsumexp ≈ 0)"
         return A3.fired(f"the model returns {kind}, not logits: CE/margin gradients vanish or mislead")
