@@ -299,3 +299,16 @@ def test_eot_pgd_stays_in_the_ball_and_in_range():
                     generator=torch.Generator().manual_seed(0))
     assert (x_adv - x).abs().max() <= 4 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_model_selection_never_prefers_a_constant_predictor():
+    """BreastMNIST, adversarial training: majority-class epochs scored 0.5 robust balanced accuracy
+    and beat every real classifier (about 0.2 under attack); an epoch must first leave chance."""
+    from robustmed.training import _selection_key
+
+    constant = {"val_balanced_accuracy": 0.5, "robust_val_balanced_accuracy": 0.5}
+    learned = {"val_balanced_accuracy": 0.69, "robust_val_balanced_accuracy": 0.23}
+    sturdier = {"val_balanced_accuracy": 0.66, "robust_val_balanced_accuracy": 0.31}
+    assert _selection_key(learned) > _selection_key(constant)
+    assert _selection_key(sturdier) > _selection_key(learned)  # among classifiers, robustness decides
+    assert _selection_key({"val_balanced_accuracy": 0.6}) > _selection_key({"val_balanced_accuracy": 0.5})
