@@ -19,6 +19,7 @@ BREAST_EPOCHS_AT=${BREAST_EPOCHS_AT:-30}    # cpu-at recipe: 12 random batches o
 BREAST_EPOCHS_CLEAN=${BREAST_EPOCHS_CLEAN:-60}  # cpu recipe: one pass over the 546 images per epoch
 read -ra DEFENSES <<<"${DEFENSES:-none pgd-at pni dbn-clean dbn-adv l2p rpf cap ctrw rpan rpan-code}"
 read -ra SUITES <<<"${SUITES:-table3 fig6_steps fig6_eps}"
+read -ra DATASETS <<<"${DATASETS:-breastmnist pneumoniamnist}"
 SUITE_DIR=${SUITE_DIR:-benchmarks}
 ZOO=robustmed/zoo/mail-rn18-mini/breastmnist
 mkdir -p "$LOGS"
@@ -53,7 +54,7 @@ export DEVICE PYTHON LOGS SUITE_DIR BREAST_EPOCHS_AT BREAST_EPOCHS_CLEAN ZOO
 
 # Suite-major order, so the tables finish before the figures; BreastMNIST rows first (training).
 for suite in "${SUITES[@]}"; do
-    for dataset in breastmnist pneumoniamnist; do
+    for dataset in "${DATASETS[@]}"; do
         for defense in "${DEFENSES[@]}"; do echo "$suite $defense $dataset"; done
     done
 done >"$LOGS/queue"

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--kind", default="eps", choices=["eps", "steps", "eot"])
     plot.add_argument("--defense", action="append", help="restrict to these defenses (repeatable)")
     plot.add_argument("--attack", default=None, help="restrict to one attack name (e.g. pgd100)")
+    plot.add_argument("--dataset", default=None, help="restrict to one data set")
+    plot.add_argument("--protocol", default=None, choices=["adaptive", "paper"],
+                      help="restrict to one protocol (default: both, labelled)")
     plot.add_argument("--out", required=True, help="output file ending in .png or .svg")
 
     regress = sub.add_parser("regress", help="rerun a golden suite and fail on a robust-accuracy drop",
@@ -207,7 +210,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_plot(args) -> int:
     import pandas as pd
 
-    from robustmed.plots import CURVES, plot
+    from robustmed.plots import curves, plot
     from robustmed.store import load_runs
 
     if not args.out.endswith((".png", ".svg")):
@@ -219,12 +222,13 @@ def cmd_plot(args) -> int:
         rows = rows[rows.defense.isin(args.defense)]
     if args.attack and len(rows):
         rows = rows[rows.attack == args.attack]
+    if args.dataset and len(rows):
+        rows = rows[rows.dataset == args.dataset]
+    if args.protocol and len(rows):
+        rows = rows[(rows.protocol if "protocol" in rows else "adaptive") == args.protocol]
     if rows.empty:
         raise UserError(f"no stored rows to plot under {args.results} for the given filters")
-    series = {}
-    for (defense, model, dataset, attack), group in rows.groupby(["defense", "model", "dataset", "attack"]):
-        label = f"{defense} · {attack}" if rows.dataset.nunique() == 1 else f"{defense} · {dataset} · {attack}"
-        series[label] = CURVES[args.kind](group)
+    series = curves(rows, args.kind)
     plot(series, args.kind, args.out)
     print(f"wrote {args.out}")
     return 0

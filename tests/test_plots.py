@@ -58,3 +58,16 @@ def test_plot_cli_on_committed_golden(tmp_path, capsys):
     assert b"<svg" in out.read_bytes()
     assert main(["plot", "--results", str(GOLDEN), "--out", str(tmp_path / "x.pdf")]) == 2
     assert "--out must end in .png or .svg" in capsys.readouterr().err
+
+
+def test_curves_pair_protocols_and_skip_sweep_rows():
+    from robustmed.plots import curves
+
+    adaptive = _rows([-1, 3, 30, 5]).assign(defense="rpan", model="m", dataset="d", protocol="adaptive",
+                                           attack="pgd100:sweep=10+50")
+    paper = _rows([-1, -1, 30, -1]).assign(defense="rpan", model="m", dataset="d", protocol="paper",
+                                          attack="pgd100:sweep=10+50,protocol=paper")
+    derived = adaptive.assign(attack="pgd10", spec=json.dumps({"steps": 10, "derived_from": "pgd100#x"}))
+    out = curves(pd.concat([adaptive, paper, derived]), "steps")
+    assert list(out) == ["rpan · adaptive", "rpan · paper"]
+    assert out["rpan · paper"].accuracy.iloc[-1] == 0.75 and out["rpan · adaptive"].accuracy.iloc[-1] == 0.25
