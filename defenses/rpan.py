@@ -4,7 +4,8 @@
 EMILA and EMSCA MSGDC, multiplicative modulated attention noise (MAN, Eq. 22) on CA, the MFIFA
 bands, the EMSCA terms and the fused A_m, PGD-AT with [A]/[I] realizations.
 ``rpan-code`` reproduces the released notebook: additive MAN + clip to [0, 1], power fusion
-(u·s³·A_c³, Ã⁵·A_m), always-on dropout, clean training; its clips need BPDA.
+(u·s³·A_c³, Ã⁵·A_m), always-on dropout (masks from a seeded generator, like every random module),
+clean training; its clips need BPDA.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmed.defenses._surgery import network_of, swap_class
+from robustmed.defenses._surgery import network_of, replace_modules, swap_class
 from robustmed.defenses.base import DEFENSES, DefenseInfo
 from robustmed.defenses.rpf import RandomProjectionConv
 from robustmed.models.layers import batch_norm
 from robustmed.models.mail import EMCAM, EMILA, MSGDC, ChannelAttention, EMSCAConv
-from robustmed.randomness import RandomModule
+from robustmed.randomness import RandomModule, SeededDropout
 
 SIGMA_N = 0.6  # the authors' code
 
@@ -168,6 +169,8 @@ def attach_code(model: nn.Module, ratio: float = 0.0, sigma_n: float = SIGMA_N,
         elif isinstance(module, EMCAM):
             swap_class(module, CodeEMCAM)
             module.fused_man = MANNoise(None, "add_clip", sigma_n, trainable=True)
+    # the authors' dropout, drawing its masks from a seeded generator instead of torch's global one
+    replace_modules(network, lambda m: type(m) is nn.Dropout, lambda m: SeededDropout(m.p, m.inplace))
     network.cfg = replace(network.cfg, inference_dropout=inference_dropout)
     network.train(network.training)
     network.register_forward_pre_hook(_reset_calls)

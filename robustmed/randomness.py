@@ -137,3 +137,31 @@ class InputNoise(RandomModule):
     def forward(self, x):
         self.maybe_resample()
         return x + self.noise
+
+
+class SeededDropout(nn.Dropout, RandomModule):
+    """Inverted dropout whose masks come from the module's seeded generator, not torch's global one.
+
+    Same ``p``, scaling (kept units × 1/(1 − p), so the same gradients) and ``training`` switch as
+    :class:`nn.Dropout`, and no parameters or buffers (same state_dict keys). Dropout kept on at
+    inference (MC dropout: rpan-code, the authors' always-on dropout) is then a random module like any
+    other: :func:`seed_model` reproduces its masks, :func:`freeze` holds one mask per input shape.
+    Masks are drawn in float32 whatever the input's dtype (the same draws with and without AMP).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        self.maybe_resample()
+        key = ("mask", tuple(x.shape))
+        mask = self._cache.get(key) if self.frozen else None
+        if mask is None:
+            if self.p >= 1:
+                mask = torch.zeros(x.shape, device=x.device)
+            else:
+                u = torch.rand(x.shape, generator=self._generator(x.device), device=x.device)
+                mask = (u >= self.p).float() / (1 - self.p)
+            if self.frozen:
+                self._cache[key] = mask
+        mask = mask.to(x.dtype)
+        return x.mul_(mask) if self.inplace else x * mask

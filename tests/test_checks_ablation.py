@@ -16,7 +16,7 @@ REMOVED = {  # defense → the components bypassed in its removed model (spec/de
     "dbn-clean": {"DualBatchNorm2d"}, "dbn-adv": {"DualBatchNorm2d"},
     "pni": {"NoisyWeight"}, "l2p": {"PerturbationInjection"}, "rpf": {"RandomProjectionConv"},
     "ctrw": {"TrainableRandomWeight"}, "rpan": {"RandomProjectionConv", "MANNoise"},
-    "rpan-code": {"MANNoise", "Dropout"},
+    "rpan-code": {"MANNoise", "SeededDropout"},
 }
 
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from robustmed.defenses import DEFENSES, cap, ctrw, dbn, learn2perturb, pni, rpan, rpf
 from robustmed.factory import build
-from robustmed.randomness import frozen, resample, seed_model
+from robustmed.randomness import SeededDropout, frozen, resample, seed_model
 from robustmed.training import RECIPES, attack_phase, eot_pgd, fit_input_statistics, make_optimizers, set_mode
 
 SMALL = {"widths": (16, 32), "depths": (1, 1)}
@@ -257,6 +257,34 @@ def test_rpan_code_clips_and_bpda_passes_gradients_through():
         grad, = torch.autograd.grad(man(t).sum(), t)
         assert torch.equal(grad, torch.ones_like(grad))  # … and BPDA treats it as the identity
     assert not any(m.straight_through for m in model.modules() if isinstance(m, rpan.MANNoise))
+
+
+def test_rpan_code_dropout_is_always_on_and_draws_from_the_seeded_generator():
+    """The authors' always-on dropout: nn.Dropout's p, scaling and gradients, masks per (model seed, module)."""
+    model = _model("rpan-code").eval()
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts and all(isinstance(m, SeededDropout) and m.training and m.p == 0.25 for m in dropouts)
+    assert {type(m) for m in _model("none").modules() if isinstance(m, nn.Dropout)} == {nn.Dropout}
+    assert not any(m.state_dict() for m in dropouts)  # no parameters or buffers: the same state_dict keys
+    x = _x()
+    with torch.no_grad():
+        seed_model(model, 5)
+        torch.manual_seed(1)
+        first, second = model(x), model(x)
+        seed_model(model, 5)
+        torch.manual_seed(2)  # the global generator plays no part
+        assert torch.equal(model(x), first) and torch.equal(model(x), second)
+        assert not torch.equal(first, second)  # a fresh mask (and MAN noise) per forward
+        seed_model(model, 6)
+        assert not torch.equal(model(x), first)
+        with frozen(model):
+            assert torch.equal(model(x), model(x))  # masks held with the rest of the realization
+    drop = dropouts[0]
+    t = torch.ones(200, 500, requires_grad=True)
+    out = drop(t)
+    assert set(out.unique().tolist()) == {0.0, torch.tensor(1 / 0.75).item()} and abs((out > 0).float().mean().item() - 0.75) < 0.01
+    grad, = torch.autograd.grad(out.sum(), t)
+    assert torch.equal(grad, out.detach())  # mask × x / (1 − p): the gradient is the scaled mask
 
 
 # --- training infrastructure --------------------------------------------------------------------

@@ -18,9 +18,10 @@ MAJORITY_RATE = 0.625
 SHIPPED = sorted(checkpoints.ZOO.glob("mail-rn18-mini/pneumoniamnist/*.pt"))
 RANDOMIZED = [p for p in SHIPPED if DEFENSES.get(p.stem).randomized]
 # Correct predictions of the first 2 seeded draws (model seed 0, global seed 0) on the first batch of
-# 256 test images: the start of the 10-draw measurement recorded as test_accuracy (rpan-code's dropout
-# draws from the global generator, which that measurement did not seed).
-FIRST_BATCH_HITS = {"ctrw": 358, "l2p": 429, "pni": 379, "rpan": 418, "rpan-code": 369, "rpf": 381}
+# 256 test images: the start of the 10-draw measurement recorded as test_accuracy. rpan-code's record
+# predates its seeded dropout (masks then came from the unseeded global generator): its count is the
+# seeded draws', whose 10-draw mean (0.7340) is within 1.5 points of the record (0.7317).
+FIRST_BATCH_HITS = {"ctrw": 358, "l2p": 429, "pni": 379, "rpan": 418, "rpan-code": 376, "rpf": 381}
 
 
 def test_every_registered_defense_is_shipped_and_a_missing_one_fails_cleanly(tmp_path, capsys):
