@@ -5,13 +5,14 @@ randomized ones, check C4).
 A randomized checkpoint's record is the mean over 10 draws of the whole test split (about 6 s each on
 one core): that re-measurement is in the slow tier; the default tier checks the first 2 of those draws
 on the first batch against exact seeded counts."""
+import pandas as pd
 import pytest
 import torch
 
 from robustmed import checkpoints
 from robustmed.defenses import DEFENSES
 from robustmed.factory import from_checkpoint
-from robustmed.harness import clean_draws
+from robustmed.harness import benchmark, clean_draws
 from robustmed.randomness import is_randomized, seed_model
 
 MAJORITY_RATE = 0.625
@@ -74,3 +75,24 @@ def test_randomized_checkpoint_draws_reproduce_exactly(path, pneumonia):
 def test_randomness_matches_the_registry(path):
     model, _ = from_checkpoint(path)
     assert is_randomized(model) == DEFENSES.get(path.stem).randomized
+
+
+def test_rpan_code_benchmark_rows_are_reproducible_per_seed(pneumonia):
+    """rpan-code's always-on dropout draws its masks from the model's seeded generator: the same run seed
+    gives the same rows whatever torch's global generator holds, another seed other draws."""
+    path = checkpoints.ZOO / "mail-rn18-mini/pneumoniamnist/rpan-code.pt"
+    state, _ = checkpoints.load_state(path)
+    x, y = pneumonia.split("test")
+
+    def rows(seed: int, global_seed: int):
+        model, _ = from_checkpoint(path)
+        model.load_state_dict(state, strict=True)  # the shipped weights load unchanged: no key added or lost
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(global_seed)
+            return benchmark(model, x[:8], y[:8], "pgd2:eot=2,draws=3", seed=seed).drop(columns="attack_time_s")
+
+    first = rows(0, 1)
+    pd.testing.assert_frame_equal(first, rows(0, 2))
+    other = rows(1, 1)
+    assert not first.final_loss.equals(other.final_loss)
+    assert not first.clean_correct_draws.equals(other.clean_correct_draws)
