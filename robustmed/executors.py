@@ -13,14 +13,15 @@ from typing import Protocol, Sequence
 
 from robustmed.errors import UserError
 from robustmed.progress import progress_bar
-from robustmed.units import Unit, run as run_unit, warm_up
+from robustmed.units import Unit, preload, run as run_unit, warm_up
 
 
 class Executor(Protocol):
     name: str
 
-    def start(self, units: int) -> None:
-        """Get workers ready for ``units`` more units (called while the runs are planned and checked)."""
+    def start(self, units: int, load: dict | None = None) -> None:
+        """Get workers ready for ``units`` more units of a run whose units load ``load`` (a
+        :func:`robustmed.units.load_spec`); called before the run's pre-flight checks, which it may overlap."""
 
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
         """Complete every unit (each one stored and verified), or raise."""
@@ -38,7 +39,7 @@ class LocalExecutor:
 
     name = "local"
 
-    def start(self, units: int) -> None:
+    def start(self, units: int, load: dict | None = None) -> None:
         """Nothing to start: this process already holds torch and the run's model."""
 
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
@@ -64,8 +65,9 @@ def _ray():
 class _Worker:
     """A Ray actor per worker slot: its process keeps torch, robustmed and the runs' models and data loaded.
 
-    A fresh process's first unit would otherwise pay the imports (seconds); the models and data
-    stay cached per process by :func:`robustmed.units.run`, keyed by the run's job and device.
+    A fresh process's first unit would otherwise pay the imports (seconds) and the model and data
+    loading; the models and data stay cached per process by :func:`robustmed.units.run`, keyed by the
+    run's config, checkpoint and device.
     """
 
     def __init__(self):
@@ -73,6 +75,14 @@ class _Worker:
 
         torch.set_num_threads(1)  # the worker holds one CPU
         warm_up()
+
+    def preload(self, load: dict) -> str | None:
+        """Load a run's model and data ahead of its units; a failure is left for the first unit to raise."""
+        try:
+            preload(load)
+        except Exception as exc:  # noqa: BLE001  (the unit loads again and reports it in its own error)
+            return repr(exc)
+        return None
 
     def run(self, unit: Unit) -> dict:
         return run_unit(unit)
@@ -95,8 +105,12 @@ class RayExecutor:
         self._workers: list = []
         self._wanted = 0
 
-    def start(self, units: int) -> None:
-        """Start up to one actor per slot for the units announced so far; they warm up while the caller plans."""
+    def start(self, units: int, load: dict | None = None) -> None:
+        """Start up to one actor per slot for the units announced so far; while the caller runs its pre-flight
+        checks they import robustmed and load ``load`` (the model and data of the run announcing them).
+
+        Actors take units in the order they were started, so the actors a run starts take its first units.
+        """
         ray = self._connect()
         self._wanted += units
         resources = ray.cluster_resources()
@@ -104,7 +118,10 @@ class RayExecutor:
         slots = int(resources.get("GPU" if gpus else "CPU", 1))
         actor = ray.remote(_Worker).options(num_cpus=1, num_gpus=gpus, max_restarts=1, max_task_retries=1)
         while len(self._workers) < max(1, min(self._wanted, slots)):
-            self._workers.append(actor.remote())
+            worker = actor.remote()
+            if load is not None:
+                worker.preload.remote(load)  # runs before any unit sent to this actor: its tasks run in order
+            self._workers.append(worker)
 
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
         owned = not self._workers
@@ -140,12 +157,12 @@ class RayExecutor:
 
     def _dispatch(self, units: Sequence[Unit], progress: bool) -> None:
         """Each idle actor takes the next unit; finished units are counted as they come back."""
-        ray, queue, idle, running = self._ray, deque(units), list(self._workers), {}
+        ray, queue, idle, running = self._ray, deque(units), deque(self._workers), {}
         with progress_bar(progress) as bar:
             handle = bar.add_task("units", total=sum(u.size for u in units))
             while queue or running:
                 while queue and idle:
-                    worker, unit = idle.pop(), queue.popleft()
+                    worker, unit = idle.popleft(), queue.popleft()
                     running[worker.run.remote(unit)] = (worker, unit)
                 (ref,), _ = ray.wait(list(running), num_returns=1)
                 worker, unit = running.pop(ref)

@@ -349,8 +349,8 @@ def _share_with_units(cfg: BenchConfig, ctx: CheckContext, dataset, job: dict) -
 def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchReport:
     """Validate, load, run the pre-flight checks and plan the units; a complete run is just read back.
 
-    An incomplete run announces its units to ``executor`` before the pre-flight checks, so remote
-    workers start up while they run.
+    An incomplete run announces its units and what they load to ``executor`` before the pre-flight checks,
+    so remote workers start up and load the run's model and data while they run.
     """
     if cfg.resume:
         cfg = resumed(cfg)
@@ -360,12 +360,14 @@ def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRe
     run_dir = out_root(cfg) / run_id
     if (run_dir / store.MANIFEST_FILE).is_file():
         return _stored_report(cfg, run_dir)
+    config = _job_config(cfg)
     if executor is not None:
-        executor.start(len(split_attacks(cfg.attack)) * len(units_mod.shards(ctx.ids, cfg.unit_size())))
+        executor.start(len(split_attacks(cfg.attack)) * len(units_mod.shards(ctx.ids, cfg.unit_size())),
+                       units_mod.load_spec(config, prov["checkpoint"].get("sha256")))
     preflight = run_preflight(ctx)
     refuse_on_errors(preflight)
     sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
-    job = units_mod.job_for(_job_config(cfg), prov["checkpoint"].get("sha256"), ctx.randomized, sites)
+    job = units_mod.job_for(config, prov["checkpoint"].get("sha256"), ctx.randomized, sites)
     plan = units_mod.plan(run_id, str(run_dir), split_attacks(cfg.attack), ctx.ids, cfg.unit_size(), job)
     if executor is not None and executor.name == "local":
         _share_with_units(cfg, ctx, dataset, job)

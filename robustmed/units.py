@@ -25,7 +25,7 @@ from robustmed import store
 
 CACHED_MODELS = 2  # models kept loaded per process (a worker runs many units of the same run)
 _LOADED: OrderedDict = OrderedDict()
-_CLEAN: dict = {}  # job key → (sample ids, prediction, loss, correct draws): a clean pass shared with the units
+_CLEAN: dict = {}  # model key → (sample ids, prediction, loss, correct draws): a clean pass shared with the units
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,11 @@ def remember(key: str, loaded) -> None:
         _CLEAN.pop(_LOADED.popitem(last=False)[0], None)
 
 
-def _job_key(job: dict, device: str) -> str:
-    return hashlib.sha256(json.dumps([job, device], sort_keys=True, default=str).encode()).hexdigest()
+def _model_key(job: dict, device: str) -> str:
+    """What a job's units load depends on its config and checkpoint alone (not on the facts the pre-flight
+    checks add), so a :func:`load_spec` known before those checks names the same cache entry as the job."""
+    key = [job["config"], job["checkpoint_sha256"], device]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def share(job: dict, device, model, x_all, y_all, sample_ids=None, clean_pass=None) -> None:
@@ -89,7 +92,7 @@ def share(job: dict, device, model, x_all, y_all, sample_ids=None, clean_pass=No
     executor: the planning process), so they are not loaded again; ``clean_pass`` is the (prediction, loss,
     correct draws) of ``sample_ids`` from one clean pass in the run's batches (check A9's), which spares the
     units theirs. The caller vouches that ``model`` is the planned checkpoint's and deterministic."""
-    key = _job_key(job, str(device))
+    key = _model_key(job, str(device))
     _CLEAN.pop(key, None)
     remember(key, (model, x_all, y_all))
     if clean_pass is not None:
@@ -98,7 +101,7 @@ def share(job: dict, device, model, x_all, y_all, sample_ids=None, clean_pass=No
 
 def _shared_clean(job: dict, device, sample_ids: np.ndarray):
     """The shared clean pass of a unit's samples when they are a batch-aligned slice of the passed ones."""
-    stored = _CLEAN.get(_job_key(job, str(device)))
+    stored = _CLEAN.get(_model_key(job, str(device)))
     if stored is None or not len(sample_ids):
         return None
     passed, *clean = stored
@@ -116,7 +119,7 @@ def _load(job: dict, device):
     from robustmed.errors import UserError
     from robustmed.runner import BenchConfig, resolve_model
 
-    key = _job_key(job, str(device))
+    key = _model_key(job, str(device))
     if key not in _LOADED:
         cfg = BenchConfig(**job["config"])
         model, dataset, prov = resolve_model(cfg, device)
@@ -159,6 +162,17 @@ def warm_up() -> None:
     import robustmed.runner  # noqa: F401  (the model loader; it imports torch, the harness, attacks and checks)
 
 
+def preload(spec: dict, device_name: str | None = None) -> None:
+    """Load a run's model and split into this process's cache (checked against the planned checkpoint), and
+    look up the commit units record, before its first unit arrives. ``spec`` is a :func:`load_spec` or a job;
+    what a unit computes does not depend on whether its model was preloaded."""
+    from robustmed.provenance import resolve_device
+
+    warm_up()
+    _load(spec, resolve_device(device_name or spec["config"]["device"]))
+    _git_commit()
+
+
 def run(unit: Unit, device_name: str | None = None) -> dict:
     """Compute and store one unit unless a verified copy exists; returns its ``unit.json`` content.
 
@@ -199,10 +213,14 @@ def assemble(units: Sequence[Unit]) -> tuple[pd.DataFrame, list[dict]]:
     return rows.reset_index(drop=True), metas
 
 
+def load_spec(config: dict, checkpoint_sha256: str | None) -> dict:
+    """What a run's units load (its model and split): the part of its job known before the pre-flight checks."""
+    return {"config": config, "checkpoint_sha256": checkpoint_sha256}
+
+
 def job_for(config: dict, checkpoint_sha256: str | None, randomized: bool, bpda_sites: int) -> dict:
     """The plain-data description of a run that every unit of it carries."""
-    return {"config": config, "checkpoint_sha256": checkpoint_sha256, "randomized": bool(randomized),
-            "bpda": bool(bpda_sites)}
+    return {**load_spec(config, checkpoint_sha256), "randomized": bool(randomized), "bpda": bool(bpda_sites)}
 
 
 def absolute(path: str | None) -> str | None:

@@ -112,6 +112,46 @@ def test_local_units_reuse_the_loaded_model_and_a9s_clean_pass(cfg, data_root, m
     assert alone.manifest["findings"] == shared.manifest["findings"]
 
 
+class PreloadingExecutor:
+    """A remote worker, played in this process: it loads what :meth:`start` announces (before the pre-flight
+    checks), never the planning process's model, then computes the units."""
+
+    name = "preloading"
+
+    def __init__(self, events):
+        self.events = events
+
+    def start(self, count, load=None):
+        units.preload(load)
+
+    def run(self, pending, progress=True):
+        self.events.append("units")
+        for unit in pending:
+            units.run(unit)
+
+    def close(self):
+        pass
+
+
+def test_a_worker_preloads_the_model_its_units_use(cfg, data_root, monkeypatch):
+    """The load spec a run announces before its pre-flight checks names the model its units look up: the
+    worker loads the checkpoint once, before the first unit, and the rows are the local executor's."""
+    from collections import OrderedDict
+
+    from robustmed import runner
+    from robustmed.runner import run_benches
+
+    local = run_bench(replace(cfg, out=cfg.out + "-local"))
+    events = []
+    monkeypatch.setattr(units, "_LOADED", OrderedDict())
+    monkeypatch.setattr(units, "_CLEAN", {})
+    load = runner.from_checkpoint
+    monkeypatch.setattr(runner, "from_checkpoint", lambda *args: events.append("load") or load(*args))
+    (remote,) = run_benches([cfg], PreloadingExecutor(events))
+    assert events == ["load", "load", "units"]  # the planning process's load, the worker's preload, 6 units
+    pd.testing.assert_frame_equal(per_sample(remote.rows), per_sample(local.rows))
+
+
 def test_missing_or_corrupt_units_are_recomputed_alone(cfg, data_root, computed):
     full = run_bench(cfg)
     unit_ids = [u["unit_id"] for u in full.manifest["units"]]
