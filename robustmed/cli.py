@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--recipe", default=None, help="cpu | paper | code (default: cpu for -mini models)")
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--out", default=None, help="checkpoint path (default: the shipped location)")
+    train.add_argument("--init", default=None, metavar="CHECKPOINT",
+                       help="start from this checkpoint's matching weights (e.g. the clean model on the same data)")
     train.add_argument("--no-progress", action="store_true")
 
     check = sub.add_parser("check", help="run every evaluation check on a model and print the table",
@@ -302,7 +304,9 @@ def cmd_train(args) -> int:
                       dataset=args.dataset or (None if multimodal else "pneumoniamnist"), data_root=args.data_root,
                       recipe=args.recipe,
                       epochs=args.epochs, seed=args.seed, device=str(resolve_device(args.device)), out=args.out,
-                      progress=not (args.no_progress or args.json))
+                      progress=not (args.no_progress or args.json), init=args.init)
+    if multimodal and args.init:
+        raise UserError("--init is for the image models; the multi-input models train from scratch")
     meta = train(cfg)
     if args.json:
         print(json.dumps({k: meta[k] for k in ("checkpoint", "val_accuracy", "test_accuracy", "sha256",

@@ -14,11 +14,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from robustmed import checkpoints, data as data_mod
 from robustmed.attacks.pgd import pgd, project, uniform_start
 from robustmed.defenses import DEFENSES
+from robustmed.errors import UserError
 from robustmed.defenses.base import parameter_groups
 from robustmed.defenses.cap import attention_parameters, contour_augment
 from robustmed.defenses.dbn import routed
@@ -418,6 +420,7 @@ class TrainConfig:
     out: str | None = None
     progress: bool = True
     limit: int | None = None  # train on the first N images only (tests)
+    init: str | None = None  # start from this checkpoint's matching weights (e.g. the clean model)
 
 
 def _select(x, y, limit):
@@ -459,6 +462,22 @@ def _update(model, loss, optimizers: dict, ctx: StepContext) -> None:
             module.after_update()
 
 
+def _initialize(model: nn.Module, path: str, dataset_key: str) -> dict:
+    """Copy every weight of ``path`` whose name and shape match (a defense's own parameters keep their
+    initialisation). On a small data set adversarial training from scratch can stay at the majority
+    class for many epochs; starting from the clean model skips that. Returns what the metadata records."""
+    state, meta = checkpoints.load_state(path)
+    if meta.get("dataset") != dataset_key:
+        raise UserError(f"--init checkpoint {path} was trained on {meta.get('dataset')!r}, not {dataset_key!r}")
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise UserError(f"--init checkpoint {path} shares no weight with {meta.get('model')!r} + this defense")
+    model.load_state_dict(matched, strict=False)
+    return {"checkpoint_sha256": meta.get("sha256"), "defense": meta.get("defense"),
+            "copied": len(matched), "of": len(own)}
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train, keep the best validation epoch, save checkpoint + metadata; returns the metadata."""
     info = DEFENSES.get(cfg.defense)
@@ -480,6 +499,7 @@ def train(cfg: TrainConfig) -> dict:
     seed_model(model, cfg.seed)
     fit_input_statistics(model, x_train.to(device))
     _materialize(model, take(x_train, slice(0, 2)).to(device))
+    initialized = _initialize(model, cfg.init, dataset.key) if cfg.init else None
     optimizers = make_optimizers(model, recipe, options)
     optimizer = optimizers["main"]
     scheduler = make_scheduler(optimizer, recipe, epochs)
@@ -554,6 +574,7 @@ def train(cfg: TrainConfig) -> dict:
         "batches_per_epoch": batches,
         "best_epoch": best[1],
         "train_images": len(x_train),
+        **({"init": initialized} if initialized else {}),
         **best[3],
         "test_accuracy": test_acc,
         "test_accuracy_draws": test_draws,

@@ -138,3 +138,24 @@ def test_attack_lists_keep_options_with_their_attack():
 
     assert split_attacks("pgd10:alpha=1/255,restarts=2,bim10, aa:protocol=paper") == [
         "pgd10:alpha=1/255,restarts=2", "bim10", "aa:protocol=paper"]
+
+
+def test_train_from_the_clean_model(tmp_path, data_root, capsys):
+    """--init copies every matching weight (all of them for pgd-at, which adds no parameter) and records it;
+    a checkpoint of another data set is refused before any training."""
+    import torch
+
+    from robustmed.factory import build
+    from robustmed.training import _initialize
+
+    clean = shipped_checkpoint("none", None, "pneumoniamnist")
+    model = build(model="mail-rn18-mini", defense="pgd-at", num_classes=[2])
+    model(torch.zeros(2, 1, 28, 28))  # materialize lazy layers as training does
+    record = _initialize(model, str(clean), "pneumoniamnist")
+    source = json.loads(clean.with_suffix(".json").read_text())
+    assert record["checkpoint_sha256"] == source["sha256"] and record["copied"] == record["of"]
+    state = torch.load(clean, weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert main(["train", "--dataset", "breastmnist", "--epochs", "1", "--init", str(clean),
+                 "--out", str(tmp_path / "b.pt")]) == 2
+    assert "was trained on 'pneumoniamnist', not 'breastmnist'" in capsys.readouterr().err
