@@ -15,7 +15,7 @@ DEVICE=${DEVICE:-auto}
 JOBS=${JOBS:-4}
 PYTHON=${PYTHON:-python3}
 LOGS=${LOGS:-results/logs}
-BREAST_EPOCHS_AT=${BREAST_EPOCHS_AT:-30}    # cpu-at recipe: 12 random batches of 128 per epoch
+BREAST_EPOCHS_AT=${BREAST_EPOCHS_AT:-20}    # cpu-at recipe from the clean model: 12 random batches of 128 per epoch
 BREAST_EPOCHS_CLEAN=${BREAST_EPOCHS_CLEAN:-60}  # cpu recipe: one pass over the 546 images per epoch
 read -ra DEFENSES <<<"${DEFENSES:-none pgd-at pni dbn-clean dbn-adv l2p rpf cap ctrw rpan rpan-code}"
 read -ra SUITES <<<"${SUITES:-table3 fig6_steps fig6_eps}"
@@ -33,14 +33,18 @@ run() {  # run NAME CMD...: log the command's output, then its exit status
 }
 
 train_breast() {  # once per defense (a lock makes later jobs wait for it); a checkpoint trained before is kept
-    local defense=$1 epochs=$BREAST_EPOCHS_AT
+    local defense=$1 epochs=$BREAST_EPOCHS_AT init=()
     mkdir -p "$ZOO"
+    if [ "$defense" != none ]; then  # adversarial training starts from the clean model (546 images: from
+        (train_breast none) || return 1  # scratch it sits at the majority class for many epochs)
+        init=(--init "$ZOO/none.pt")
+    fi
     exec 9>"$LOGS/.train-$defense.lock"
     flock 9
     [ -f "$ZOO/$defense.pt" ] && return 0
     case $defense in none|rpan-code) epochs=$BREAST_EPOCHS_CLEAN ;; esac
     run "train-breastmnist-$defense" env OMP_NUM_THREADS=1 "$PYTHON" -m robustmed train --defense "$defense" \
-        --dataset breastmnist --epochs "$epochs" --device "$DEVICE" --no-progress
+        --dataset breastmnist --epochs "$epochs" --device "$DEVICE" --no-progress "${init[@]}"
 }
 
 job() {  # job SUITE DEFENSE DATASET: one row of one suite, training its checkpoint first where needed
