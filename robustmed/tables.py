@@ -128,7 +128,8 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
     caption = title or f"Robust accuracy (%) at ε = {eps * 255:.3g}/255, 95% Wilson intervals"
     caption += "".join(f"; {orig} column: {sub} on randomized defenses (adaptive protocol)"
                        for orig, sub in (substitutes or {}).items())
-    caption += f"; {MARK}: adaptive more than {100 * GAP:.0f} points below the paper protocol"
+    if any(protocol == "paper" for _, _, protocol, _ in rows):
+        caption += f"; {MARK}: adaptive more than {100 * GAP:.0f} points below the paper protocol"
     return _latex(header, body, caption) if fmt == "latex" else _markdown(header, body, caption)
 
 
