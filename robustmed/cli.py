@@ -181,6 +181,7 @@ def _emit(text: str, out: str | None) -> None:
 
 
 def cmd_table(args) -> int:
+    from robustmed.evidence import column_attack
     from robustmed.suites import eps_of, load_suite, suite_evaluations
     from robustmed.tables import render
 
@@ -189,7 +190,7 @@ def cmd_table(args) -> int:
     if not evals:
         raise UserError(f"no stored runs for suite {suite.name!r} under {suite.results}; "
                         f"run `robustmed bench --suite {args.suite}` first")
-    attacks = [a.split(":")[0] if ":" in a else a for a in suite.attacks]
+    attacks = [column_attack(a) for a in suite.attacks]
     _emit(render(evals, list(suite.defenses), attacks, eps_of(suite), args.format,
                  title=suite.description, substitutes=suite.randomized_substitutes), args.out)
     return 0

@@ -5,6 +5,7 @@ defense/model/dataset under one protocol; its accuracy is always recomputed from
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -12,6 +13,16 @@ import pandas as pd
 from robustmed.stats import wilson
 
 WORST = "worst case"
+
+
+def column_attack(name: str, substitutes: dict | None = None) -> str:
+    """The column an evaluation belongs to: the attack without its options (``pgd20:protocol=paper``
+    → ``pgd20``, threat suffix kept), and a suite's randomized substitute under the attack it
+    replaces (``aa-rand`` → ``aa``)."""
+    base = re.sub(r":[^\[]*", "", name)
+    back = {sub: orig for orig, sub in (substitutes or {}).items()}
+    stem, bracket, rest = base.partition("[")
+    return back.get(stem, stem) + bracket + rest
 
 
 @dataclass(frozen=True)

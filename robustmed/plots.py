@@ -51,7 +51,7 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
     """One curve per defense × model × data set × protocol × attack, labelled by the defense and
     whichever of the others differ between curves. Attacks are named without their options, so
     a suite's paper-protocol run (``pgd20:protocol=paper``) pairs with its adaptive one."""
-    from robustmed.tables import column_attack
+    from robustmed.evidence import column_attack
 
     if kind == "steps":  # an iteration sweep's derived rows are read from their long run's steps
         rows = rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))]
@@ -64,6 +64,8 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
         named = dict(zip(keys, values))
         out[" · ".join([named["defense"], *(named[k] for k in varying)])] = CURVES[kind](group)
     return out
+
+
 XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot": "EOT gradient samples per step"}
 
 

@@ -7,10 +7,9 @@ robust accuracy with its 95% Wilson interval; the best adaptive number per colum
 """
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
-from robustmed.evidence import WORST, Evaluation
+from robustmed.evidence import WORST, Evaluation, column_attack
 
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
 
@@ -24,16 +23,6 @@ def _variants(evals: list[Evaluation], dataset: str, attack: str) -> list[str]:
 def _columns(evals: list[Evaluation], attacks: list[str]) -> list[tuple[str, str]]:
     datasets = sorted({e.dataset for e in evals})
     return [(d, a) for d in datasets for a in [*(v for at in attacks for v in _variants(evals, d, at)), WORST]]
-
-
-def column_attack(name: str, substitutes: dict | None = None) -> str:
-    """The column an evaluation belongs to: the attack without its options (``pgd20:protocol=paper``
-    → ``pgd20``, threat suffix kept), and a suite's randomized substitute under the attack it
-    replaces (``aa-rand`` → ``aa``)."""
-    base = re.sub(r":[^\[]*", "", name)
-    back = {sub: orig for orig, sub in (substitutes or {}).items()}
-    stem, bracket, rest = base.partition("[")
-    return back.get(stem, stem) + bracket + rest
 
 
 def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float,
@@ -98,10 +87,8 @@ def overstatement(rows, defense: str, column) -> float | None:
     return None if paper is None or adaptive is None else paper.robust_accuracy - adaptive.robust_accuracy
 
 
-def _note(rows, defense: str, protocol: str, cells: dict, columns) -> str:
-    if protocol != "adaptive":
-        return ""
-    gaps = [g for c in columns if (g := overstatement(rows, defense, c)) is not None and g > GAP]
+def _note(gaps: list[float], cells: dict) -> str:
+    """Why an adaptive row carries a †: the largest overstatement and the checks that explain it."""
     if not gaps:
         return ""
     fired = {flag for e in cells.values() for flag in e.findings}
@@ -118,13 +105,14 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
     body = []
     for label, defense, protocol, cells in rows:
         line = [label, *[_clean(cells, d) for d in datasets]]
+        gaps = {c: g for c in columns if protocol == "adaptive"
+                and (g := overstatement(rows, defense, c)) is not None and g > GAP}  # the † cells
         for column in columns:
             ev = cells.get(column)
             bold = ev is not None and protocol == "adaptive" and best[column] is not None \
                 and abs(ev.robust_accuracy - best[column]) < 1e-12
-            gap = overstatement(rows, defense, column) if protocol == "adaptive" else None
-            line.append(_cell(ev, bold, fmt) + (MARK if gap is not None and gap > GAP else ""))
-        body.append([*line, _flags(cells), _note(rows, defense, protocol, cells, columns)])
+            line.append(_cell(ev, bold, fmt) + (MARK if column in gaps else ""))
+        body.append([*line, _flags(cells), _note(list(gaps.values()), cells)])
     caption = title or f"Robust accuracy (%) at ε = {eps * 255:.3g}/255, 95% Wilson intervals"
     caption += "".join(f"; {orig} column: {sub} on randomized defenses (adaptive protocol)"
                        for orig, sub in (substitutes or {}).items())

@@ -20,11 +20,11 @@ from torch.nn.parameter import UninitializedParameter
 from robustmed import checkpoints, data as data_mod
 from robustmed.attacks.pgd import pgd, project, uniform_start
 from robustmed.defenses import DEFENSES
-from robustmed.errors import UserError
 from robustmed.defenses.base import parameter_groups
 from robustmed.defenses.cap import attention_parameters, contour_augment
 from robustmed.defenses.dbn import routed
 from robustmed.defenses.learn2perturb import injections, regularizer
+from robustmed.errors import UserError
 from robustmed.factory import build
 from robustmed.models.zoo import DEFAULT_MODEL
 from robustmed.progress import progress_bar
