@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from robustmed.errors import UserError
+
 SCHEMA_VERSION = 1
 ROWS_FILE = "rows.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -38,7 +40,7 @@ def write_run(rows: pd.DataFrame, manifest: dict, root: str | os.PathLike | None
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         rows.to_parquet(staging / ROWS_FILE, index=False)
-        manifest = {**manifest, "schema_version": SCHEMA_VERSION, "rows": len(rows)}
+        manifest = _sealed(manifest, rows, staging / ROWS_FILE)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         os.replace(staging, final)
     except BaseException:
@@ -47,9 +49,26 @@ def write_run(rows: pd.DataFrame, manifest: dict, root: str | os.PathLike | None
     return final
 
 
+def _sealed(manifest: dict, rows: pd.DataFrame, rows_file: Path) -> dict:
+    """The manifest as stored: schema version, row count and the SHA-256 of the rows file it vouches for."""
+    return {**manifest, "schema_version": SCHEMA_VERSION, "rows": len(rows), "rows_sha256": sha256_bytes(rows_file)}
+
+
 def read_run(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
+    """A complete run's (rows, manifest); a rows file that is not the one its manifest sealed is refused.
+
+    Runs written before the manifest carried ``rows_sha256`` are checked on their row count alone.
+    """
     run_dir = Path(run_dir)
-    return pd.read_parquet(run_dir / ROWS_FILE), json.loads((run_dir / MANIFEST_FILE).read_text())
+    manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
+    digest = manifest.get("rows_sha256")
+    if digest is not None and sha256_bytes(run_dir / ROWS_FILE) != digest:
+        raise UserError(f"{run_dir / ROWS_FILE}: SHA-256 differs from its manifest's (edited or damaged); "
+                        "rerun it or restore the file")
+    rows = pd.read_parquet(run_dir / ROWS_FILE)
+    if "rows" in manifest and len(rows) != manifest["rows"]:
+        raise UserError(f"{run_dir / ROWS_FILE}: {len(rows)} rows, its manifest says {manifest['rows']}")
+    return rows, manifest
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[Path]:
@@ -132,7 +151,7 @@ def finish_run(run_dir: str | os.PathLike, rows: pd.DataFrame, manifest: dict) -
     """Complete a run in place: the assembled rows first, the manifest (which makes it a run) last."""
     run_dir = Path(run_dir)
     _staged_file(run_dir / ROWS_FILE, lambda tmp: rows.to_parquet(tmp, index=False))
-    write_json(run_dir / MANIFEST_FILE, {**manifest, "schema_version": SCHEMA_VERSION, "rows": len(rows)})
+    write_json(run_dir / MANIFEST_FILE, _sealed(manifest, rows, run_dir / ROWS_FILE))
     for leftover in [*run_dir.glob(".tmp-*"), *(run_dir / UNITS_DIR).glob(".tmp-*")]:  # from killed writers
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)

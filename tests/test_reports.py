@@ -133,6 +133,21 @@ def test_killed_write_is_never_read_as_a_run(tmp_path):
     assert store.list_runs(tmp_path) == [] and store.load_runs(tmp_path) == []
 
 
+def test_a_run_whose_rows_were_edited_after_sealing_is_refused(tmp_path, capsys):
+    """The manifest seals the assembled rows with their SHA-256: a rows file edited (or swapped) after the
+    run finished is refused by every query, with a one-line error and exit status 2, never read as evidence."""
+    rows = _rows("none", "pgd10", [True, False, False, True])
+    run_dir = store.write_run(rows, {"run_id": "sealed", "created": "sealed", "defense": "none"}, tmp_path)
+    manifest = json.loads((run_dir / store.MANIFEST_FILE).read_text())
+    assert manifest["rows_sha256"] == store.sha256_bytes(run_dir / store.ROWS_FILE) and manifest["rows"] == 4
+    assert store.read_run(run_dir)[0].robust.tolist() == [True, False, False, True]
+    rows.assign(robust=True).to_parquet(run_dir / store.ROWS_FILE, index=False)
+    with pytest.raises(store.UserError, match="SHA-256 differs"):
+        store.load_runs(tmp_path)
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 2
+    assert "SHA-256 differs from its manifest" in capsys.readouterr().err
+
+
 def test_table_maps_stored_attack_names_to_columns_and_marks_an_overstating_paper_protocol():
     """Stored names carry options (``pgd10:protocol=paper``) and suites substitute aa-rand for aa on
     randomized defenses; both land in the plain column. rpan's paper protocol says 100% where the
