@@ -213,7 +213,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_plot(args) -> int:
     import pandas as pd
 
-    from robustmed.plots import curves, plot
+    from robustmed.plots import curves, describe, plot
     from robustmed.store import load_runs
 
     if not args.out.endswith((".png", ".svg")):
@@ -232,7 +232,7 @@ def cmd_plot(args) -> int:
     if rows.empty:
         raise UserError(f"no stored rows to plot under {args.results} for the given filters")
     series = curves(rows, args.kind)
-    plot(series, args.kind, args.out)
+    plot(series, args.kind, args.out, title=describe(rows, args.kind))
     print(f"wrote {args.out}")
     return 0
 

@@ -66,6 +66,20 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def describe(rows: pd.DataFrame, kind: str) -> str:
+    """A title that says what was measured: data set(s), attack(s), ε where it is fixed, sample count."""
+    from robustmed.evidence import column_attack
+
+    if "spec" in rows:  # an iteration sweep's derived rows are points of their long run, not attacks of their own
+        rows = rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))]
+    parts = [", ".join(sorted(rows.dataset.unique())) if "dataset" in rows else "",
+             ", ".join(sorted(rows.attack.map(column_attack).unique()))]
+    if kind != "eps" and rows.eps.nunique() == 1:
+        parts.append(f"ε = {rows.eps.iloc[0] * 255:.3g}/255")
+    parts.append(f"n = {rows.sample_id.nunique()}")
+    return " · ".join(p for p in parts if p)
+
+
 XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot": "EOT gradient samples per step"}
 
 
@@ -87,7 +101,7 @@ def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(title or f"robust accuracy vs {kind}")
+    ax.set_title(title or f"robust accuracy vs {kind}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, metadata={"Date": None} if path.endswith(".svg") else None)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from robustmed.cli import main
-from robustmed.plots import curve_eot, curve_eps, curve_steps, plot
+from robustmed.plots import curve_eot, curve_eps, curve_steps, describe, plot
 
 
 def _rows(first_steps, clean=None, eps=4 / 255, steps=100, eot=1):
@@ -41,6 +41,14 @@ def test_eps_curve_is_per_sample_worst_case():
 def test_eot_curve_groups_by_eot_samples():
     rows = pd.concat([_rows([-1, -1, 5], eot=1), _rows([-1, 2, 5], eot=20)])
     assert curve_eot(rows).accuracy.round(4).tolist() == [0.6667, 0.3333]
+
+
+def test_title_names_what_was_measured_without_a_sweep_s_derived_rows():
+    long_run = _rows([-1, 3, 30, -1]).assign(dataset="pneumoniamnist")
+    derived = long_run.assign(attack="pgd10@pgd100", spec=json.dumps({"steps": 10, "derived_from": "pgd100#x"}))
+    rows = pd.concat([long_run, derived])
+    assert describe(rows, "steps") == "pneumoniamnist · pgd100 · ε = 4/255 · n = 4"
+    assert describe(rows.assign(eps=0.01), "eps") == "pneumoniamnist · pgd100 · n = 4"
 
 
 @pytest.mark.parametrize("suffix,magic", [(".png", b"\x89PNG"), (".svg", b"<?xml")])
