@@ -1,6 +1,10 @@
-"""Every shipped checkpoint: verified, ≥ 10 points above the majority rate, and bench reproduces its
-recorded clean accuracy (exactly for deterministic models; the mean over draws within 1.5 points for
-randomized ones, check C4).
+"""Every shipped checkpoint: verified, a real classifier, and bench reproduces its recorded clean accuracy
+(exactly for deterministic models; the mean over draws within 1.5 points for randomized ones, check C4).
+
+"A real classifier": balanced test accuracy ≥ 0.6 everywhere (a constant predictor scores 0.5), and on
+PneumoniaMNIST also ≥ 10 points above the majority rate. On BreastMNIST (546 training images, 73.1%
+majority) adversarial training costs more clean accuracy than that margin: those checkpoints are held to
+the balanced bar only, and their clean accuracy is printed beside every robust number they get.
 
 A randomized checkpoint's record is the mean over 10 draws of the whole test split (about 6 s each on
 one core): that re-measurement is in the slow tier; the default tier checks the first 2 of those draws
@@ -15,9 +19,11 @@ from robustmed.factory import from_checkpoint
 from robustmed.harness import benchmark, clean_draws
 from robustmed.randomness import is_randomized, seed_model
 
-MAJORITY_RATE = 0.625
-SHIPPED = sorted(checkpoints.ZOO.glob("mail-rn18-mini/pneumoniamnist/*.pt"))
-RANDOMIZED = [p for p in SHIPPED if DEFENSES.get(p.stem).randomized]
+MAJORITY_RATE = {"pneumoniamnist": 0.625}  # data sets whose checkpoints must beat it by 10 points
+BALANCED_FLOOR = 0.6
+PNEUMONIA = sorted(checkpoints.ZOO.glob("mail-rn18-mini/pneumoniamnist/*.pt"))
+SHIPPED = sorted(checkpoints.ZOO.glob("mail-rn18-mini/*/*.pt"))
+RANDOMIZED = [p for p in PNEUMONIA if DEFENSES.get(p.stem).randomized]
 # Correct predictions of the first 2 seeded draws (model seed 0, global seed 0) on the first batch of
 # 256 test images: the start of the 10-draw measurement recorded as test_accuracy. rpan-code's record
 # predates its seeded dropout (masks then came from the unseeded global generator): its count is the
@@ -30,26 +36,38 @@ def test_every_registered_defense_is_shipped_and_a_missing_one_fails_cleanly(tmp
     from robustmed.cli import main
     from robustmed.defenses import DEFENSES
 
-    assert {p.stem for p in SHIPPED} == set(DEFENSES.names())
+    assert {p.stem for p in PNEUMONIA} == set(DEFENSES.names())
+    assert not (checkpoints.ZOO / "mail-rn18-mini/breastmnist/pni.pt").exists()
     assert main(["bench", "--defense", "pni", "--dataset", "breastmnist", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no shipped checkpoint for defense 'pni'" in err and err.count("\n") == 1
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p in RANDOMIZED else p for p in SHIPPED],
-                         ids=[p.stem for p in SHIPPED])
-def test_shipped_checkpoint_accuracy_is_what_bench_measures(path, pneumonia):
+def _id(path):
+    return f"{path.parent.name}/{path.stem}"
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if DEFENSES.get(p.stem).randomized else p
+                                  for p in SHIPPED], ids=[_id(p) for p in SHIPPED])
+def test_shipped_checkpoint_accuracy_is_what_bench_measures(path, data_root):
+    from robustmed import data
+
     model, meta = from_checkpoint(path)
-    assert meta["defense"] == path.stem and meta["dataset"] == "pneumoniamnist"
+    dataset = path.parent.name
+    assert meta["defense"] == path.stem and meta["dataset"] == dataset
     assert path.stat().st_size < 5 * 2**20
-    x, y = pneumonia.split("test")
+    x, y = data.load(dataset, data_root).split("test")
     draws = 10 if is_randomized(model) else 1
     assert meta.get("test_accuracy_draws", 1) == draws
     seed_model(model, 0)
     _, _, hits = clean_draws(model, x, y, 256, "cpu", draws)
-    measured = (hits.float() / draws).mean().item()
-    assert meta["test_accuracy"] >= MAJORITY_RATE + 0.10
+    per_sample = hits.float() / draws
+    measured = per_sample.mean().item()
+    balanced = sum(per_sample[y == c].mean().item() for c in y.unique()) / len(y.unique())
+    assert balanced >= BALANCED_FLOOR
+    if dataset in MAJORITY_RATE:
+        assert meta["test_accuracy"] >= MAJORITY_RATE[dataset] + 0.10
     if draws == 1:
         assert measured == pytest.approx(meta["test_accuracy"], abs=1e-6)
     else:
@@ -62,7 +80,7 @@ def test_randomized_checkpoint_draws_reproduce_exactly(path, pneumonia):
     model, meta = from_checkpoint(path)
     assert meta["defense"] == path.stem and meta["dataset"] == "pneumoniamnist"
     assert path.stat().st_size < 5 * 2**20
-    assert meta["test_accuracy_draws"] == 10 and meta["test_accuracy"] >= MAJORITY_RATE + 0.10
+    assert meta["test_accuracy_draws"] == 10 and meta["test_accuracy"] >= MAJORITY_RATE["pneumoniamnist"] + 0.10
     x, y = pneumonia.split("test")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -71,7 +89,7 @@ def test_randomized_checkpoint_draws_reproduce_exactly(path, pneumonia):
     assert int(hits.sum()) == FIRST_BATCH_HITS[path.stem]
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", SHIPPED, ids=[_id(p) for p in SHIPPED])
 def test_randomness_matches_the_registry(path):
     model, _ = from_checkpoint(path)
     assert is_randomized(model) == DEFENSES.get(path.stem).randomized
