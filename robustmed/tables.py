@@ -117,7 +117,9 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
     caption += "".join(f"; {orig} column: {sub} on randomized defenses (adaptive protocol)"
                        for orig, sub in (substitutes or {}).items())
     if any(protocol == "paper" for _, _, protocol, _ in rows):
-        caption += f"; {MARK}: adaptive more than {100 * GAP:.0f} points below the paper protocol"
+        caption += (f"; {MARK}: adaptive more than {100 * GAP:.0f} points below the paper protocol"
+                    "; clean on a randomized defense: correct in every draw of its judgement (adaptive, C4) "
+                    "or in its one draw (paper protocol)")
     return _latex(header, body, caption) if fmt == "latex" else _markdown(header, body, caption)
 
 
