@@ -575,14 +575,21 @@ def _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, *, seed, batc
 
 def _expected(group: pd.DataFrame) -> dict:
     """C2 on randomized models: expected robust accuracy (mean over draws, per-sample minimum over attacks)
-    next to the worst-of-R ``robust_accuracy``; empty for single-draw rows."""
+    next to the worst-of-R ``robust_accuracy``; empty for single-draw rows.
+
+    Only samples correct in every clean draw are attacked; the others' rows hold their clean draws, not
+    attacked ones. Their expected robustness lies between 0 and that clean rate, so the expected robust
+    accuracy is a range: ``expected_robust_accuracy`` counts them as 0 (what the attacks established),
+    ``expected_robust_accuracy_upper`` at their clean rate (the most they could add).
+    """
     if "correct_draws" not in group or (group.draws == 1).all():
         return {}
     rate = group.correct_draws / group.draws
-    per_sample = rate.groupby(group.sample_id).min()
+    upper = rate.groupby(group.sample_id).min()
+    lower = rate.where(group.clean_correct, 0.0).groupby(group.sample_id).min()
     clean = (group.clean_correct_draws / group.draws.max()).groupby(group.sample_id).first()
-    return {"expected_robust_accuracy": float(per_sample.mean()), "expected_clean_accuracy": float(clean.mean()),
-            "draws": int(group.draws.max())}
+    return {"expected_robust_accuracy": float(lower.mean()), "expected_robust_accuracy_upper": float(upper.mean()),
+            "expected_clean_accuracy": float(clean.mean()), "draws": int(group.draws.max())}
 
 
 def summarize(rows: pd.DataFrame) -> list[dict]:
