@@ -239,10 +239,8 @@ def cmd_plot(args) -> int:
 
 def cmd_regress(args) -> int:
     import tempfile
-    from dataclasses import fields
 
-    from robustmed.regress import compare, verdict
-    from robustmed.runner import BenchConfig, run_bench
+    from robustmed.regress import compare, rerun, verdict
     from robustmed.store import load_runs
 
     baseline = load_runs(args.baseline)
@@ -252,10 +250,7 @@ def cmd_regress(args) -> int:
         if args.candidate:
             candidate = load_runs(args.candidate)
         else:
-            known = {f.name for f in fields(BenchConfig)}
-            for _, manifest in baseline:
-                config = {k: v for k, v in manifest["config"].items() if k in known}
-                run_bench(BenchConfig(**{**config, "out": scratch, "progress": False, "device": args.device}))
+            rerun(baseline, scratch, args.device)
             candidate = load_runs(scratch)
         comparisons, missing = compare(baseline, candidate)
     reasons = verdict(comparisons, missing, args.tolerance, args.alpha)

@@ -51,6 +51,18 @@ def _frame(runs) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates(KEY, keep="last")
 
 
+def rerun(baseline_runs, out: str, device: str = "auto") -> None:
+    """Run each golden run's stored configuration again, into ``out``."""
+    from dataclasses import fields
+
+    from robustmed.runner import BenchConfig, run_bench
+
+    known = {f.name for f in fields(BenchConfig)}
+    for _, manifest in baseline_runs:
+        config = {k: v for k, v in manifest["config"].items() if k in known}
+        run_bench(BenchConfig(**{**config, "out": out, "progress": False, "device": device}))
+
+
 def compare(baseline_runs, candidate_runs) -> tuple[list[Comparison], list[tuple]]:
     """Comparisons per evaluation group, and the groups the candidate lacks."""
     base, cand = _frame(baseline_runs), _frame(candidate_runs)

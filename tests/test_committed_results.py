@@ -12,6 +12,7 @@ import pytest
 
 from robustmed import store
 from robustmed.cli import main
+from robustmed.regress import rerun
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(m.parent for d in ("table3", "fig6-steps", "fig6-eps") for m in (RESULTS / d).glob("*/manifest.json"))
@@ -29,13 +30,7 @@ def _regenerates(run_dir: Path, tmp_path: Path, capsys) -> None:
     golden = tmp_path / "golden"
     shutil.copytree(run_dir, golden / run_dir.name)
     candidate = tmp_path / "candidate"
-    manifest = json.loads((run_dir / store.MANIFEST_FILE).read_text())
-    config = {**manifest["config"], "out": str(candidate), "progress": False, "device": "cpu"}
-    from dataclasses import fields
-
-    from robustmed.runner import BenchConfig, run_bench
-
-    run_bench(BenchConfig(**{k: v for k, v in config.items() if k in {f.name for f in fields(BenchConfig)}}))
+    rerun(store.load_runs(golden), str(candidate), "cpu")
     assert main(["regress", "--baseline", str(golden), "--candidate", str(candidate), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and all(not g["flipped_down"] and not g["flipped_up"] for g in report["groups"])
