@@ -21,6 +21,12 @@ def _point(x, robust: pd.Series) -> dict:
     return {"x": x, "accuracy": robust.mean(), "low": low, "high": high, "n": len(robust)}
 
 
+def without_derived(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows an attack produced itself: an iteration sweep's derived rows (``derived_from`` in their spec)
+    are points of their long run, whose first-success steps already hold them."""
+    return rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))] if "spec" in rows else rows
+
+
 def curve_eps(rows: pd.DataFrame) -> pd.DataFrame:
     """Per-sample worst case over the attacks at each ε."""
     return pd.DataFrame([_point(eps, g.groupby("sample_id").robust.all()) for eps, g in rows.groupby("eps")])
@@ -29,10 +35,9 @@ def curve_eps(rows: pd.DataFrame) -> pd.DataFrame:
 def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFrame:
     """Robust at k steps ⟺ clean-correct and not broken within the first k steps of the same run.
 
-    Rows an iteration sweep derived from a longer run (``derived_from`` in their spec) are left out:
-    the long run's first-success steps already hold them.
+    Rows an iteration sweep derived from a longer run are left out (:func:`without_derived`).
     """
-    rows = rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))]
+    rows = without_derived(rows)
     total = max(json.loads(s)["steps"] for s in rows.spec.unique())
     steps = steps or sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= total} | {total})
     first = rows.first_success_step
@@ -54,7 +59,7 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
     from robustmed.evidence import column_attack
 
     if kind == "steps":  # an iteration sweep's derived rows are read from their long run's steps
-        rows = rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))]
+        rows = without_derived(rows)
     rows = rows.assign(attack=rows.attack.map(column_attack),
                        protocol=rows.protocol if "protocol" in rows else "adaptive")
     keys = ["defense", "model", "dataset", "protocol", "attack"]
@@ -70,8 +75,7 @@ def describe(rows: pd.DataFrame, kind: str) -> str:
     """A title that says what was measured: data set(s), attack(s), ε where it is fixed, sample count."""
     from robustmed.evidence import column_attack
 
-    if "spec" in rows:  # an iteration sweep's derived rows are points of their long run, not attacks of their own
-        rows = rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))]
+    rows = without_derived(rows)
     parts = [", ".join(sorted(rows.dataset.unique())) if "dataset" in rows else "",
              ", ".join(sorted(rows.attack.map(column_attack).unique()))]
     if kind != "eps" and rows.eps.nunique() == 1:
