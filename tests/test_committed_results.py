@@ -12,7 +12,7 @@ import pytest
 
 from robustmed import store
 from robustmed.cli import main
-from robustmed.regress import rerun
+from robustmed.regress import compare, rerun
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(m.parent for d in ("table3", "fig6-steps", "fig6-eps") for m in (RESULTS / d).glob("*/manifest.json"))
@@ -34,16 +34,49 @@ def _regenerates(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["regress", "--baseline", str(golden), "--candidate", str(candidate), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and all(not g["flipped_down"] and not g["flipped_up"] for g in report["groups"])
-    (old, _), (new, _) = store.load_runs(golden)[0], store.load_runs(candidate)[0]
+    _same_rows(store.load_runs(golden)[0][0], store.load_runs(candidate)[0][0])
+
+
+def _same_rows(old: pd.DataFrame, new: pd.DataFrame) -> None:
     key = ["attack", "eps", "sample_id"]
+    old = old[old.attack.isin(set(new.attack))]
     pd.testing.assert_frame_equal(old[PER_SAMPLE].sort_values(key).reset_index(drop=True),
                                   new[PER_SAMPLE].sort_values(key).reset_index(drop=True))
+
+
+def _columns_regenerate(run_dir: Path, columns: int, tmp_path: Path) -> None:
+    """A run's first ``columns`` attacks rerun alone give its golden rows (regress.rerun says why)."""
+    old, manifest = store.read_run(run_dir)
+    rerun([(old, manifest)], str(tmp_path), "cpu", columns=columns)
+    (new, _), = store.load_runs(tmp_path)
+    assert new.attack.nunique() == columns
+    comparisons, missing = compare([(old[old.attack.isin(set(new.attack))], manifest)], [(new, None)])
+    assert len(comparisons) == columns and not missing
+    assert all(not c.flipped_down and not c.flipped_up for c in comparisons)
+    _same_rows(old, new)
+
+
+RANDOMIZED = [d for d in COMMITTED if any(a["extra"].get("randomized") for a in
+                                          json.loads((d / store.MANIFEST_FILE).read_text())["attacks"].values())]
 
 
 def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data_root, capsys):
     (run_dir,) = [d for d in (RESULTS / "fig6-eps").glob("none-pgd20-*")
                   if json.loads((d / store.MANIFEST_FILE).read_text())["dataset"] == "pneumoniamnist"]
     _regenerates(run_dir, tmp_path, capsys)
+
+
+def test_a_randomized_runs_paper_protocol_columns_regenerate_sample_for_sample(tmp_path, data_root):
+    """PNI's single-draw PGD-10/20, BIM-20, MIM-20 (about 30 s): the seeded noise path, not only the deterministic one."""
+    (run_dir,) = [d for d in (RESULTS / "table3").glob("pni-*protocolpaper*")]
+    _columns_regenerate(run_dir, 4, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=lambda p: f"{p.parent.name}/{p.name[:40]}")
+def test_every_randomized_runs_gradient_columns_regenerate(run_dir, tmp_path, data_root):
+    """The EOT PGD/BIM/MIM columns (10 to 15 min a run); the full rerun below adds AA and Square (30 to 40 min)."""
+    _columns_regenerate(run_dir, 4, tmp_path)
 
 
 @pytest.mark.slow
