@@ -437,7 +437,12 @@ def _validation(model, x_val, y_val, robust_subset, recipe, select: str, generat
     return scores
 
 
-LEARNED = 0.55  # clean balanced validation accuracy above which an epoch counts as a classifier
+# Clean balanced validation accuracy above which an epoch counts as a classifier: the bar a shipped
+# checkpoint must clear on the test split (tests/test_shipped_checkpoints.py). At 0.55, BreastMNIST's
+# DBN picked an epoch that found 3 of the 21 malignant validation images (clean 0.571, "robust" 0.430
+# balanced) over real classifiers (clean 0.79, robust 0.31). Every shipped checkpoint selects the same
+# epoch under both bars (their histories, replayed).
+LEARNED = 0.6
 
 
 def _selection_key(scores: dict) -> tuple[bool, float, float]:
