@@ -31,13 +31,17 @@ RANDOMIZED = [p for p in PNEUMONIA if DEFENSES.get(p.stem).randomized]
 FIRST_BATCH_HITS = {"ctrw": 358, "l2p": 429, "pni": 379, "rpan": 418, "rpan-code": 376, "rpf": 381}
 
 
-def test_every_registered_defense_is_shipped_and_a_missing_one_fails_cleanly(tmp_path, capsys):
+def test_every_registered_defense_is_shipped_and_a_missing_one_fails_cleanly(tmp_path, capsys, monkeypatch):
     """Every registered defense has a checkpoint; without one, bench says so in one line, exit 2."""
     from robustmed.cli import main
     from robustmed.defenses import DEFENSES
 
     assert {p.stem for p in PNEUMONIA} == set(DEFENSES.names())
-    assert not (checkpoints.ZOO / "mail-rn18-mini/breastmnist/pni.pt").exists()
+    zoo = tmp_path / "zoo"
+    (zoo / "mail-rn18-mini/breastmnist").mkdir(parents=True)  # a zoo without BreastMNIST's pni
+    monkeypatch.setattr(checkpoints, "ZOO", zoo)
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
     assert main(["bench", "--defense", "pni", "--dataset", "breastmnist", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no shipped checkpoint for defense 'pni'" in err and err.count("\n") == 1
