@@ -437,12 +437,14 @@ def _validation(model, x_val, y_val, robust_subset, recipe, select: str, generat
     return scores
 
 
-# Clean balanced validation accuracy above which an epoch counts as a classifier: the bar a shipped
-# checkpoint must clear on the test split (tests/test_shipped_checkpoints.py). At 0.55, BreastMNIST's
-# DBN picked an epoch that found 3 of the 21 malignant validation images (clean 0.571, "robust" 0.430
-# balanced) over real classifiers (clean 0.79, robust 0.31). Every shipped checkpoint selects the same
-# epoch under both bars (their histories, replayed).
-LEARNED = 0.6
+# Clean balanced validation accuracy above which an epoch counts as a classifier. Shipped checkpoints
+# must reach 0.6 balanced on the test split (tests/test_shipped_checkpoints.py); the validation bar sits
+# one standard error above that (about 0.05 with BreastMNIST's 21 malignant validation images), since
+# a near-constant epoch always wins on "robust" balanced accuracy: at 0.55 BreastMNIST's DBN picked an
+# epoch that found 3 of the 21 (clean 0.571, robust 0.430) over real classifiers (clean 0.79, robust
+# 0.31); at 0.6 DBN-adv picked clean 0.602, robust 0.377, and scored 0.578 on the test split. Every
+# shipped PneumoniaMNIST checkpoint selects the same epoch under all three bars (histories replayed).
+LEARNED = 0.65
 
 
 def _selection_key(scores: dict) -> tuple[bool, float, float]:

@@ -344,3 +344,6 @@ def test_model_selection_never_prefers_a_constant_predictor():
     near_constant = {"val_balanced_accuracy": 0.5714, "robust_val_balanced_accuracy": 0.4298}
     classifier = {"val_balanced_accuracy": 0.7882, "robust_val_balanced_accuracy": 0.3083}
     assert _selection_key(classifier) > _selection_key(near_constant)
+    # BreastMNIST DBN-adv, epoch 7 (0.578 balanced on the test split) against epoch 17
+    assert _selection_key({"val_balanced_accuracy": 0.6015, "robust_val_balanced_accuracy": 0.3772}) < \
+        _selection_key({"val_balanced_accuracy": 0.7719, "robust_val_balanced_accuracy": 0.3647})
