@@ -51,13 +51,12 @@ def _frame(runs) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates(KEY, keep="last")
 
 
-def rerun(baseline_runs, out: str, device: str = "auto", columns: int | None = None) -> None:
+def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
     """Run each golden run's stored configuration again, into ``out``.
 
-    ``columns`` keeps a run's first attacks only: a unit's seeds come from (run seed, first sample
-    id, attack, ε), never from the other attacks of the run, so a column reruns on its own and must
-    match its golden rows. That makes the gradient columns of an hour-long randomized run checkable
-    in minutes.
+    ``attacks`` keeps only those columns of a run: a unit's seeds come from (run seed, first sample
+    id, attack, ε), never from the run's other attacks, so a column reruns on its own and must match
+    its golden rows. That makes an hour-long randomized run checkable column by column.
     """
     from dataclasses import fields
 
@@ -66,8 +65,8 @@ def rerun(baseline_runs, out: str, device: str = "auto", columns: int | None = N
     known = {f.name for f in fields(BenchConfig)}
     for _, manifest in baseline_runs:
         config = {k: v for k, v in manifest["config"].items() if k in known}
-        if columns is not None:
-            config["attack"] = ",".join(split_attacks(config["attack"])[:columns])
+        if attacks is not None:
+            config["attack"] = ",".join(a for a in split_attacks(config["attack"]) if a in attacks)
         run_bench(BenchConfig(**{**config, "out": out, "progress": False, "device": device}))
 
 

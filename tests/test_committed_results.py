@@ -13,6 +13,7 @@ import pytest
 from robustmed import store
 from robustmed.cli import main
 from robustmed.regress import compare, rerun
+from robustmed.runner import split_attacks
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(m.parent for d in ("table3", "fig6-steps", "fig6-eps") for m in (RESULTS / d).glob("*/manifest.json"))
@@ -44,14 +45,15 @@ def _same_rows(old: pd.DataFrame, new: pd.DataFrame) -> None:
                                   new[PER_SAMPLE].sort_values(key).reset_index(drop=True))
 
 
-def _columns_regenerate(run_dir: Path, columns: int, tmp_path: Path) -> None:
-    """A run's first ``columns`` attacks rerun alone give its golden rows (regress.rerun says why)."""
+def _columns_regenerate(run_dir: Path, columns: slice, tmp_path: Path) -> None:
+    """Some of a run's attacks, rerun alone, give its golden rows (regress.rerun says why)."""
     old, manifest = store.read_run(run_dir)
-    rerun([(old, manifest)], str(tmp_path), "cpu", columns=columns)
+    attacks = split_attacks(manifest["config"]["attack"])[columns]
+    rerun([(old, manifest)], str(tmp_path), "cpu", attacks=attacks)
     (new, _), = store.load_runs(tmp_path)
-    assert new.attack.nunique() == columns
+    assert new.attack.nunique() == len(attacks)
     comparisons, missing = compare([(old[old.attack.isin(set(new.attack))], manifest)], [(new, None)])
-    assert len(comparisons) == columns and not missing
+    assert len(comparisons) == len(attacks) and not missing
     assert all(not c.flipped_down and not c.flipped_up for c in comparisons)
     _same_rows(old, new)
 
@@ -69,14 +71,21 @@ def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data
 def test_a_randomized_runs_paper_protocol_columns_regenerate_sample_for_sample(tmp_path, data_root):
     """PNI's single-draw PGD-10/20, BIM-20, MIM-20 (about 30 s): the seeded noise path, not only the deterministic one."""
     (run_dir,) = [d for d in (RESULTS / "table3").glob("pni-*protocolpaper*")]
-    _columns_regenerate(run_dir, 4, tmp_path)
+    _columns_regenerate(run_dir, slice(0, 4), tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run_dir", RANDOMIZED, ids=lambda p: f"{p.parent.name}/{p.name[:40]}")
 def test_every_randomized_runs_gradient_columns_regenerate(run_dir, tmp_path, data_root):
     """The EOT PGD/BIM/MIM columns (10 to 15 min a run); the full rerun below adds AA and Square (30 to 40 min)."""
-    _columns_regenerate(run_dir, 4, tmp_path)
+    _columns_regenerate(run_dir, slice(0, 4), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=lambda p: f"{p.parent.name}/{p.name[:40]}")
+def test_every_randomized_runs_square_column_regenerates(run_dir, tmp_path, data_root):
+    """Square-1000 under EOT-4 (adaptive, 6 to 8 min) or one draw (paper protocol, 1 to 2 min): the gradient-free path."""
+    _columns_regenerate(run_dir, slice(5, 6), tmp_path)
 
 
 @pytest.mark.slow
