@@ -58,6 +58,10 @@ def _columns_regenerate(run_dir: Path, columns: slice, tmp_path: Path) -> None:
     _same_rows(old, new)
 
 
+def _protocol_id(run_dir: Path) -> str:
+    return f"{run_dir.parent.name}/{run_dir.name.split('-pgd')[0]}-{'paper' if 'protocolpaper' in run_dir.name else 'adaptive'}"
+
+
 RANDOMIZED = [d for d in COMMITTED if any(a["extra"].get("randomized") for a in
                                           json.loads((d / store.MANIFEST_FILE).read_text())["attacks"].values())]
 
@@ -75,14 +79,14 @@ def test_a_randomized_runs_paper_protocol_columns_regenerate_sample_for_sample(t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=lambda p: f"{p.parent.name}/{p.name[:40]}")
+@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=_protocol_id)
 def test_every_randomized_runs_gradient_columns_regenerate(run_dir, tmp_path, data_root):
     """The EOT PGD/BIM/MIM columns (10 to 15 min a run); the full rerun below adds AA and Square (30 to 40 min)."""
     _columns_regenerate(run_dir, slice(0, 4), tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=lambda p: f"{p.parent.name}/{p.name[:40]}")
+@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=_protocol_id)
 def test_every_randomized_runs_square_column_regenerates(run_dir, tmp_path, data_root):
     """Square-1000 under EOT-4 (adaptive, 6 to 8 min) or one draw (paper protocol, 1 to 2 min): the gradient-free path."""
     _columns_regenerate(run_dir, slice(5, 6), tmp_path)
