@@ -27,6 +27,13 @@ def test_every_committed_run_loads_with_its_declared_rows():
         assert len(rows) == manifest["rows"] > 0 and rows.defense.eq(manifest["defense"]).all(), run_dir.name
 
 
+def test_the_readme_shows_the_table_the_committed_rows_generate(capsys):
+    """Issue 10: `robustmed table --suite benchmarks/table3.toml` prints exactly the README's Table 3."""
+    assert main(["table", "--suite", str(RESULTS.parent / "benchmarks/table3.toml"), "--format", "md"]) == 0
+    table = capsys.readouterr().out.strip()
+    assert table.count("\n") > 10 and table in (RESULTS.parent / "README.md").read_text()
+
+
 def _regenerates(run_dir: Path, tmp_path: Path, capsys) -> None:
     golden = tmp_path / "golden"
     shutil.copytree(run_dir, golden / run_dir.name)
