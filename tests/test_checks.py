@@ -133,3 +133,24 @@ def test_non_monotone_rows_trip_b5(batch):
     rows.loc[(rows.eps == 4 / 255) & rows.sample_id.isin(broken_small), "clean_correct"] = True
     b5 = {f.id: f for f in post_run(ctx, rows, [], "cheap")}["B5"]
     assert b5.fired and b5.details["violations"] == len(broken_small) > 0
+
+
+
+def test_a_square_column_that_beats_the_gradient_columns_trips_b8_from_the_rows():
+    """B8 (white-box ≥ black-box) read from a run's own columns, no re-attack. The broken fixture is the committed
+    CTRW run on PneumoniaMNIST (adaptive protocol), where Square-1000 breaks 8 of 200 samples that every EOT
+    white-box column left robust; the committed PGD-AT run is the honest one."""
+    from pathlib import Path
+
+    from robustmed import store
+    from robustmed.checks.invariants import black_box_columns
+
+    table3 = Path(__file__).resolve().parent.parent / "results/table3"
+    (ctrw,) = [d for d in table3.glob("ctrw-*") if "protocolpaper" not in d.name]
+    finding = black_box_columns(store.read_run(ctrw)[0])
+    assert finding.fired and finding.severity == "FLAG" and finding.details["square_only"] == 8
+    assert finding.details["rate"] == pytest.approx(0.04)
+    for honest in table3.glob("pgd-at-*"):
+        rows, _ = store.read_run(honest)
+        assert not black_box_columns(rows).fired
+        assert black_box_columns(rows[~rows.attack.str.startswith("square")]) is None  # nothing to compare

@@ -110,6 +110,27 @@ def silent_success(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                        if lost else "every sample broken at some step was returned broken", lost=lost)
 
 
+def black_box_columns(rows: pd.DataFrame) -> Finding | None:
+    """B8 from the run's own columns: samples its Square column broke that every white-box column left robust.
+
+    ``None`` when the run has no Square column beside a white-box one; the full tier's re-attack (``black_box``)
+    is the complete check and supersedes this one.
+    """
+    from robustmed.attacks import parse_attack
+
+    square = [a for a in rows.attack.unique() if parse_attack(a).family == "square"]
+    white = [a for a in rows.attack.unique() if a not in square]
+    if not square or not white:
+        return None
+    flags = rows.pivot_table(index=["eps", "sample_id"], columns="attack", values="robust", aggfunc="all")
+    flags = flags.astype(bool)
+    only = flags[white].all(axis=1) & ~flags[square].all(axis=1)
+    per_eps = only.groupby(level="eps").mean()
+    worst = float(per_eps.max())
+    return B8.outcome(worst > SQUARE_TOL, f"the run's Square column breaks {_pct(worst)} of the samples that every "
+                      "white-box column left robust", square_only=int(only.sum()), rate=worst, source="columns")
+
+
 ROW_CHECKS = (budget, reverification, clean_errors, worst_case, monotone, silent_success)
 
 
@@ -220,4 +241,9 @@ def run_invariants(ctx: CheckContext, rows: pd.DataFrame, full: bool = False) ->
     if full:
         sub = subset(ctx, rows)
         findings += [check(ctx, rows, sub) for check in FULL_CHECKS]
+        columns = black_box_columns(rows)
+        if columns is not None and columns.fired:  # the rows' own evidence stands beside the re-attack's
+            findings = [columns if f.id == "B8" and not f.fired else f for f in findings]
+    elif (columns := black_box_columns(rows)) is not None:
+        findings.append(columns)
     return findings
