@@ -116,9 +116,7 @@ def black_box_columns(rows: pd.DataFrame) -> Finding | None:
     ``None`` when the run has no Square column beside a white-box one; the full tier's re-attack (``black_box``)
     is the complete check and supersedes this one.
     """
-    from robustmed.attacks import parse_attack
-
-    square = [a for a in rows.attack.unique() if parse_attack(a).family == "square"]
+    square = [a for a in rows.attack.unique() if a.startswith("square")]  # stored names carry threats, sweep steps
     white = [a for a in rows.attack.unique() if a not in square]
     if not square or not white:
         return None
