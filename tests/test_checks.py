@@ -135,7 +135,6 @@ def test_non_monotone_rows_trip_b5(batch):
     assert b5.fired and b5.details["violations"] == len(broken_small) > 0
 
 
-
 def test_a_square_column_that_beats_the_gradient_columns_trips_b8_from_the_rows():
     """B8 (white-box ≥ black-box) read from a run's own columns, no re-attack. The broken fixture is the committed
     CTRW run on PneumoniaMNIST (adaptive protocol), where Square-1000 breaks 8 of 200 samples that every EOT

@@ -40,12 +40,12 @@ def test_every_registered_defense_is_shipped_and_a_missing_one_fails_cleanly(tmp
     zoo = tmp_path / "zoo"
     (zoo / "mail-rn18-mini/breastmnist").mkdir(parents=True)  # a zoo without BreastMNIST's pni
     monkeypatch.setattr(checkpoints, "ZOO", zoo)
-    tmp_path = tmp_path / "out"
-    tmp_path.mkdir()
-    assert main(["bench", "--defense", "pni", "--dataset", "breastmnist", "--out", str(tmp_path)]) == 2
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["bench", "--defense", "pni", "--dataset", "breastmnist", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "no shipped checkpoint for defense 'pni'" in err and err.count("\n") == 1
-    assert not any(tmp_path.iterdir())
+    assert not any(out.iterdir())
 
 
 def _id(path):

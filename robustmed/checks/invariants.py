@@ -236,12 +236,11 @@ FULL_CHECKS = (convergence, single_step, black_box, unbounded, random_noise, los
 
 def run_invariants(ctx: CheckContext, rows: pd.DataFrame, full: bool = False) -> list[Finding]:
     findings = [check(ctx, rows) for check in ROW_CHECKS]
-    if full:
-        sub = subset(ctx, rows)
-        findings += [check(ctx, rows, sub) for check in FULL_CHECKS]
-        columns = black_box_columns(rows)
-        if columns is not None and columns.fired:  # the rows' own evidence stands beside the re-attack's
-            findings = [columns if f.id == "B8" and not f.fired else f for f in findings]
-    elif (columns := black_box_columns(rows)) is not None:
-        findings.append(columns)
+    columns = black_box_columns(rows)
+    if not full:
+        return findings if columns is None else [*findings, columns]
+    sub = subset(ctx, rows)
+    findings += [check(ctx, rows, sub) for check in FULL_CHECKS]
+    if columns is not None and columns.fired:  # the rows' own evidence stands in for a re-attack that missed it
+        findings = [columns if f.id == "B8" and not f.fired else f for f in findings]
     return findings
