@@ -67,7 +67,9 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
     out = {}
     for values, group in rows.groupby(keys, sort=False):
         named = dict(zip(keys, values))
-        out[" · ".join([named["defense"], *(named[k] for k in varying)])] = CURVES[kind](group)
+        curve = CURVES[kind](group)
+        curve.attrs.update(defense=named["defense"], protocol=named["protocol"])  # for plot's line styles
+        out[" · ".join([named["defense"], *(named[k] for k in varying)])] = curve
     return out
 
 
@@ -84,6 +86,16 @@ def describe(rows: pd.DataFrame, kind: str) -> str:
     return " · ".join(p for p in parts if p)
 
 
+def _colour(defense: str, series: dict[str, pd.DataFrame]) -> str:
+    """One colour per defense, so a randomized defense's paper-protocol curve (dashed) sits in the colour
+    of its adaptive one."""
+    import matplotlib
+
+    defenses = list(dict.fromkeys(c.attrs.get("defense", label) for label, c in series.items()))
+    palette = matplotlib.colormaps["tab10" if len(defenses) <= 10 else "tab20"]
+    return matplotlib.colors.to_hex(palette(defenses.index(defense) % palette.N))
+
+
 XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot": "EOT gradient samples per step"}
 
 
@@ -94,11 +106,14 @@ def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=150)
+    crowded = len(series) > 8
+    fig, ax = plt.subplots(figsize=(8.5 if crowded else 6, 4.5 if crowded else 4), dpi=150)
     for label, curve in series.items():
         x = np.asarray(curve.x, dtype=float)
-        ax.plot(x, 100 * curve.accuracy, marker="o", ms=3, label=label)
-        ax.fill_between(x, 100 * curve.low, 100 * curve.high, alpha=0.2)
+        paper = curve.attrs.get("protocol") == "paper"
+        line, = ax.plot(x, 100 * curve.accuracy, marker="o", ms=3, label=label, linestyle="--" if paper else "-",
+                        color=_colour(curve.attrs.get("defense", label), series))
+        ax.fill_between(x, 100 * curve.low, 100 * curve.high, alpha=0.1 if paper else 0.2, color=line.get_color())
     if kind == "steps":
         ax.set_xscale("log")
     ax.set_xlabel(XLABEL[kind])
@@ -106,7 +121,10 @@ def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"robust accuracy vs {kind}", fontsize=10)
-    ax.legend(fontsize=8)
+    if crowded:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, metadata={"Date": None} if path.endswith(".svg") else None)
     plt.close(fig)

@@ -79,3 +79,26 @@ def test_curves_pair_protocols_and_skip_sweep_rows():
     out = curves(pd.concat([adaptive, paper, derived]), "steps")
     assert list(out) == ["rpan · adaptive", "rpan · paper"]
     assert out["rpan · paper"].accuracy.iloc[-1] == 0.75 and out["rpan · adaptive"].accuracy.iloc[-1] == 0.25
+    assert out["rpan · paper"].attrs == {"defense": "rpan", "protocol": "paper"}
+
+
+def test_a_paper_protocol_curve_is_dashed_in_its_defense_colour(tmp_path):
+    """Fig. 6 with both protocols: a reader pairs each dashed paper-protocol curve with its solid adaptive one."""
+    import matplotlib
+
+    from robustmed.plots import _colour
+
+    def curve(defense, protocol):
+        c = pd.DataFrame({"x": [10, 100], "accuracy": [0.5, 0.4], "low": [0.4, 0.3], "high": [0.6, 0.5]})
+        c.attrs.update(defense=defense, protocol=protocol)
+        return c
+
+    series = {"rpan · adaptive": curve("rpan", "adaptive"), "rpan · paper": curve("rpan", "paper"),
+              "none · adaptive": curve("none", "adaptive")}
+    assert _colour("rpan", series) != _colour("none", series)
+    out = tmp_path / "f.svg"
+    plot(series, "steps", str(out))
+    assert "stroke-dasharray" in out.read_text()
+    plot({k: v for k, v in series.items() if "paper" not in k}, "steps", str(out))
+    assert "stroke-dasharray" not in out.read_text()  # solid curves and the grid draw no dashes
+    matplotlib.pyplot.close("all")
