@@ -35,13 +35,26 @@ def curve_eps(rows: pd.DataFrame) -> pd.DataFrame:
 def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFrame:
     """Robust at k steps ⟺ clean-correct and not broken within the first k steps of the same run.
 
-    Rows an iteration sweep derived from a longer run are left out (:func:`without_derived`).
+    Rows an iteration sweep derived from a longer run are left out (:func:`without_derived`), except on
+    a randomized model (:func:`curve_judged_steps`).
     """
+    if rows.spec.map(lambda s: json.loads(s).get("extra", {}).get("randomized", False)).any():
+        return curve_judged_steps(rows)
     rows = without_derived(rows)
     total = max(json.loads(s)["steps"] for s in rows.spec.unique())
     steps = steps or sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= total} | {total})
     first = rows.first_success_step
     return pd.DataFrame([_point(k, rows.clean_correct & ((first < 0) | (first > k))) for k in steps])
+
+
+def curve_judged_steps(rows: pd.DataFrame) -> pd.DataFrame:
+    """A randomized model's k-step point is the judgement of its k-step iterate (the sweep's rows), never
+    its first-success step: that step records one draw's misclassification during the attack, which
+    the model's next draws may not repeat (check B13). On the committed PneumoniaMNIST ``rpan`` run the
+    first-success steps say 46.5% (adaptive) and 14.5% (paper protocol) at 100 steps; the stored
+    judgements say 25.0% and 70.0%."""
+    steps = rows.spec.map(lambda s: json.loads(s)["steps"])
+    return pd.DataFrame([_point(k, group.robust) for k, group in rows.groupby(steps)])
 
 
 def curve_eot(rows: pd.DataFrame) -> pd.DataFrame:
@@ -52,15 +65,22 @@ def curve_eot(rows: pd.DataFrame) -> pd.DataFrame:
 CURVES = {"eps": curve_eps, "steps": curve_steps, "eot": curve_eot}
 
 
+def _long_run_names(rows: pd.DataFrame) -> pd.Series:
+    """Each row's attack, or for an iteration sweep's row the long run it was read from."""
+    if "spec" not in rows:
+        return rows.attack
+    source = rows.spec.map(lambda s: json.loads(s).get("derived_from", "").split("#")[0])
+    return source.where(source != "", rows.attack)
+
+
 def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
     """One curve per defense × model × data set × protocol × attack, labelled by the defense and
     whichever of the others differ between curves. Attacks are named without their options, so
-    a suite's paper-protocol run (``pgd20:protocol=paper``) pairs with its adaptive one."""
+    a suite's paper-protocol run (``pgd20:protocol=paper``) pairs with its adaptive one, and an
+    iteration sweep's rows (``pgd10@pgd100:…``) join their long run's curve."""
     from robustmed.evidence import column_attack
 
-    if kind == "steps":  # an iteration sweep's derived rows are read from their long run's steps
-        rows = without_derived(rows)
-    rows = rows.assign(attack=rows.attack.map(column_attack),
+    rows = rows.assign(attack=_long_run_names(rows).map(column_attack),
                        protocol=rows.protocol if "protocol" in rows else "adaptive")
     keys = ["defense", "model", "dataset", "protocol", "attack"]
     varying = [k for k in keys[1:] if rows[k].nunique() > 1]

@@ -102,3 +102,20 @@ def test_a_paper_protocol_curve_is_dashed_in_its_defense_colour(tmp_path):
     plot({k: v for k, v in series.items() if "paper" not in k}, "steps", str(out))
     assert "stroke-dasharray" not in out.read_text()  # solid curves and the grid draw no dashes
     matplotlib.pyplot.close("all")
+
+
+def test_a_randomized_models_steps_curve_is_its_judged_sweep_rows():
+    """B13: on a randomized model the first-success step records one draw's misclassification during the
+    attack; the point at k steps is the R-draw judgement of the k-step iterate, stored as the sweep's rows."""
+    from robustmed.plots import curves
+
+    extra = {"randomized": True}
+    long_run = _rows([3, 3, 3, -1]).assign(robust=[True, True, False, True], defense="rpan", model="m", dataset="d",
+                                           protocol="adaptive", attack="pgd100:sweep=10",
+                                           spec=json.dumps({"steps": 100, "extra": extra}))
+    at_10 = long_run.assign(robust=[True, True, True, True], attack="pgd10@pgd100:sweep=10",
+                            spec=json.dumps({"steps": 10, "derived_from": "pgd100:sweep=10#x", "extra": extra}))
+    out = curves(pd.concat([long_run, at_10]), "steps")
+    assert list(out) == ["rpan"]
+    assert out["rpan"].x.tolist() == [10, 100] and out["rpan"].accuracy.tolist() == [1.0, 0.75]
+    assert curve_steps(long_run.assign(spec=json.dumps({"steps": 100}))).accuracy.iloc[-1] == 0.25  # deterministic
