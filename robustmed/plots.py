@@ -48,13 +48,20 @@ def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFr
 
 
 def curve_judged_steps(rows: pd.DataFrame) -> pd.DataFrame:
-    """A randomized model's k-step point is the judgement of its k-step iterate (the sweep's rows), never
-    its first-success step: that step records one draw's misclassification during the attack, which
+    """A randomized model's k-step point comes from the judgements of its iterates (the sweep's rows), never
+    from its first-success step: that step records one draw's misclassification during the attack, which
     the model's next draws may not repeat (check B13). On the committed PneumoniaMNIST ``rpan`` run the
     first-success steps say 46.5% (adaptive) and 14.5% (paper protocol) at 100 steps; the stored
-    judgements say 25.0% and 70.0%."""
+    judgements say 25.0% and 70.0%.
+
+    A sample is robust at k only if every judged iterate up to k left it correct, as on a deterministic
+    model (broken once, broken from then on): an attacker with k steps may return any earlier iterate, and
+    the iterate an EOT attack keeps is chosen by its own noisy estimate, so a later one can judge better
+    (PneumoniaMNIST ``rpf``, adaptive: 6.5% robust at 50 steps, 18.5% at 100)."""
     steps = rows.spec.map(lambda s: json.loads(s)["steps"])
-    return pd.DataFrame([_point(k, group.robust) for k, group in rows.groupby(steps)])
+    robust = rows.assign(k=steps).pivot_table(index="sample_id", columns="k", values="robust", aggfunc="min")
+    cumulative = robust.astype(int).cummin(axis=1).astype(bool)
+    return pd.DataFrame([_point(k, cumulative[k]) for k in cumulative.columns])
 
 
 def curve_eot(rows: pd.DataFrame) -> pd.DataFrame:

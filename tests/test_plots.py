@@ -106,7 +106,7 @@ def test_a_paper_protocol_curve_is_dashed_in_its_defense_colour(tmp_path):
 
 def test_a_randomized_models_steps_curve_is_its_judged_sweep_rows():
     """B13: on a randomized model the first-success step records one draw's misclassification during the
-    attack; the point at k steps is the R-draw judgement of the k-step iterate, stored as the sweep's rows."""
+    attack; the point at k steps comes from the R-draw judgements of the iterates up to k (the sweep's rows)."""
     from robustmed.plots import curves
 
     extra = {"randomized": True}
@@ -115,7 +115,10 @@ def test_a_randomized_models_steps_curve_is_its_judged_sweep_rows():
                                            spec=json.dumps({"steps": 100, "extra": extra}))
     at_10 = long_run.assign(robust=[True, True, True, True], attack="pgd10@pgd100:sweep=10",
                             spec=json.dumps({"steps": 10, "derived_from": "pgd100:sweep=10#x", "extra": extra}))
-    out = curves(pd.concat([long_run, at_10]), "steps")
+    at_50 = at_10.assign(robust=[False, True, True, True], attack="pgd50@pgd100:sweep=10",
+                         spec=json.dumps({"steps": 50, "derived_from": "pgd100:sweep=10#x", "extra": extra}))
+    out = curves(pd.concat([long_run, at_10, at_50]), "steps")
     assert list(out) == ["rpan"]
-    assert out["rpan"].x.tolist() == [10, 100] and out["rpan"].accuracy.tolist() == [1.0, 0.75]
+    # sample 0, broken by the judged 50-step iterate, stays broken although the kept 100-step one judges robust
+    assert out["rpan"].x.tolist() == [10, 50, 100] and out["rpan"].accuracy.tolist() == [1.0, 0.75, 0.5]
     assert curve_steps(long_run.assign(spec=json.dumps({"steps": 100}))).accuracy.iloc[-1] == 0.25  # deterministic
