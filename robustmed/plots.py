@@ -21,10 +21,16 @@ def _point(x, robust: pd.Series) -> dict:
     return {"x": x, "accuracy": robust.mean(), "low": low, "high": high, "n": len(robust)}
 
 
+def spec_field(rows: pd.DataFrame, field: str, default=None) -> pd.Series:
+    """One field of each row's stored attack spec, each distinct spec parsed once (a run has a few)."""
+    parsed = {s: json.loads(s) for s in rows.spec.unique()}
+    return rows.spec.map(lambda s: parsed[s].get(field, default))
+
+
 def without_derived(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows an attack produced itself: an iteration sweep's derived rows (``derived_from`` in their spec)
     are points of their long run, whose first-success steps already hold them."""
-    return rows[~rows.spec.map(lambda s: "derived_from" in json.loads(s))] if "spec" in rows else rows
+    return rows[spec_field(rows, "derived_from", "") == ""] if "spec" in rows else rows
 
 
 def curve_eps(rows: pd.DataFrame) -> pd.DataFrame:
@@ -38,10 +44,10 @@ def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFr
     Rows an iteration sweep derived from a longer run are left out (:func:`without_derived`), except on
     a randomized model (:func:`curve_judged_steps`).
     """
-    if rows.spec.map(lambda s: json.loads(s).get("extra", {}).get("randomized", False)).any():
+    if spec_field(rows, "extra", {}).map(lambda extra: extra.get("randomized", False)).any():
         return curve_judged_steps(rows)
     rows = without_derived(rows)
-    total = max(json.loads(s)["steps"] for s in rows.spec.unique())
+    total = int(spec_field(rows, "steps").max())
     steps = steps or sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= total} | {total})
     first = rows.first_success_step
     return pd.DataFrame([_point(k, rows.clean_correct & ((first < 0) | (first > k))) for k in steps])
@@ -58,15 +64,13 @@ def curve_judged_steps(rows: pd.DataFrame) -> pd.DataFrame:
     model (broken once, broken from then on): an attacker with k steps may return any earlier iterate, and
     the iterate an EOT attack keeps is chosen by its own noisy estimate, so a later one can judge better
     (PneumoniaMNIST ``rpf``, adaptive: 6.5% robust at 50 steps, 18.5% at 100)."""
-    steps = rows.spec.map(lambda s: json.loads(s)["steps"])
-    robust = rows.assign(k=steps).pivot_table(index="sample_id", columns="k", values="robust", aggfunc="min")
+    robust = rows.assign(k=spec_field(rows, "steps")).pivot_table(index="sample_id", columns="k", values="robust", aggfunc="min")
     cumulative = robust.astype(int).cummin(axis=1).astype(bool)
     return pd.DataFrame([_point(k, cumulative[k]) for k in cumulative.columns])
 
 
 def curve_eot(rows: pd.DataFrame) -> pd.DataFrame:
-    eot = rows.spec.map(lambda s: json.loads(s).get("eot", 1))
-    return pd.DataFrame([_point(k, g.robust) for k, g in rows.groupby(eot)])
+    return pd.DataFrame([_point(k, g.robust) for k, g in rows.groupby(spec_field(rows, "eot", 1))])
 
 
 CURVES = {"eps": curve_eps, "steps": curve_steps, "eot": curve_eot}
@@ -76,7 +80,7 @@ def _long_run_names(rows: pd.DataFrame) -> pd.Series:
     """Each row's attack, or for an iteration sweep's row the long run it was read from."""
     if "spec" not in rows:
         return rows.attack
-    source = rows.spec.map(lambda s: json.loads(s).get("derived_from", "").split("#")[0])
+    source = spec_field(rows, "derived_from", "").str.split("#").str[0]
     return source.where(source != "", rows.attack)
 
 
