@@ -117,14 +117,14 @@ def describe(rows: pd.DataFrame, kind: str) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def _colour(defense: str, series: dict[str, pd.DataFrame]) -> str:
+def _colours(series: dict[str, pd.DataFrame]) -> dict[str, str]:
     """One colour per defense, so a randomized defense's paper-protocol curve (dashed) sits in the colour
     of its adaptive one."""
     import matplotlib
 
     defenses = list(dict.fromkeys(c.attrs.get("defense", label) for label, c in series.items()))
     palette = matplotlib.colormaps["tab10" if len(defenses) <= 10 else "tab20"]
-    return matplotlib.colors.to_hex(palette(defenses.index(defense) % palette.N))
+    return {d: matplotlib.colors.to_hex(palette(i % palette.N)) for i, d in enumerate(defenses)}
 
 
 XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot": "EOT gradient samples per step"}
@@ -138,12 +138,13 @@ def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "")
     import matplotlib.pyplot as plt
 
     crowded = len(series) > 8
+    colours = _colours(series)
     fig, ax = plt.subplots(figsize=(8.5 if crowded else 6, 4.5 if crowded else 4), dpi=150)
     for label, curve in series.items():
         x = np.asarray(curve.x, dtype=float)
         paper = curve.attrs.get("protocol") == "paper"
         line, = ax.plot(x, 100 * curve.accuracy, marker="o", ms=3, label=label, linestyle="--" if paper else "-",
-                        color=_colour(curve.attrs.get("defense", label), series))
+                        color=colours[curve.attrs.get("defense", label)])
         ax.fill_between(x, 100 * curve.low, 100 * curve.high, alpha=0.1 if paper else 0.2, color=line.get_color())
     if kind == "steps":
         ax.set_xscale("log")

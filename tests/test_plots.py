@@ -86,7 +86,7 @@ def test_a_paper_protocol_curve_is_dashed_in_its_defense_colour(tmp_path):
     """Fig. 6 with both protocols: a reader pairs each dashed paper-protocol curve with its solid adaptive one."""
     import matplotlib
 
-    from robustmed.plots import _colour
+    from robustmed.plots import _colours
 
     def curve(defense, protocol):
         c = pd.DataFrame({"x": [10, 100], "accuracy": [0.5, 0.4], "low": [0.4, 0.3], "high": [0.6, 0.5]})
@@ -95,7 +95,8 @@ def test_a_paper_protocol_curve_is_dashed_in_its_defense_colour(tmp_path):
 
     series = {"rpan · adaptive": curve("rpan", "adaptive"), "rpan · paper": curve("rpan", "paper"),
               "none · adaptive": curve("none", "adaptive")}
-    assert _colour("rpan", series) != _colour("none", series)
+    colours = _colours(series)
+    assert colours["rpan"] != colours["none"]
     out = tmp_path / "f.svg"
     plot(series, "steps", str(out))
     assert "stroke-dasharray" in out.read_text()
