@@ -166,7 +166,7 @@ def tiny_cnn(classes: int = 2, seed: int = 0) -> nn.Module:
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, classes))
 
 
-def eot_cost(x, y, eps: float, steps: tuple[int, int] = (10, 30)) -> dict:
+def eot_cost(x, y, eps: float, steps: tuple[int, int] = (10, 50)) -> dict:
     """EOT-20 PGD's cost per step over 20 forward+backward passes of the same (tiny randomized) model
     over the same samples, run back to back (the passes take milliseconds: timed as blocks).
 
@@ -234,35 +234,47 @@ def sweep_lines(model, x, y) -> list[tuple[str, float, str]]:
     return lines
 
 
-def report(args) -> list[tuple[str, float, str]]:
-    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
-    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:args.n])
-    x, y = x_all[ids], y_all[ids]
-    model = robustmed.load_model("none").eval()
-    lines = []
-    if args.only == "sweeps":
-        return sweep_lines(model, x, y)
+def pgd_lines(model, x, y) -> list[tuple[str, float, str]]:
     step = per_step_cost(model, x, y, 4 / 255)
-    lines.append(("PGD-100 step / one fwd+bwd over still-attacked samples", step["ratio"],
-                  f"{step['seconds']:.1f} s vs {step['reference']:.1f} s over {step['steps']} steps, "
-                  f"{step['passes']} sample passes"))
+    lines = [("PGD-100 step / one fwd+bwd over still-attacked samples", step["ratio"],
+              f"{step['seconds']:.1f} s vs {step['reference']:.1f} s over {step['steps']} steps, "
+              f"{step['passes']} sample passes")]
     for eps in (4 / 255, 8 / 255):
         ta = versus_torchattacks(model, x, y, eps)
         lines.append((f"PGD-100 robustmed / torchattacks, ε={255 * eps:.0f}/255", ta["ratio"],
                       f"{ta['robustmed_s']:.1f} s vs {ta['torchattacks_s']:.1f} s; robust "
                       f"{100 * ta['robustmed_robust']:.1f}% vs {100 * ta['torchattacks_robust']:.1f}%; "
                       f"floor {ta['floor']:.3f} (warm fwd+bwd per step over the samples still attacked)"))
-    lines += sweep_lines(model, x, y)
-    eot = eot_cost(x, y, 4 / 255)
-    lines.append(("EOT-20 step / 20 fwd+bwd (tiny randomized model)", eot["ratio"],
-                  f"extra time of {eot['steps'][1]} over {eot['steps'][0]} steps; the whole {eot['steps'][0]}-step "
-                  f"run, final iterate's scoring included: {eot['whole']:.3f} ({eot['seconds']:.1f} s)"))
-    aa = versus_pyautoattack(args.aa_n)
-    lines.append(("AA robustmed / pyautoattack (10-class conformance model)", aa["ratio"],
-                  f"{aa['robustmed_s']:.1f} s vs {aa['pyautoattack_s']:.1f} s; robust "
-                  f"{100 * aa['robustmed_robust']:.1f}% vs {100 * aa['pyautoattack_robust']:.1f}%; "
-                  f"same flags: {aa['same_flags']}"))
     return lines
+
+
+def eot_lines(x, y) -> list[tuple[str, float, str]]:
+    eot = eot_cost(x, y, 4 / 255)
+    return [("EOT-20 step / 20 fwd+bwd (tiny randomized model)", eot["ratio"],
+             f"extra time of {eot['steps'][1]} over {eot['steps'][0]} steps; the whole {eot['steps'][0]}-step "
+             f"run, final iterate's scoring included: {eot['whole']:.3f} ({eot['seconds']:.1f} s)")]
+
+
+def aa_lines(n: int) -> list[tuple[str, float, str]]:
+    aa = versus_pyautoattack(n)
+    return [("AA robustmed / pyautoattack (10-class conformance model)", aa["ratio"],
+             f"{aa['robustmed_s']:.1f} s vs {aa['pyautoattack_s']:.1f} s; robust "
+             f"{100 * aa['robustmed_robust']:.1f}% vs {100 * aa['pyautoattack_robust']:.1f}%; "
+             f"same flags: {aa['same_flags']}")]
+
+
+CASES = ("pgd", "sweeps", "eot", "aa")
+
+
+def report(args) -> list[tuple[str, float, str]]:
+    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
+    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:args.n])
+    x, y = x_all[ids], y_all[ids]
+    model = robustmed.load_model("none").eval()
+    cases = CASES if args.only == "all" else (args.only,)
+    builders = {"pgd": lambda: pgd_lines(model, x, y), "sweeps": lambda: sweep_lines(model, x, y),
+                "eot": lambda: eot_lines(x, y), "aa": lambda: aa_lines(args.aa_n)}
+    return [line for case in cases for line in builders[case]()]
 
 
 def main() -> None:
@@ -270,7 +282,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="PneumoniaMNIST test samples (seeded subset)")
     parser.add_argument("--aa-n", type=int, default=32, help="samples of the 10-class conformance model")
-    parser.add_argument("--only", choices=("all", "sweeps"), default="all", help="sweeps: the two sweeps only")
+    parser.add_argument("--only", choices=("all",) + CASES, default="all", help="one case alone (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per side (fastest kept)")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
