@@ -64,7 +64,8 @@ def curve_judged_steps(rows: pd.DataFrame) -> pd.DataFrame:
     model (broken once, broken from then on): an attacker with k steps may return any earlier iterate, and
     the iterate an EOT attack keeps is chosen by its own noisy estimate, so a later one can judge better
     (PneumoniaMNIST ``rpf``, adaptive: 6.5% robust at 50 steps, 18.5% at 100)."""
-    robust = rows.assign(k=spec_field(rows, "steps")).pivot_table(index="sample_id", columns="k", values="robust", aggfunc="min")
+    robust = rows.assign(k=spec_field(rows, "steps")).pivot_table(index="sample_id", columns="k", values="robust",
+                                                                  aggfunc="min")
     cumulative = robust.astype(int).cummin(axis=1).astype(bool)
     return pd.DataFrame([_point(k, cumulative[k]) for k in cumulative.columns])
 
