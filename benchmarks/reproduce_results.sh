@@ -6,7 +6,7 @@
 # (runs resume from their verified units; a checkpoint that exists is kept).
 #
 #   DEVICE=cuda JOBS=16 bash benchmarks/reproduce_results.sh     # a GPU host
-#   DEVICE=cpu  JOBS=2  bash benchmarks/reproduce_results.sh     # here: many core-hours
+#   DEVICE=cpu  JOBS=2  bash benchmarks/reproduce_results.sh     # a 2-core CPU: many core-hours
 #
 # Logs go to $LOGS (default results/logs); a job's exit status is its log's last line.
 set -uo pipefail
@@ -15,8 +15,6 @@ DEVICE=${DEVICE:-auto}
 JOBS=${JOBS:-4}
 PYTHON=${PYTHON:-python3}
 LOGS=${LOGS:-results/logs}
-BREAST_EPOCHS_AT=${BREAST_EPOCHS_AT:-20}    # cpu-at recipe from the clean model: 12 random batches of 128 per epoch
-BREAST_EPOCHS_CLEAN=${BREAST_EPOCHS_CLEAN:-60}  # cpu recipe: one pass over the 546 images per epoch
 read -ra DEFENSES <<<"${DEFENSES:-none pgd-at pni dbn-clean dbn-adv l2p rpf cap ctrw rpan rpan-code}"
 read -ra SUITES <<<"${SUITES:-table3 fig6_steps fig6_eps}"
 read -ra DATASETS <<<"${DATASETS:-breastmnist pneumoniamnist}"
@@ -32,8 +30,19 @@ run() {  # run NAME CMD...: log the command's output, then its exit status
     return $status
 }
 
+breast_recipe() {  # the recipe, epochs and seed each shipped BreastMNIST checkpoint was trained with (README, Training)
+    case $1 in
+        none) echo "cpu 60 0" ;;                # one pass over the 546 images per epoch
+        rpan-code) echo "cpu 120 0" ;;          # clean training, as released
+        pni) echo "cpu-at-small 46 2" ;;        # 40 clean warm-up epochs; seed: best validation of seeds 0-2
+        rpf) echo "cpu-at-small 46 1" ;;
+        *) echo "cpu-at 20 0" ;;                # 12 random batches of 128 per adversarial epoch
+    esac
+}
+
 train_breast() {  # once per defense (a lock makes later jobs wait for it); a checkpoint trained before is kept
-    local defense=$1 epochs=$BREAST_EPOCHS_AT init=()
+    local defense=$1 init=() recipe epochs seed
+    read -r recipe epochs seed <<<"$(breast_recipe "$defense")"
     mkdir -p "$ZOO"
     if [ "$defense" != none ]; then  # adversarial training starts from the clean model (546 images: from
         (train_breast none) || return 1  # scratch it sits at the majority class for many epochs)
@@ -42,9 +51,9 @@ train_breast() {  # once per defense (a lock makes later jobs wait for it); a ch
     exec 9>"$LOGS/.train-$defense.lock"
     flock 9
     [ -f "$ZOO/$defense.pt" ] && return 0
-    case $defense in none|rpan-code) epochs=$BREAST_EPOCHS_CLEAN ;; esac
     run "train-breastmnist-$defense" env OMP_NUM_THREADS=1 "$PYTHON" -m robustmed train --defense "$defense" \
-        --dataset breastmnist --epochs "$epochs" --device "$DEVICE" --no-progress "${init[@]}"
+        --dataset breastmnist --recipe "$recipe" --epochs "$epochs" --seed "$seed" --device "$DEVICE" \
+        --no-progress "${init[@]}"
 }
 
 job() {  # job SUITE DEFENSE DATASET: one row of one suite, training its checkpoint first where needed
@@ -53,8 +62,8 @@ job() {  # job SUITE DEFENSE DATASET: one row of one suite, training its checkpo
     run "$suite-$dataset-$defense" env OMP_NUM_THREADS=1 "$PYTHON" -m robustmed bench \
         --suite "$SUITE_DIR/$suite.toml" --defense "$defense" --dataset "$dataset" --device "$DEVICE" --no-progress
 }
-export -f run train_breast job
-export DEVICE PYTHON LOGS SUITE_DIR BREAST_EPOCHS_AT BREAST_EPOCHS_CLEAN ZOO
+export -f run breast_recipe train_breast job
+export DEVICE PYTHON LOGS SUITE_DIR ZOO
 
 # Suite-major order, so the tables finish before the figures; BreastMNIST rows first (training).
 for suite in "${SUITES[@]}"; do
