@@ -14,6 +14,7 @@ from robustmed import store
 from robustmed.cli import main
 from robustmed.regress import compare, rerun
 from robustmed.runner import split_attacks
+from robustmed.suites import load_suite, randomized_defenses
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(m.parent for d in ("table3", "fig6-steps", "fig6-eps") for m in (RESULTS / d).glob("*/manifest.json"))
@@ -25,6 +26,18 @@ def test_every_committed_run_loads_with_its_declared_rows():
     for run_dir in COMMITTED:
         rows, manifest = store.read_run(run_dir)
         assert len(rows) == manifest["rows"] > 0 and rows.defense.eq(manifest["defense"]).all(), run_dir.name
+
+
+@pytest.mark.parametrize("suite_file", ["table3.toml", "fig6_steps.toml", "fig6_eps.toml"])
+def test_every_run_a_suite_plans_is_committed(suite_file):
+    """Issue 10: Table 3 and Fig. 6 cover every defense on every data set, randomized ones under both protocols."""
+    suite = load_suite(RESULTS.parent / "benchmarks" / suite_file)
+    randomized = randomized_defenses()
+    committed = {(m["defense"], m["dataset"], m["config"]["attack"])
+                 for m in (json.loads((d / store.MANIFEST_FILE).read_text()) for d in COMMITTED)}
+    planned = {(cfg.defense, cfg.dataset, cfg.attack) for _, cfg in suite.configs(randomized)}
+    assert len(planned) == len(suite.datasets) * (len(suite.defenses) + len(randomized & set(suite.defenses)))
+    assert planned <= committed, sorted(planned - committed)
 
 
 def test_the_readme_shows_the_table_the_committed_rows_generate(capsys):
