@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/ray_scaling.py [--attack pgd50,bim50,mim50] [--n 512] [--batch-size 256] [--repeats 1]``
 (needs ``pip install 'robustmed[ray]'`` and two free cores). The default run is sized like a suite's run:
-three attacks on 512 images, one batch of 128 per unit, so 12 units of 5–8 s of attack work each on one
+three attacks on 512 images, one batch of 128 per unit, so 12 units of 5–9 s of attack work each on one
 core (about 75 s in all; about 3.5 minutes a repeat). A suite has many units (Table 3: over a hundred);
 with only 6, one worker sitting idle while the other finishes the last unit is a large share of the
 run, and the figure measured that tail more than the executor (``--batch-size 256`` gives 6 units). The same run is computed into fresh folders by
