@@ -5,9 +5,9 @@ Run: ``python benchmarks/ray_scaling.py [--attack pgd50,bim50,mim50] [--n 512] [
 three attacks on 512 images, one batch of 128 per unit, so 12 units of 5–9 s of attack work each on one
 core (about 75 s in all; about 3.5 minutes a repeat). A suite has many units (Table 3: over a hundred);
 with only 6, one worker sitting idle while the other finishes the last unit is a large share of the
-run, and the figure measured that tail more than the executor (``--batch-size 256`` gives 6 units). The same run is computed into fresh folders by
-the local executor (one torch thread), a 1-CPU Ray cluster and a 2-CPU Ray cluster, ``--repeats`` times
-in that order; each figure is the median over repeats.
+run, and the figure measured that tail more than the executor (``--batch-size 256`` gives 6 units).
+The same run is computed into fresh folders by the local executor (one torch thread), a 1-CPU Ray
+cluster and a 2-CPU Ray cluster, ``--repeats`` times in that order; each figure is the median over repeats.
 
 The ratios are of whole-run wall time (loading, pre-flight checks, units, post-run checks, assembly),
 as ``robustmed bench`` takes it; starting a local Ray instance is timed apart (a cluster is usually

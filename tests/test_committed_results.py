@@ -18,6 +18,7 @@ from robustmed.suites import load_suite, randomized_defenses
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(m.parent for d in ("table3", "fig6-steps", "fig6-eps") for m in (RESULTS / d).glob("*/manifest.json"))
+MANIFESTS = {d: json.loads((d / store.MANIFEST_FILE).read_text()) for d in COMMITTED}
 PER_SAMPLE = ["sample_id", "attack", "eps", "clean_correct", "adv_pred", "robust", "first_success_step"]
 
 
@@ -33,8 +34,7 @@ def test_every_run_a_suite_plans_is_committed(suite_file):
     """Issue 10: Table 3 and Fig. 6 cover every defense on every data set, randomized ones under both protocols."""
     suite = load_suite(RESULTS.parent / "benchmarks" / suite_file)
     randomized = randomized_defenses()
-    committed = {(m["defense"], m["dataset"], m["config"]["attack"])
-                 for m in (json.loads((d / store.MANIFEST_FILE).read_text()) for d in COMMITTED)}
+    committed = {(m["defense"], m["dataset"], m["config"]["attack"]) for m in MANIFESTS.values()}
     planned = {(cfg.defense, cfg.dataset, cfg.attack) for _, cfg in suite.configs(randomized)}
     assert len(planned) == len(suite.datasets) * (len(suite.defenses) + len(randomized & set(suite.defenses)))
     assert planned <= committed, sorted(planned - committed)
@@ -82,21 +82,21 @@ def _protocol_id(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name.split('-pgd')[0]}-{'paper' if 'protocolpaper' in run_dir.name else 'adaptive'}"
 
 
-RANDOMIZED = [d for d in COMMITTED if any(a["extra"].get("randomized") for a in
-                                          json.loads((d / store.MANIFEST_FILE).read_text())["attacks"].values())]
+RANDOMIZED = [d for d in COMMITTED if any(a["extra"].get("randomized") for a in MANIFESTS[d]["attacks"].values())]
+
+
+def _committed_run(suite: str, pattern: str, dataset: str) -> Path:
+    (run_dir,) = [d for d in (RESULTS / suite).glob(pattern) if MANIFESTS[d]["dataset"] == dataset]
+    return run_dir
 
 
 def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data_root, capsys):
-    (run_dir,) = [d for d in (RESULTS / "fig6-eps").glob("none-pgd20-*")
-                  if json.loads((d / store.MANIFEST_FILE).read_text())["dataset"] == "pneumoniamnist"]
-    _regenerates(run_dir, tmp_path, capsys)
+    _regenerates(_committed_run("fig6-eps", "none-pgd20-*", "pneumoniamnist"), tmp_path, capsys)
 
 
 def test_a_randomized_runs_paper_protocol_columns_regenerate_sample_for_sample(tmp_path, data_root):
     """PNI's single-draw PGD-10/20, BIM-20, MIM-20 (about 30 s): the seeded noise path, not only the deterministic one."""
-    (run_dir,) = [d for d in (RESULTS / "table3").glob("pni-*protocolpaper*")
-                  if json.loads((d / store.MANIFEST_FILE).read_text())["dataset"] == "pneumoniamnist"]
-    _columns_regenerate(run_dir, slice(0, 4), tmp_path)
+    _columns_regenerate(_committed_run("table3", "pni-*protocolpaper*", "pneumoniamnist"), slice(0, 4), tmp_path)
 
 
 @pytest.mark.slow
