@@ -22,11 +22,12 @@ Budget = float | torch.Tensor  # a scalar, or per element of a packed multi-inpu
 
 # Each batch size needs its own oneDNN kernels on the CPU (about 200 primitives for the shipped
 # model's forward and backward, about 1 ms each to set up). A shrinking batch of 256 passes through
-# up to 28 bucket sizes, about 5,600 primitives: a cache smaller than that is cycled, each size's
-# primitives evicted just before the next run needs them: at 4096, PGD-100 at 8/255 on 256 images set
-# up 3,700 primitives again on every run and took 11.8-12.1 s of CPU time, 9.8-10.0 s at 16384, which
-# holds every size (peak memory measured the same, 1.1 GB). oneDNN reads this once, at its first primitive, so it
-# applies when robustmed is imported before the first CPU convolution; a value the user set wins.
+# up to 28 bucket sizes, about 5,600 primitives; a smaller cache is cycled, each size's primitives
+# evicted just before the next run needs them. At 4096, PGD-100 at 8/255 on 256 images set up 3,700
+# primitives again on every run and took 11.8-12.1 s of CPU time; 9.8-10.0 s at 16384, which holds
+# every size (peak memory measured the same, 1.1 GB). oneDNN reads this once, at its first
+# primitive, so it applies when robustmed is imported before the first CPU convolution; a value the
+# user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 

@@ -155,11 +155,12 @@ def eps_sweep(model, x, y, attack: str = "pgd20", steps: int = 20) -> dict:
         harness_run(model, x, y, attack, EPS_SWEEP), harness_run(model, x, y, f"{attack}:eps_mode=independent",
                                                                  EPS_SWEEP), harness_run(model, x, y, attack, [4 / 255]))
     one_passes = sample_passes(one, steps)
-    floor = int(indep.groupby("eps").robust.sum().sum()) * steps
-    costliest = max(sample_passes(rows, steps) for _, rows in indep.groupby("eps"))
+    indep_by_eps = indep.groupby("eps")
+    floor = int(indep_by_eps.robust.sum().sum()) * steps
+    costliest = max(sample_passes(rows, steps) for _, rows in indep_by_eps)
     return {"ratio_one": sweep_s / one_s, "ratio_independent": sweep_s / indep_s, "sweep_s": sweep_s,
             "independent_s": indep_s, "one_s": one_s, "sweep_robust": sweep.groupby("eps").robust.mean().tolist(),
-            "independent_robust": indep.groupby("eps").robust.mean().tolist(),
+            "independent_robust": indep_by_eps.robust.mean().tolist(),
             "floor": floor / one_passes, "one_passes": one_passes, "floor_passes": floor,
             "floor_costliest": floor / costliest, "costliest_passes": costliest}
 
@@ -229,8 +230,8 @@ def sweep_lines(model, x, y) -> list[tuple[str, float, str]]:
     sw = eps_sweep(model, x, y)
     lines.append(("ε sweep (6 values, PGD-20) / one ε", sw["ratio_one"],
                   f"{sw['sweep_s']:.1f} s vs {sw['one_s']:.1f} s; sample passes: floor {sw['floor_passes']} "
-                  f"= {sw['floor']:.2f}× one ε's {sw['one_passes']}, {sw['floor_costliest']:.2f}× the costliest ε's "
-                  f"{sw['costliest_passes']}"))
+                  f"= {sw['floor']:.2f}× one ε's {sw['one_passes']}, "
+                  f"{sw['floor_costliest']:.2f}× the costliest ε's {sw['costliest_passes']}"))
     lines.append(("ε sweep (6 values) / 6 independent runs", sw["ratio_independent"],
                   f"{sw['sweep_s']:.1f} s vs {sw['independent_s']:.1f} s; robust sweep " +
                   "/".join(f"{100 * v:.1f}" for v in sw["sweep_robust"]) + "% vs independent " +

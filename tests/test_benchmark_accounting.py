@@ -9,20 +9,23 @@ import torch
 from conftest import REPO
 
 
-def _attack_speed():
+def _load_attack_speed():
     spec = importlib.util.spec_from_file_location("attack_speed", REPO / "benchmarks" / "attack_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+ATTACK_SPEED = _load_attack_speed()
+
+
 def test_a_sample_is_in_the_batch_until_the_step_it_breaks():
     # -1: never broke (every step); 0: broke at its start (scored at step 0 only); 2 and 5: broke at those steps
-    counts = _attack_speed().active_per_step(torch.tensor([-1, 0, 2, 5]), steps=4)
+    counts = ATTACK_SPEED.active_per_step(torch.tensor([-1, 0, 2, 5]), steps=4)
     assert counts == [4, 3, 3, 2]
 
 
 def test_sample_passes_count_only_clean_correct_rows_and_stop_at_the_break():
     rows = pd.DataFrame({"clean_correct": [True, True, True, False], "first_success_step": [-1, 0, 3, 0]})
     # robust: all 20 steps; broke at its start: 1 pass; broke at step 3: 4 passes; clean error: never attacked
-    assert _attack_speed().sample_passes(rows, steps=20) == 20 + 1 + 4
+    assert ATTACK_SPEED.sample_passes(rows, steps=20) == 20 + 1 + 4
