@@ -264,7 +264,7 @@ def pgd_lines(model, x, y) -> list[tuple[str, float, str]]:
     step = per_step_cost(model, x, y, 4 / 255)
     lines = [("PGD-100 step / one fwd+bwd over still-attacked samples", step["ratio"],
               f"{step['seconds']:.1f} s vs {step['reference']:.1f} s over {step['steps']} steps, "
-              f"{step['passes']} sample passes ({step['padded_rows']} rows padded): padding "
+              f"{step['passes']} sample passes ({step['padded_rows']} rows after padding): padding "
               f"{step['padding']:.3f} × the rest {step['rest']:.3f}")]
     for eps in (4 / 255, 8 / 255):
         ta = versus_torchattacks(model, x, y, eps)

@@ -29,3 +29,12 @@ def test_sample_passes_count_only_clean_correct_rows_and_stop_at_the_break():
     rows = pd.DataFrame({"clean_correct": [True, True, True, False], "first_success_step": [-1, 0, 3, 0]})
     # robust: all 20 steps; broke at its start: 1 pass; broke at step 3: 4 passes; clean error: never attacked
     assert ATTACK_SPEED.sample_passes(rows, steps=20) == 20 + 1 + 4
+
+
+def test_the_floor_counts_a_batch_size_once_per_step_that_runs_it():
+    model = ATTACK_SPEED.tiny_cnn()
+    x, y = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])
+    floor = ATTACK_SPEED.StepPasses(model, x, y, sizes=[4, 4, 3, 1])
+    floor()
+    assert sorted(floor.best) == [1, 3, 4] and all(0 < s < float("inf") for s in floor.best.values())
+    assert floor.seconds == 2 * floor.best[4] + floor.best[3] + floor.best[1]
