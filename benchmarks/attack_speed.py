@@ -65,6 +65,12 @@ def fastest(*fns, repeats: int | None = None) -> list[tuple[float, object]]:
     return list(zip(best, outputs))
 
 
+def forward_backward(model, x, y) -> None:
+    """One forward+backward to the input, as a plain attack step does it: the unit every floor counts."""
+    x_grad = x.detach().requires_grad_(True)
+    torch.autograd.grad(F.cross_entropy(model(x_grad), y, reduction="sum"), x_grad)
+
+
 class StepPasses:
     """The floor of an early-exit attack: one warm forward+backward per gradient step over the samples
     still attacked, each batch size timed on its own.
@@ -79,8 +85,7 @@ class StepPasses:
         self.best = dict.fromkeys(sizes, float("inf"))
 
     def _pass(self, n: int) -> None:
-        x_grad = self.x[:n].detach().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(self.model(x_grad), self.y[:n], reduction="sum"), x_grad)
+        forward_backward(self.model, self.x[:n], self.y[:n])
 
     def __call__(self) -> None:
         for n in self.best:
@@ -208,8 +213,7 @@ def eot_cost(model, x, y, eps: float, steps: tuple[int, int] = (10, 50)) -> dict
     def passes(k):
         def run():
             for _ in range(k * 20):
-                x_grad = x.detach().requires_grad_(True)
-                torch.autograd.grad(F.cross_entropy(model(x_grad), y, reduction="sum"), x_grad)
+                forward_backward(model, x, y)
         return run
     short, long = steps
     (short_s, result), (long_s, _), (short_ref, _), (long_ref, _) = fastest(
