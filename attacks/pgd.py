@@ -21,13 +21,13 @@ from robustmed.attacks.threat import Packing, ThreatModel
 Budget = float | torch.Tensor  # a scalar, or per element of a packed multi-input sample
 
 # Each batch size needs its own oneDNN kernels on the CPU (about 200 primitives for the shipped
-# model's forward and backward, about 1 ms each to set up). A shrinking batch of 256 passes through
-# up to 28 bucket sizes, about 5,600 primitives; a smaller cache is cycled, each size's primitives
-# evicted just before the next run needs them. At 4096, PGD-100 at 8/255 on 256 images set up 3,700
-# primitives again on every run and took 11.8-12.1 s of CPU time; 9.8-10.0 s at 16384, which holds
-# every size (peak memory measured the same, 1.1 GB). oneDNN reads this once, at its first
-# primitive, so it applies when robustmed is imported before the first CPU convolution; a value the
-# user set wins.
+# model's forward and backward). A shrinking batch of 256 passes through up to 28 bucket sizes on
+# the three-bit grid, about 5,600 primitives (48 on the four-bit grid, about 9,600); a smaller cache
+# is cycled, each size's primitives evicted just before the next run needs them. At 4096, PGD-100
+# at 8/255 on 256 images set up 3,700 primitives again on every run and took 11.8-12.1 s of CPU
+# time; 9.8-10.0 s at 16384, which holds every size (peak memory measured the same, 1.1 GB). oneDNN
+# reads this once, at its first primitive, so it applies when robustmed is imported before the
+# first CPU convolution; a value the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 
@@ -42,14 +42,27 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
     return noise.mul_(2 * eps).sub_(eps)
 
 
-def batch_bucket(n: int) -> int:
-    """``n`` rounded up to keep its three leading bits (…, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, …).
+# Leading bits kept by the padded batch sizes. A new size costs the CPU backend a kernel set-up
+# (about 60 ms on the shipped model: 443 vs 373 ms for a first and a second pass of 200 images);
+# padding costs 1.4 ms a row. On PGD-100 at 4/255 over 256 images, four bits pad the passes by 3.5%
+# where three pad them by 7.3% (modelled pass cost) and add 10 sizes: they repay their set-up
+# within one cold run.
+DETERMINISTIC_BITS = 4
+# A randomized model draws its noise for the padded batch (RPAN's MAN: ``normal(like.shape)``), so
+# its rows depend on the grid: it keeps the three bits its committed paper-protocol rows were made
+# with (EOT runs do not pad: early exit is off there). A deterministic model's rows do not depend on
+# the grid: the padding rows are dropped, and no row's arithmetic depends on the batch's size
+# (tests/test_attacks_pgd.py; the committed deterministic runs regenerate sample for sample).
+RANDOMIZED_BITS = 3
 
-    A shrinking batch then takes about four sizes per octave instead of one per early exit, at
-    most 25% of padding. Every new batch size costs the backend a fresh kernel set-up (oneDNN
-    primitives on the CPU), on small models about as much as a small batch's whole pass.
+
+def batch_bucket(n: int, bits: int = DETERMINISTIC_BITS) -> int:
+    """``n`` rounded up to keep its ``bits`` leading bits (3: …, 16, 20, 24, 28, 32, 40, …; 4: …, 16, 18, 20, …).
+
+    A shrinking batch then takes ``2**(bits-1)`` sizes per octave instead of one per early exit, with
+    under ``2**(1-bits)`` of padding: every new batch size costs the backend a fresh kernel set-up.
     """
-    shift = max(0, n.bit_length() - 3)
+    shift = max(0, n.bit_length() - bits)
     return -(-n >> shift) << shift
 
 
@@ -107,7 +120,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         momentum: float = 0.0, keep_best: bool = True, early_stop: bool = True, eot: int = 1,
         loss: str = "ce", generator: torch.Generator | None = None, bounds: tuple[Budget, Budget] = (0, 1),
         snapshots: tuple[int, ...] = (), constrain: Callable | None = None,
-        nest: EpsRows | None = None) -> AttackResult:
+        nest: EpsRows | None = None, bucket_bits: int = DETERMINISTIC_BITS) -> AttackResult:
     """Sign-gradient ascent on ``loss`` (ce | margin) within ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1].
 
     ``start`` is the initial perturbation (per-sample seeded by the harness); without it a
@@ -122,7 +135,8 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     ``constrain(x_adv, x)`` then maps every projected iterate onto valid values (integer features).
     ``eps`` and ``step_size`` may also be per-row tensors shaped ``(N, 1, …)``; ``nest`` then says
     which rows are one sample at several ε, and a broken row retires its sample's rows at larger ε.
-    With ``early_stop`` the shrinking batch is padded to :func:`batch_bucket` sizes (never past N).
+    With ``early_stop`` the shrinking batch is padded to :func:`batch_bucket` sizes of ``bucket_bits``
+    leading bits (never past N).
     """
     x = x.detach()
     n = len(x)
@@ -142,7 +156,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     spent, taken = 0, {}
     for step in range(steps + 1):
         x_active, m = current[active], len(active)
-        size = min(batch_bucket(m), n) if early_stop else m
+        size = min(batch_bucket(m, bucket_bits), n) if early_stop else m
         losses, logits, grad = eot_loss_grad(forward, _padded(x_active, size), _padded(y[active], size),
                                              loss=loss_fn, samples=eot, grad=step < steps)
         if size > m:
@@ -231,7 +245,8 @@ def _run_flat(forward, x, y, *, spec: AttackSpec, eps: Budget, start, seed: int,
     options = dict(steps=spec.steps, random_start=spec.random_start,
                    momentum=spec.momentum, keep_best=spec.keep_best, early_stop=spec.early_stop,
                    eot=max(1, spec.eot), loss=spec.loss, generator=torch.Generator().manual_seed(seed),
-                   bounds=bounds, snapshots=tuple(spec.sweep), constrain=constrain)
+                   bounds=bounds, snapshots=tuple(spec.sweep), constrain=constrain,
+                   bucket_bits=padding_bits(spec))
     total = pgd(forward, x, y, start=starts[0], eps=eps, step_size=step_size, nest=nest, **options)
     for restart_start in starts[1:]:
         open_rows = ~total.success if nest is None else ~total.success & ~nest.retired(total.success)
@@ -243,6 +258,11 @@ def _run_flat(forward, x, y, *, spec: AttackSpec, eps: Budget, start, seed: int,
                     **options)
         _merge(total, trial, rows)
     return total
+
+
+def padding_bits(spec: AttackSpec) -> int:
+    """The padded grid a run uses: the randomized one when the harness resolved the spec as randomized."""
+    return RANDOMIZED_BITS if spec.extra.get("randomized") else DETERMINISTIC_BITS
 
 
 def _pgd_alpha(eps: float, steps: int) -> float:

@@ -139,13 +139,44 @@ def test_harness_draws_one_seeded_start_per_restart(tiny_model, batch):
     assert json.loads(rows.spec.iloc[0])["restarts"] == 3 and (rows.linf <= EPS + 1e-6).all()
 
 
-def test_batch_buckets_are_few_and_pad_at_most_a_quarter():
+def test_batch_buckets_are_few_and_pad_at_most_a_quarter_or_an_eighth():
     from robustmed.attacks.pgd import batch_bucket
 
-    sizes = [batch_bucket(n) for n in range(1, 257)]
-    assert all(n <= b <= max(n, 1.25 * n) for n, b in zip(range(1, 257), sizes))
-    assert [batch_bucket(n) for n in (8, 9, 15, 16, 17, 33, 64, 65)] == [8, 10, 16, 16, 20, 40, 64, 80]
-    assert len(set(sizes[15:64])) == 9  # 16 … 64: four sizes per octave, not 49
+    for bits, most, per_octave in ((3, 1.25, 4), (4, 1.125, 8)):
+        sizes = [batch_bucket(n, bits) for n in range(1, 257)]
+        assert all(n <= b <= max(n, most * n) for n, b in zip(range(1, 257), sizes))
+        assert len(set(sizes[15:64])) == 1 + 2 * per_octave  # 16 … 64: a few sizes per octave, not 49
+    assert [batch_bucket(n, 3) for n in (8, 9, 15, 16, 17, 33, 64, 65)] == [8, 10, 16, 16, 20, 40, 64, 80]
+    assert [batch_bucket(n, 4) for n in (15, 16, 17, 33, 64, 65, 129, 241)] == [15, 16, 18, 36, 64, 72, 144, 256]
+
+
+def test_randomized_runs_keep_the_three_bit_grid_their_committed_rows_were_made_with():
+    from robustmed.attacks.pgd import padding_bits
+    from robustmed.harness import resolve_spec
+
+    paper = parse_attack("pgd10:protocol=paper")  # the only randomized runs that pad: early exit is on
+    assert padding_bits(resolve_spec(paper, randomized=True, num_classes=2)) == 3
+    assert padding_bits(resolve_spec(paper, randomized=False, num_classes=2)) == 4
+    assert padding_bits(parse_attack("pgd10")) == 4
+
+
+def test_a_deterministic_models_rows_do_not_depend_on_the_padding_grid():
+    model = TinyCNN(classes=2, seed=4).eval()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, 1, 28, 28, generator=gen), torch.randint(0, 2, (96,), generator=gen)
+    start = torch.empty_like(x).uniform_(-EPS, EPS, generator=torch.Generator().manual_seed(3))
+    calls = {}
+
+    def run(bits):
+        calls[bits] = []
+        forward = lambda z: calls[bits].append(len(z)) or model(z)
+        return pgd(forward, x, y, eps=EPS, steps=10, step_size=2.5 * EPS / 10, start=start, bucket_bits=bits)
+    runs = [run(bits) for bits in (3, 4, 30)]  # 30 bits: no padding at all
+    assert [c[1] for c in (calls[3], calls[4], calls[30])] == [48, 44, 41]  # 41 samples left after step 0
+    for other in runs[1:]:
+        for field in ("x_adv", "success", "first_success", "loss", "adv_pred"):
+            assert torch.equal(getattr(runs[0], field), getattr(other, field)), field
+    assert 0 < runs[0].success.sum() < 96
 
 
 def test_shrinking_batch_runs_on_bucket_sizes_and_padding_changes_no_row(batch):
