@@ -9,8 +9,8 @@ randomized model and on the shipped PNI model; robustmed's AA cascade against py
 
 Every timed case runs once untimed (warm-up: kernel set-up, caches), then ``--repeats`` times with
 the compared sides interleaved, and keeps each side's fastest run; an early-exit attack's floor (one
-warm forward+backward per step over the samples still attacked, :class:`StepPasses`) is timed in
-those same rounds. ``--clock cpu`` times process CPU time instead of wall time: steadier when other
+forward+backward per step over the samples still attacked, in the attack's order: :func:`replay`) is
+timed in those same rounds. ``--clock cpu`` times process CPU time instead of wall time: steadier when other
 jobs share the cores (run with one thread).
 Run: ``OMP_NUM_THREADS=1 python benchmarks/attack_speed.py``. Timings belong here, never in unit tests.
 """
@@ -21,10 +21,11 @@ import logging
 import os
 import time
 
-# The floors time each of a run's ~90 exact batch sizes (:class:`StepPasses`), about 18,000 oneDNN
-# primitives: in the cache robustmed asks for (16,384) they would evict the attack's own kernels between
-# rounds, and the attack's next run would pay their set-up again, which no user's run does. Set before
-# the first convolution (robustmed's own default is a setdefault too); a value you set wins.
+# The floors run each of a run's ~90 exact batch sizes (:func:`replay`, :class:`StepPasses`), about
+# 18,000 oneDNN primitives: in the cache robustmed asks for (16,384) they would evict the attack's own
+# kernels between rounds, and the attack's next run would pay their set-up again, which no user's run
+# does. Set before the first convolution (robustmed's own default is a setdefault too); a value you set
+# wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "65536")
 
 import numpy as np
@@ -36,7 +37,7 @@ import robustmed
 from robustmed import data as data_mod
 from robustmed.attacks import parse_attack
 from robustmed.attacks.autoattack import run_autoattack
-from robustmed.attacks.pgd import batch_bucket, run_pgd
+from robustmed.attacks.pgd import batch_bucket, padding_bits, run_pgd
 from robustmed.harness import attack_rows
 from robustmed.randomness import InputNoise
 
@@ -71,12 +72,24 @@ def forward_backward(model, x, y) -> None:
     torch.autograd.grad(F.cross_entropy(model(x_grad), y, reduction="sum"), x_grad)
 
 
-class StepPasses:
-    """The floor of an early-exit attack: one warm forward+backward per gradient step over the samples
-    still attacked, each batch size timed on its own.
+def replay(model, x, y, sizes: list[int]):
+    """The floor of an early-exit attack: one forward+backward per gradient step over the samples still
+    attacked, in the order the attack runs them, and nothing else.
 
-    Calling it times every size once (after an untimed call that sets up its kernels: a run's ~90 exact
-    sizes overflow oneDNN's kernel cache) and keeps each size's fastest; pass it to :func:`fastest` beside
+    Each pass follows a pass at another size, as in any run that shrinks its batch: the memory a
+    smaller pass gave back is mapped again by the next larger one, on the floor as on the attack.
+    """
+    def run() -> None:
+        for n in sizes:
+            forward_backward(model, x[:n], y[:n])
+    return run
+
+
+class StepPasses:
+    """A lower bound under :func:`replay`: the same passes, each batch size timed on its own right after
+    an untimed pass of that very size, which no run that changes its batch size every few steps gets.
+
+    Calling it times every size once and keeps each size's fastest; pass it to :func:`fastest` beside
     the attack, so both are timed in the same rounds and a machine's drift between cases hits both.
     """
 
@@ -106,19 +119,22 @@ def active_per_step(first_success: torch.Tensor, steps: int) -> list[int]:
 
 
 def per_step_cost(model, x, y, eps: float) -> dict:
-    """PGD-100's time over its :class:`StepPasses`, and the two parts of the excess: the same passes at
+    """PGD-100's time over its :func:`replay` floor, and the two parts of the excess: the same passes at
     the padded batch sizes the attack runs (:func:`batch_bucket`) over the exact ones is the padding;
-    the attack over its padded passes is the rest (bookkeeping, the final iterate's forward pass,
-    kernel set-up and memory the first pass of a run maps again)."""
+    the attack over its padded passes is the rest (bookkeeping, the final iterate's forward pass).
+    ``isolated``: the attack over :class:`StepPasses`, each size warm on its own."""
+    spec = parse_attack("pgd100")
+
     def attack():
-        return run_pgd(model, x, y, spec=parse_attack("pgd100"), eps=eps, seed=0)
+        return run_pgd(model, x, y, spec=spec, eps=eps, seed=0)
     sizes = active_per_step(attack().first_success, 100)
-    exact = StepPasses(model, x, y, sizes)
-    padded = StepPasses(model, x, y, [min(batch_bucket(m), len(x)) for m in sizes])
-    (seconds, result), _, _ = fastest(attack, exact, padded)
-    return {"ratio": seconds / exact.seconds, "seconds": seconds, "reference": exact.seconds,
-            "padding": padded.seconds / exact.seconds, "rest": seconds / padded.seconds,
-            "steps": len(sizes), "passes": result.forward_backward, "padded_rows": sum(padded.sizes)}
+    padded_sizes = [min(batch_bucket(m, padding_bits(spec)), len(x)) for m in sizes]
+    isolated = StepPasses(model, x, y, sizes)
+    (seconds, result), (exact, _), (padded, _), _ = fastest(
+        attack, replay(model, x, y, sizes), replay(model, x, y, padded_sizes), isolated)
+    return {"ratio": seconds / exact, "seconds": seconds, "reference": exact, "padding": padded / exact,
+            "rest": seconds / padded, "isolated": seconds / isolated.seconds, "steps": len(sizes),
+            "passes": result.forward_backward, "padded_rows": sum(padded_sizes)}
 
 
 def versus_torchattacks(model, x, y, eps: float, seed: int = 0) -> dict:
@@ -137,11 +153,11 @@ def versus_torchattacks(model, x, y, eps: float, seed: int = 0) -> dict:
         return ta(x, y)
     def ours():
         return run_pgd(model, x, y, spec=parse_attack("pgd100"), eps=eps, start=start)
-    floor = StepPasses(model, x, y, active_per_step(ours().first_success, 100))
-    (ours_s, result), (ta_s, x_adv), _ = fastest(ours, theirs, floor)
+    floor = replay(model, x, y, active_per_step(ours().first_success, 100))
+    (ours_s, result), (ta_s, x_adv), (floor_s, _) = fastest(ours, theirs, floor)
     with torch.no_grad():
         ta_robust = (correct & (model(x_adv).argmax(1) == y)).float().mean().item()
-    return {"ratio": ours_s / ta_s, "floor": floor.seconds / ta_s, "robustmed_s": ours_s, "torchattacks_s": ta_s,
+    return {"ratio": ours_s / ta_s, "floor": floor_s / ta_s, "robustmed_s": ours_s, "torchattacks_s": ta_s,
             "robustmed_robust": (correct & ~result.success).float().mean().item(), "torchattacks_robust": ta_robust}
 
 
@@ -269,13 +285,14 @@ def pgd_lines(model, x, y) -> list[tuple[str, float, str]]:
     lines = [("PGD-100 step / one fwd+bwd over still-attacked samples", step["ratio"],
               f"{step['seconds']:.1f} s vs {step['reference']:.1f} s over {step['steps']} steps, "
               f"{step['passes']} sample passes ({step['padded_rows']} rows after padding): padding "
-              f"{step['padding']:.3f} × the rest {step['rest']:.3f}")]
+              f"{step['padding']:.3f} × the rest {step['rest']:.3f}; over each size warm on its own "
+              f"{step['isolated']:.3f}")]
     for eps in (4 / 255, 8 / 255):
         ta = versus_torchattacks(model, x, y, eps)
         lines.append((f"PGD-100 robustmed / torchattacks, ε={255 * eps:.0f}/255", ta["ratio"],
                       f"{ta['robustmed_s']:.1f} s vs {ta['torchattacks_s']:.1f} s; robust "
                       f"{100 * ta['robustmed_robust']:.1f}% vs {100 * ta['torchattacks_robust']:.1f}%; "
-                      f"floor {ta['floor']:.3f} (warm fwd+bwd per step over the samples still attacked)"))
+                      f"floor {ta['floor']:.3f} (one fwd+bwd per step over the samples still attacked)"))
     return lines
 
 

@@ -38,3 +38,11 @@ def test_the_floor_counts_a_batch_size_once_per_step_that_runs_it():
     floor()
     assert sorted(floor.best) == [1, 3, 4] and all(0 < s < float("inf") for s in floor.best.values())
     assert floor.seconds == 2 * floor.best[4] + floor.best[3] + floor.best[1]
+
+
+def test_the_replayed_floor_runs_the_attacks_passes_in_its_order_and_nothing_else():
+    model, sizes = ATTACK_SPEED.tiny_cnn(), []
+    recording = lambda z: sizes.append(len(z)) or model(z)
+    x, y = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])
+    ATTACK_SPEED.replay(recording, x, y, [4, 4, 3, 1])()
+    assert sizes == [4, 4, 3, 1]
