@@ -57,7 +57,7 @@ RANDOMIZED_BITS = 3
 
 
 def batch_bucket(n: int, bits: int = DETERMINISTIC_BITS) -> int:
-    """``n`` rounded up to keep its ``bits`` leading bits (3: …, 16, 20, 24, 28, 32, 40, …; 4: …, 16, 18, 20, …).
+    """``n`` rounded up to keep its ``bits`` leading bits (3 bits: …, 16, 20, 24, 28, 32, 40, …; 4: …, 16, 18, …).
 
     A shrinking batch then takes ``2**(bits-1)`` sizes per octave instead of one per early exit, with
     under ``2**(1-bits)`` of padding: every new batch size costs the backend a fresh kernel set-up.

@@ -10,8 +10,8 @@ randomized model and on the shipped PNI model; robustmed's AA cascade against py
 Every timed case runs once untimed (warm-up: kernel set-up, caches), then ``--repeats`` times with
 the compared sides interleaved, and keeps each side's fastest run; an early-exit attack's floor (one
 forward+backward per step over the samples still attacked, in the attack's order: :func:`replay`) is
-timed in those same rounds. ``--clock cpu`` times process CPU time instead of wall time: steadier when other
-jobs share the cores (run with one thread).
+timed in those same rounds. ``--clock cpu`` times process CPU time instead of wall time: steadier when
+other jobs share the cores (run with one thread).
 Run: ``OMP_NUM_THREADS=1 python benchmarks/attack_speed.py``. Timings belong here, never in unit tests.
 """
 from __future__ import annotations
