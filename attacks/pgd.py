@@ -44,9 +44,9 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
 
 # Leading bits kept by the padded batch sizes. A new size costs the CPU backend a kernel set-up
 # (about 60 ms on the shipped model: 443 vs 373 ms for a first and a second pass of 200 images);
-# padding costs 1.4 ms a row. On PGD-100 at 4/255 over 256 images, four bits pad the passes by 3.5%
-# where three pad them by 7.3% (modelled pass cost) and add 10 sizes: they repay their set-up
-# within one cold run.
+# padding costs 1.4 ms a row. On PGD-100 at 4/255 over 256 images, four bits pad the passes by
+# 4.1% where three pad them by 5.4-6.4% (measured) and add 10 sizes: they save 0.3-0.5 s a run
+# and repay their set-up (about 0.6 s, once) within two runs.
 DETERMINISTIC_BITS = 4
 # A randomized model draws its noise for the padded batch (RPAN's MAN: ``normal(like.shape)``), so
 # its rows depend on the grid: it keeps the three bits its committed paper-protocol rows were made
