@@ -53,11 +53,12 @@ def clock(fn):
     return NOW() - started, out
 
 
-def fastest(*fns, repeats: int | None = None) -> list[tuple[float, object]]:
+def fastest(*fns, repeats: int | None = None, warmed: tuple[int, ...] = ()) -> list[tuple[float, object]]:
     """Each ``fn``'s fastest of ``repeats`` runs (and its output), after one untimed warm-up round;
-    the functions alternate within every round, so slow spells of a shared machine hit all sides."""
+    the functions alternate within every round, so slow spells of a shared machine hit all sides.
+    ``warmed``: the indices of functions the caller has just run untimed (they skip the warm-up)."""
     repeats = REPEATS if repeats is None else repeats
-    outputs = [fn() for fn in fns]
+    outputs = [None if i in warmed else fn() for i, fn in enumerate(fns)]
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
@@ -131,7 +132,7 @@ def per_step_cost(model, x, y, eps: float) -> dict:
     padded_sizes = [min(batch_bucket(m, padding_bits(spec)), len(x)) for m in sizes]
     isolated = StepPasses(model, x, y, sizes)
     (seconds, result), (exact, _), (padded, _), _ = fastest(
-        attack, replay(model, x, y, sizes), replay(model, x, y, padded_sizes), isolated)
+        attack, replay(model, x, y, sizes), replay(model, x, y, padded_sizes), isolated, warmed=(0,))
     return {"ratio": seconds / exact, "seconds": seconds, "reference": exact, "padding": padded / exact,
             "rest": seconds / padded, "isolated": seconds / isolated.seconds, "steps": len(sizes),
             "passes": result.forward_backward, "padded_rows": sum(padded_sizes)}
@@ -154,7 +155,7 @@ def versus_torchattacks(model, x, y, eps: float, seed: int = 0) -> dict:
     def ours():
         return run_pgd(model, x, y, spec=parse_attack("pgd100"), eps=eps, start=start)
     floor = replay(model, x, y, active_per_step(ours().first_success, 100))
-    (ours_s, result), (ta_s, x_adv), (floor_s, _) = fastest(ours, theirs, floor)
+    (ours_s, result), (ta_s, x_adv), (floor_s, _) = fastest(ours, theirs, floor, warmed=(0,))
     with torch.no_grad():
         ta_robust = (correct & (model(x_adv).argmax(1) == y)).float().mean().item()
     return {"ratio": ours_s / ta_s, "floor": floor_s / ta_s, "robustmed_s": ours_s, "torchattacks_s": ta_s,

@@ -46,3 +46,15 @@ def test_the_replayed_floor_runs_the_attacks_passes_in_its_order_and_nothing_els
     x, y = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])
     ATTACK_SPEED.replay(recording, x, y, [4, 4, 3, 1])()
     assert sizes == [4, 4, 3, 1]
+
+
+def test_a_function_the_caller_warmed_is_not_run_again_before_the_timed_rounds():
+    calls = {"warmed": 0, "cold": 0}
+
+    def run(name):
+        def fn():
+            calls[name] += 1
+            return name
+        return fn
+    out = ATTACK_SPEED.fastest(run("warmed"), run("cold"), repeats=2, warmed=(0,))
+    assert calls == {"warmed": 2, "cold": 3} and [o for _, o in out] == ["warmed", "cold"]
