@@ -66,6 +66,11 @@ def batch_bucket(n: int, bits: int = DETERMINISTIC_BITS) -> int:
     return -(-n >> shift) << shift
 
 
+def padded_size(m: int, n: int, bits: int) -> int:
+    """The batch size a step over ``m`` still-attacked samples of ``n`` runs at: the grid's, never past ``n``."""
+    return min(batch_bucket(m, bits), n)
+
+
 def _padded(t: torch.Tensor, size: int) -> torch.Tensor:
     """``t`` with its first row repeated up to ``size`` rows (the padding's results are dropped)."""
     return t if len(t) >= size else torch.cat([t, t[:1].expand(size - len(t), *t.shape[1:])])
@@ -156,7 +161,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     spent, taken = 0, {}
     for step in range(steps + 1):
         x_active, m = current[active], len(active)
-        size = min(batch_bucket(m, bucket_bits), n) if early_stop else m
+        size = padded_size(m, n, bucket_bits) if early_stop else m
         losses, logits, grad = eot_loss_grad(forward, _padded(x_active, size), _padded(y[active], size),
                                              loss=loss_fn, samples=eot, grad=step < steps)
         if size > m:

@@ -37,7 +37,7 @@ import robustmed
 from robustmed import data as data_mod
 from robustmed.attacks import parse_attack
 from robustmed.attacks.autoattack import run_autoattack
-from robustmed.attacks.pgd import batch_bucket, padding_bits, run_pgd
+from robustmed.attacks.pgd import padded_size, padding_bits, run_pgd
 from robustmed.harness import attack_rows
 from robustmed.randomness import InputNoise
 
@@ -121,7 +121,7 @@ def active_per_step(first_success: torch.Tensor, steps: int) -> list[int]:
 
 def per_step_cost(model, x, y, eps: float) -> dict:
     """PGD-100's time over its :func:`replay` floor, and the two parts of the excess: the same passes at
-    the padded batch sizes the attack runs (:func:`batch_bucket`) over the exact ones is the padding;
+    the padded batch sizes the attack runs (:func:`padded_size`) over the exact ones is the padding;
     the attack over its padded passes is the rest (bookkeeping, the final iterate's forward pass).
     ``isolated``: the attack over :class:`StepPasses`, each size warm on its own."""
     spec = parse_attack("pgd100")
@@ -129,7 +129,7 @@ def per_step_cost(model, x, y, eps: float) -> dict:
     def attack():
         return run_pgd(model, x, y, spec=spec, eps=eps, seed=0)
     sizes = active_per_step(attack().first_success, 100)
-    padded_sizes = [min(batch_bucket(m, padding_bits(spec)), len(x)) for m in sizes]
+    padded_sizes = [padded_size(m, len(x), padding_bits(spec)) for m in sizes]
     isolated = StepPasses(model, x, y, sizes)
     (seconds, result), (exact, _), (padded, _), _ = fastest(
         attack, replay(model, x, y, sizes), replay(model, x, y, padded_sizes), isolated, warmed=(0,))
