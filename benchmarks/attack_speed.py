@@ -35,9 +35,11 @@ from torch import nn
 
 import robustmed
 from robustmed import data as data_mod
+from robustmed.allocator import malloc_state, tune_malloc
 from robustmed.attacks import parse_attack
 from robustmed.attacks.autoattack import run_autoattack
 from robustmed.attacks.pgd import padded_size, padding_bits, run_pgd
+from robustmed.errors import exit_status
 from robustmed.harness import attack_rows
 from robustmed.randomness import InputNoise
 
@@ -344,15 +346,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per side (fastest kept)")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                         help="cpu: process CPU time, steadier on a shared machine")
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                        help="tuned: the allocator thresholds the robustmed command sets (robustmed.allocator); "
+                             "default: glibc's own")
     args = parser.parse_args()
     NOW, REPEATS = CLOCKS[args.clock], args.repeats
+    malloc = tune_malloc() if args.malloc == "tuned" else malloc_state()
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = report(args)
     load = max(load, os.getloadavg()[0]) if hasattr(os, "getloadavg") else load
     print(f"n={args.n} (aa: {args.aa_n}) threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"clock={args.clock} repeats={args.repeats} cpus={os.cpu_count()} "
+          f"clock={args.clock} repeats={args.repeats} malloc={malloc['malloc']} cpus={os.cpu_count()} "
           f"load average≤{load:.1f} (1 min, sampled at start and end)")
     print(f"{'measurement':58s} {'ratio':>7s}  details")
     for name, ratio, details in lines:
@@ -360,4 +366,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(exit_status("attack_speed", main))

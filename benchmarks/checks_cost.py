@@ -9,7 +9,9 @@ import argparse
 import json
 import time
 
+from robustmed.allocator import tune_malloc
 from robustmed.checks import post_run, run_preflight
+from robustmed.errors import exit_status
 from robustmed.harness import attack_rows
 from robustmed.runner import BenchConfig, _prepare, _validate
 
@@ -33,7 +35,12 @@ def measure(n: int | None) -> dict:
             "row_checks_s": round(rows_s, 3), "checks": len(findings), "ratio": round(checks_s / attack_s, 4)}
 
 
-if __name__ == "__main__":
+def main() -> None:
+    tune_malloc()  # as the robustmed command runs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help="seeded subset (default: the whole test split)")
     print(json.dumps(measure(parser.parse_args().n)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(exit_status("checks_cost", main))

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from robustmed.allocator import tune_malloc
+from robustmed.errors import exit_status
 from robustmed.executors import get_executor
 from robustmed.runner import BenchConfig, run_benches
 
@@ -178,7 +180,8 @@ def headline(result: dict) -> str:
             f"{result['load_average_after']} on {result['cores']} cores")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    tune_malloc()  # as the robustmed command runs (its Ray workers tune their own)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="seeded subset of the PneumoniaMNIST test split")
     parser.add_argument("--attack", default="pgd50,bim50,mim50", help="attacks of the run (one or more units each)")
@@ -190,3 +193,7 @@ if __name__ == "__main__":
     result = measure(args.n, args.attack, args.batch_size, args.repeats, args.shard_size)
     print(headline(result))
     print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    raise SystemExit(exit_status("ray_scaling", main))

@@ -8,7 +8,8 @@ import argparse
 import json
 import sys
 
-from robustmed.errors import UserError
+from robustmed.allocator import tune_malloc
+from robustmed.errors import UserError, exit_status
 
 
 class _Parser(argparse.ArgumentParser):
@@ -339,11 +340,8 @@ COMMANDS = {"check": cmd_check, "bench": cmd_bench, "train": cmd_train, "list": 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except UserError as exc:
-        sys.stderr.write(f"robustmed: error: {exc}\n")
-        return 2
+    tune_malloc()
+    return exit_status("robustmed", lambda: COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol, Sequence
 
+from robustmed.allocator import tune_malloc
 from robustmed.errors import UserError
 from robustmed.progress import progress_bar
 from robustmed.units import Unit, preload, run as run_unit, warm_up
@@ -74,6 +75,7 @@ class _Worker:
         import torch
 
         torch.set_num_threads(1)  # the worker holds one CPU
+        tune_malloc()  # as the robustmed command's own process
         warm_up()
 
     def preload(self, load: dict) -> str | None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from robustmed.allocator import malloc_state
+
 PACKAGES = ("robustmed", "torch", "numpy", "pandas", "pyarrow", "torchattacks", "pyautoattack", "foolbox", "medmnist", "rich")
 
 
@@ -51,6 +53,7 @@ def machine(device: torch.device | str = "cpu") -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "malloc": malloc_state()["malloc"],
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import torch
@@ -58,3 +61,12 @@ def test_a_function_the_caller_warmed_is_not_run_again_before_the_timed_rounds()
         return fn
     out = ATTACK_SPEED.fastest(run("warmed"), run("cold"), repeats=2, warmed=(0,))
     assert calls == {"warmed": 2, "cold": 3} and [o for _, o in out] == ["warmed", "cold"]
+
+
+def test_a_benchmark_without_its_data_says_so_in_one_line_and_exits_2(tmp_path):
+    # engineering standard: bad input is one line and status 2, from the benchmarks as from the CLI
+    env = {**os.environ, "ROBUSTMED_DATA": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attack_speed.py"), "--only", "eot"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("attack_speed: error: dataset 'pneumoniamnist'")
