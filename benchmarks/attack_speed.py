@@ -1,11 +1,11 @@
 """Attack speed on the shipped default model and PneumoniaMNIST test data, as ratios.
 
 One run measures: PGD's per-step cost against one forward+backward over the samples still
-attacked; robustmed PGD-100 against torchattacks PGD-100 (ε = 4/255 and 8/255, the same random
-start: time and robust accuracy); the iteration sweep {10, 20, 50, 100} against one PGD-100; a
-6-value ε sweep (two grids) against its costliest single ε and against 6 independent runs; EOT-20's per-step cost on a tiny
-randomized model and on the shipped PNI model; robustmed's AA cascade against pyautoattack's on the
-10-class conformance model.
+attacked; robustmed PGD-100 against torchattacks' and Foolbox's PGD-100 (ε = 4/255 and 8/255, the
+same random start: time and robust accuracy); the iteration sweep {10, 20, 50, 100} against one
+PGD-100; a 6-value ε sweep (two grids) against its costliest single ε and against 6 independent
+runs; EOT-20's per-step cost on a tiny randomized model and on the shipped PNI model; robustmed's AA
+cascade against pyautoattack's on the 10-class conformance model.
 
 Every timed case runs once untimed (warm-up: kernel set-up, caches), then ``--repeats`` times with
 the compared sides interleaved, and keeps each side's fastest run; an early-exit attack's floor (one
@@ -142,9 +142,25 @@ def per_step_cost(model, x, y, eps: float) -> dict:
             "passes": result.forward_backward, "padded_rows": sum(padded_sizes)}
 
 
-def versus_torchattacks(model, x, y, eps: float, seed: int = 0) -> dict:
-    """Both from torchattacks' own random start (drawn after ``torch.manual_seed(seed)``): the trajectories
-    agree until a sample breaks, so robustmed's best-iterate, early-exit result is never more robust."""
+def foolbox_pgd(model, eps: float, steps: int, start: torch.Tensor):
+    """Foolbox's LinfPGD with robustmed's step size, handed the given random start (Foolbox draws its own
+    otherwise): from the same start it returns torchattacks' last iterate exactly."""
+    import eagerpy as ep
+    import foolbox
+
+    class FromStart(foolbox.attacks.LinfPGD):
+        def get_random_start(self, x0, epsilon):
+            return x0 + ep.astensor(start)
+
+    attack, fmodel = FromStart(abs_stepsize=2.5 * eps / steps, steps=steps), foolbox.PyTorchModel(model, bounds=(0, 1))
+    return lambda x, y: attack(fmodel, x, y, epsilons=eps)[1]
+
+
+def versus_references(model, x, y, eps: float, seed: int = 0) -> dict:
+    """robustmed PGD-100 against torchattacks' and Foolbox's, all three from torchattacks' own random start
+    (drawn after ``torch.manual_seed(seed)``, and handed to Foolbox): the trajectories agree until a sample
+    breaks, so robustmed's best-iterate, early-exit result is never more robust than their last iterates.
+    ``per_step``: each reference over 100 forward+backward passes of the whole batch (what they run)."""
     import torchattacks
 
     with torch.no_grad():
@@ -152,18 +168,25 @@ def versus_torchattacks(model, x, y, eps: float, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     start = torch.empty_like(x).uniform_(-eps, eps)  # what torchattacks draws after the same seed
     ta = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 100, steps=100, random_start=True)
+    fb = foolbox_pgd(model, eps, 100, start)
 
-    def theirs():
+    def torchattacks_pgd():
         torch.manual_seed(seed)
         return ta(x, y)
     def ours():
         return run_pgd(model, x, y, spec=parse_attack("pgd100"), eps=eps, start=start)
     floor = replay(model, x, y, active_per_step(ours().first_success, 100))
-    (ours_s, result), (ta_s, x_adv), (floor_s, _) = fastest(ours, theirs, floor, warmed=(0,))
-    with torch.no_grad():
-        ta_robust = (correct & (model(x_adv).argmax(1) == y)).float().mean().item()
+    (ours_s, result), (ta_s, ta_adv), (fb_s, fb_adv), (floor_s, _), (pass_s, _) = fastest(
+        ours, torchattacks_pgd, lambda: fb(x, y), floor, lambda: forward_backward(model, x, y), warmed=(0,))
+
+    def robust(x_adv):
+        with torch.no_grad():
+            return (correct & (model(x_adv).argmax(1) == y)).float().mean().item()
     return {"ratio": ours_s / ta_s, "floor": floor_s / ta_s, "robustmed_s": ours_s, "torchattacks_s": ta_s,
-            "robustmed_robust": (correct & ~result.success).float().mean().item(), "torchattacks_robust": ta_robust}
+            "foolbox_ratio": ours_s / fb_s, "foolbox_floor": floor_s / fb_s, "foolbox_s": fb_s,
+            "robustmed_robust": (correct & ~result.success).float().mean().item(),
+            "torchattacks_robust": robust(ta_adv), "foolbox_robust": robust(fb_adv),
+            "per_step": {"torchattacks": ta_s / (100 * pass_s), "foolbox": fb_s / (100 * pass_s)}}
 
 
 def harness_run(model, x, y, attack: str, eps_list):
@@ -300,11 +323,14 @@ def pgd_lines(model, x, y) -> list[tuple[str, float, str]]:
               f"{step['padding']:.3f} × the rest {step['rest']:.3f}; over each size warm on its own "
               f"{step['isolated']:.3f}")]
     for eps in (4 / 255, 8 / 255):
-        ta = versus_torchattacks(model, x, y, eps)
-        lines.append((f"PGD-100 robustmed / torchattacks, ε={255 * eps:.0f}/255", ta["ratio"],
-                      f"{ta['robustmed_s']:.1f} s vs {ta['torchattacks_s']:.1f} s; robust "
-                      f"{100 * ta['robustmed_robust']:.1f}% vs {100 * ta['torchattacks_robust']:.1f}%; "
-                      f"floor {ta['floor']:.3f} (one fwd+bwd per step over the samples still attacked)"))
+        ref = versus_references(model, x, y, eps)
+        for name, label, ratio, floor in (("torchattacks", "torchattacks", ref["ratio"], ref["floor"]),
+                                          ("foolbox", "Foolbox", ref["foolbox_ratio"], ref["foolbox_floor"])):
+            lines.append((f"PGD-100 robustmed / {label}, ε={255 * eps:.0f}/255", ratio,
+                          f"{ref['robustmed_s']:.1f} s vs {ref[name + '_s']:.1f} s; robust "
+                          f"{100 * ref['robustmed_robust']:.1f}% vs {100 * ref[name + '_robust']:.1f}%; "
+                          f"floor {floor:.3f} (one fwd+bwd per step over the samples still attacked); "
+                          f"{label} per step: {ref['per_step'][name]:.3f} × one fwd+bwd of the batch"))
     return lines
 
 

@@ -22,7 +22,7 @@ import os
 import platform
 
 MMAP_THRESHOLD = 512 << 20  # allocations below this size come from the reusable heap
-FALLBACK_MMAP_THRESHOLD = 32 << 20  # the most a glibc before 2.36 accepts on 64-bit systems
+FALLBACK_MMAP_THRESHOLD = 32 << 20  # the most older glibc versions accept on 64-bit systems (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 2 << 30  # freed memory at the heap top is kept up to this much
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 
 from conftest import REPO
@@ -70,3 +71,19 @@ def test_a_benchmark_without_its_data_says_so_in_one_line_and_exits_2(tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("attack_speed: error: dataset 'pneumoniamnist'")
+
+
+@pytest.mark.filterwarnings("ignore:Please import `gaussian_filter`:DeprecationWarning")  # Foolbox's own import
+def test_foolbox_from_the_handed_start_is_torchattacks_last_iterate_exactly():
+    # the PGD-100 comparison times all three libraries on one trajectory: a different start would compare luck
+    import torchattacks
+
+    torch.manual_seed(0)
+    model = ATTACK_SPEED.tiny_cnn(classes=3).eval()
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 3
+    eps = 8 / 255
+    torch.manual_seed(1)
+    start = torch.empty_like(x).uniform_(-eps, eps)
+    torch.manual_seed(1)
+    expected = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True)(x, y)
+    assert torch.equal(ATTACK_SPEED.foolbox_pgd(model, eps, 10, start)(x, y), expected)
