@@ -87,3 +87,4 @@ def test_foolbox_from_the_handed_start_is_torchattacks_last_iterate_exactly():
     torch.manual_seed(1)
     expected = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 10, steps=10, random_start=True)(x, y)
     assert torch.equal(ATTACK_SPEED.foolbox_pgd(model, eps, 10, start)(x, y), expected)
+    assert all(p.requires_grad for p in model.parameters())  # frozen only while Foolbox runs
