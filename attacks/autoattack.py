@@ -1,8 +1,11 @@
 """AutoAttack (Croce & Hein 2020) as robustmed's own cascade over pyautoattack 0.2.0 kernels.
 
-Each stage attacks only the samples still robust, and a sample's result is its worst case
-over stages (fra31's protocol). The cascade is adapted to the class count (check A7) and the
-adapted configuration is stored in the expanded spec (``extra``).
+Each stage attacks only the samples it can still change, and every sample ends with one
+candidate: the strongest any stage produced for it (fewest correct draws, then the highest
+margin), never the clean image once a stage has run on it. A sample leaves the cascade only
+when its candidate is wrong in every one of the model's draws; the harness then judges that one
+candidate on fresh draws, so no stage's draws decide a row. The cascade is adapted to the class
+count (check A7) and the adapted configuration is stored in the expanded spec (``extra``).
 """
 from __future__ import annotations
 
@@ -16,15 +19,20 @@ from pyautoattack.fab_pt import FABAttack_PT
 
 from robustmed.attacks.base import FAMILIES, AttackFamily, AttackResult, AttackSpec
 from robustmed.attacks.eot import margin_loss
-from robustmed.attacks.square import score, square_kernel
+from robustmed.attacks.square import best_candidates, score, square_kernel
 
 _LOG = logging.getLogger("auto-attack")
 SQUARE_QUERIES = 5000
 SQUARE_Q_RANDOMIZED = 4
+# With C < 4 the targeted stages have fewer targets than standard AA's nine (C = 2: APGD-T on the
+# margin would retrace APGD-CE, whose loss is a monotone function of the same margin), so their
+# budget goes to further random starts of APGD-CE: five in all, as `APGDAttack(n_restarts=5)`.
+FEW_CLASS_CE_RESTARTS = 5
+RAND_BINARY_CE_RESTARTS = 2  # aa-rand on C = 2: the margin stage it replaces is one more APGD-CE run
 
 
 class MarginAPGD(APGDAttack):
-    """APGD on the CW margin loss: the binary-safe replacement for DLR (undefined for C < 3).
+    """APGD on the CW margin loss: the replacement for DLR where DLR is undefined (C < 3).
 
     pyautoattack accepts only 'ce' and 'dlr'; running as 'dlr' with the DLR loss swapped for
     the margin keeps every other part of the kernel (step schedule, checkpoints) unchanged.
@@ -34,102 +42,168 @@ class MarginAPGD(APGDAttack):
         return margin_loss(x, y)
 
 
-def _apgd(kind: type, loss: str) -> Callable:
+class TargetedMarginAPGD(APGDAttack_targeted):
+    """Targeted APGD on the margin z_t − z_y: the targeted DLR loss needs C ≥ 4, this one C ≥ 3."""
+
+    def dlr_loss_targeted(self, x, y):
+        u = torch.arange(len(x), device=x.device)
+        return x[u, self.y_target] - x[u, y]
+
+
+def _kernel_candidates(kernel, x, y, restarts: int, targets: int = 0):
+    """pyautoattack's ``perturb`` restart for restart (same seed, same use of the RNG), except that
+    every sample gets a candidate: the adversarial point where a run found one, else the highest-loss
+    point of its runs. Every row passed in is attacked: the cascade passes only rows it has not
+    settled (pyautoattack skips rows wrong on its first pass, which on a randomized model is one draw).
+    """
+    kernel.init_hyperparam(x)
+    x = x.detach().clone().float()
+    candidate, open_rows = x.clone(), torch.ones(len(y), dtype=torch.bool, device=x.device)
+    best_loss = torch.full((len(y),), -torch.inf, device=x.device)
+    torch.random.manual_seed(kernel.seed)
+    torch.cuda.random.manual_seed(kernel.seed)
+    for target in range(2, targets + 2) if targets else [None]:
+        for _ in range(restarts):
+            rows = torch.nonzero(open_rows).flatten()
+            if len(rows) == 0:
+                return candidate
+            if target is not None:
+                with torch.no_grad():
+                    kernel.y_target = kernel.model(x[rows]).sort(dim=1)[1][:, -target]
+            highest, still, loss, adversarial = kernel.attack_single_run(x[rows], y[rows])
+            fooled = still == 0
+            open_rows[rows[fooled]] = False
+            candidate[rows[fooled]] = adversarial[fooled]
+            better = ~fooled & (loss > best_loss[rows])
+            candidate[rows[better]], best_loss[rows[better]] = highest[better], loss[better]
+    return candidate
+
+
+def _apgd(kind: type, loss: str, stage: str) -> Callable:
     def build(forward, eps, spec: AttackSpec, seed: int, device):
         kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm="Linf",
                       eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG)
         kernel.loss = loss
-        return kernel.perturb
+        restarts = spec.extra.get("restarts", {}).get(stage, 1)
+        return lambda x, y: _kernel_candidates(kernel, x, y, restarts)
     return build
 
 
-def _apgd_targeted(forward, eps, spec: AttackSpec, seed: int, device):
-    kernel = APGDAttack_targeted(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm="Linf",
-                                 eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG,
-                                 n_target_classes=spec.extra["n_target_classes"])
-    return kernel.perturb
+def _apgd_targeted(kind: type) -> Callable:
+    def build(forward, eps, spec: AttackSpec, seed: int, device):
+        kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm="Linf",
+                      eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG,
+                      n_target_classes=spec.extra["n_target_classes"])
+        return lambda x, y: _kernel_candidates(kernel, x, y, 1, kernel.n_target_classes)
+    return build
 
 
 def _fab_targeted(forward, eps, spec: AttackSpec, seed: int, device):
     kernel = FABAttack_PT(forward, n_restarts=1, n_iter=spec.steps, eps=eps, seed=seed, norm="Linf",
                           verbose=False, device=device, targeted=True,
                           n_target_classes=spec.extra["n_target_classes"])
-    return kernel.perturb
+    return kernel.perturb  # a minimum-norm attack: where it fails it has no bounded point to offer
 
 
 def _square(forward, eps, spec: AttackSpec, seed: int, device):
-    return square_kernel(forward, eps, queries=spec.extra["square_queries"], seed=seed,
-                         q=spec.extra["square_q"], device=device).perturb
+    kernel = square_kernel(forward, eps, queries=spec.extra["square_queries"], seed=seed,
+                           q=spec.extra["square_q"], device=device)
+    return lambda x, y: best_candidates(kernel, x, y)
 
 
 STAGES: dict[str, Callable] = {
-    "apgd-ce": _apgd(APGDAttack, "ce"),
-    "apgd-dlr": _apgd(APGDAttack, "dlr"),
-    "apgd-margin": _apgd(MarginAPGD, "dlr"),
-    "apgd-t": _apgd_targeted,
+    "apgd-ce": _apgd(APGDAttack, "ce", "apgd-ce"),
+    "apgd-dlr": _apgd(APGDAttack, "dlr", "apgd-dlr"),
+    "apgd-margin": _apgd(MarginAPGD, "dlr", "apgd-margin"),
+    "apgd-t": _apgd_targeted(APGDAttack_targeted),
+    "apgd-t-margin": _apgd_targeted(TargetedMarginAPGD),
     "fab-t": _fab_targeted,
     "square": _square,
 }
 
 
 def standard_stages(num_classes: int) -> list[str]:
-    """A7: targeted DLR needs C ≥ 4, DLR needs C ≥ 3; below that the margin loss replaces it."""
+    """A7: targeted DLR needs C ≥ 4, DLR C ≥ 3; a targeted margin stands in at C = 3, and at C = 2
+    (one target: the margin path is APGD-CE's) the targeted budget goes to APGD-CE restarts."""
     if num_classes >= 4:
         return ["apgd-ce", "apgd-t", "fab-t", "square"]
-    return ["apgd-ce", "apgd-dlr" if num_classes == 3 else "apgd-margin", "fab-t", "square"]
+    if num_classes == 3:
+        return ["apgd-ce", "apgd-dlr", "apgd-t-margin", "fab-t", "square"]
+    return ["apgd-ce", "fab-t", "square"]
 
 
 def rand_stages(num_classes: int) -> list[str]:
-    return ["apgd-ce", "apgd-dlr" if num_classes >= 3 else "apgd-margin"]
+    return ["apgd-ce", "apgd-dlr"] if num_classes >= 3 else ["apgd-ce"]
+
+
+def _restarts(cascade: list[str], num_classes: int) -> dict[str, int]:
+    if "square" not in cascade:  # aa-rand
+        return {"apgd-ce": RAND_BINARY_CE_RESTARTS} if num_classes == 2 else {}
+    return {"apgd-ce": FEW_CLASS_CE_RESTARTS} if num_classes < 4 else {}
 
 
 def _adapter(stages: Callable[[int], list[str]]) -> Callable[[AttackSpec, int], AttackSpec]:
     def adapt(spec: AttackSpec, num_classes: int) -> AttackSpec:
-        randomized = bool(spec.extra.get("randomized"))
-        extra = {**spec.extra, "cascade": stages(num_classes), "n_target_classes": min(9, num_classes - 1),
+        randomized = bool(spec.extra.get("randomized")) and spec.protocol != "paper"
+        cascade = stages(num_classes)
+        extra = {**spec.extra, "cascade": cascade, "n_target_classes": min(9, num_classes - 1),
                  "kernels": "pyautoattack==0.2.0"}
-        if "square" in extra["cascade"]:
+        if restarts := _restarts(cascade, num_classes):
+            extra["restarts"] = restarts
+        if "square" in cascade:
             extra.update(square_queries=SQUARE_QUERIES, square_q=SQUARE_Q_RANDOMIZED if randomized else 1)
         return replace(spec, extra=extra)
     return adapt
 
 
-def _robust_now(forward, x, y, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(still correct in every one of ``draws`` passes, prediction of the first pass)."""
+def assess(forward, x, y, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct draws out of ``draws`` passes, mean margin) per sample: how a candidate is ranked."""
+    hits = torch.zeros(len(y), dtype=torch.long, device=y.device)
+    margin = torch.zeros(len(y), device=y.device)
     with torch.no_grad():
-        preds = torch.stack([forward(x).argmax(1) for _ in range(max(1, draws))])
-    return (preds == y).all(0), preds[0]
+        for _ in range(max(1, draws)):
+            logits = forward(x)
+            hits += logits.argmax(1) == y
+            margin += margin_loss(logits, y)
+    return hits, margin / max(1, draws)
 
 
 def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed: int = 0) -> AttackResult:
-    """The cascade: stage k runs on the samples no earlier stage broke; ``first_success`` is the stage index.
+    """The cascade: stage k runs on the samples whose best candidate is still correct in some draw.
 
-    All stages share ``seed`` (as fra31's AutoAttack does). pyautoattack reseeds the global RNG,
-    so its state is restored afterwards. On randomized models a sample leaves the cascade only
-    when it is wrong in one of ``draws`` fresh passes (the harness re-judges the result, C2).
+    A candidate replaces a sample's best when it is correct in fewer of ``draws`` passes (one on a
+    deterministic model), or as often with a higher mean margin; ``first_success`` is the stage at
+    which the best became wrong in every pass. All stages share ``seed`` (as fra31's AutoAttack
+    does); pyautoattack reseeds the global RNG, so its state is restored afterwards.
     """
     if "cascade" not in spec.extra:  # called directly, not through the harness
         with torch.no_grad():
             spec = FAMILIES.get(spec.family).adapt(spec, forward(x[:1]).shape[-1])
-    stages = spec.extra["cascade"]
-    robust, _ = _robust_now(forward, x, y, 1)
-    x_adv, stage_of = x.detach().clone(), torch.where(robust, -1, 0)
-    draws = spec.draws if spec.extra.get("randomized") else 1
+    draws = spec.draws if spec.extra.get("randomized") and spec.protocol != "paper" else 1  # paper: one draw
+    n = len(y)
+    best = x.detach().clone()
+    best_hits = torch.full((n,), draws + 1, dtype=torch.long, device=y.device)  # any candidate beats the clean image
+    best_margin = torch.full((n,), -torch.inf, device=y.device)
+    stage_of = torch.full((n,), -1, dtype=torch.long, device=y.device)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        for stage, name in enumerate(stages):
-            rows = torch.nonzero(robust).flatten()
+        for stage, name in enumerate(spec.extra["cascade"]):
+            rows = torch.nonzero(best_hits > 0).flatten()
             if len(rows) == 0:
                 break
             candidate = STAGES[name](forward, eps, spec, seed, x.device)(x[rows], y[rows]).detach()
-            still, _ = _robust_now(forward, candidate, y[rows], draws)
-            broke = rows[~still]
-            x_adv[broke], stage_of[broke], robust[broke] = candidate[~still], stage, False
-    return score(forward, x_adv, y, stage_of)
+            hits, margin = assess(forward, candidate, y[rows], draws)
+            offered = (candidate != x[rows]).flatten(1).any(1)  # FAB hands back the clean image where it fails
+            better = offered & ((hits < best_hits[rows]) | ((hits == best_hits[rows]) & (margin > best_margin[rows])))
+            chosen = rows[better]
+            best[chosen], best_hits[chosen], best_margin[chosen] = candidate[better], hits[better], margin[better]
+            stage_of[chosen[hits[better] == 0]] = stage
+    return score(forward, best, y, stage_of)
 
 
 for _name, _stages, _description, _defaults, _amp in (  # FAB's constants overflow fp16: standard AA stays fp32
     ("aa", standard_stages, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (adapted to C, check A7)", {}, False),
-    ("aa-rand", rand_stages, "AutoAttack rand: APGD-CE + APGD-DLR (margin for C=2) with EOT 20", {"eot": 20}, True),
+    ("aa-rand", rand_stages, "AutoAttack rand: APGD-CE + APGD-DLR (C=2: two APGD-CE starts) with EOT 20", {"eot": 20},
+     True),
 ):
     FAMILIES.register(_name, AttackFamily(
         name=_name, description=_description, run=run_autoattack, default_steps=100,

@@ -191,8 +191,8 @@ def parse_attack(text: str) -> AttackSpec:
             raise UserError(f"attack {text!r}: bad value in {item!r}") from None
         if key == "alpha":
             spec = replace(spec, alpha_rule="given")
-    if spec.protocol == "paper":  # single draw, no EOT: the defense papers' protocol, never a default
-        spec = replace(spec, eot=1, draws=1)
+    if spec.protocol == "paper":  # the defense papers' single-draw, non-EOT attack, never a default; its
+        spec = replace(spec, eot=1)  # candidate is judged over the same R draws as the adaptive one
     if spec.restarts > 1 and not (family.restartable and spec.random_start):
         raise UserError(f"attack {text!r}: restarts need a family with seeded random starts (pgd), "
                         "and random_start=1")

@@ -8,11 +8,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
+from robustmed import expected
+from robustmed.provenance import ENGINE
 from robustmed.stats import wilson
 
 WORST = "worst case"
+NULL = "null"
 
 
 def column_attack(name: str, substitutes: dict | None = None) -> str:
@@ -27,6 +31,10 @@ def column_attack(name: str, substitutes: dict | None = None) -> str:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """One column of a run. On a randomized model ``expected`` is set and is the headline
+    (:mod:`robustmed.expected`): ``robust_accuracy`` and ``ci`` then read it and its two-way bootstrap
+    interval, while ``all_draws_accuracy`` keeps "correct in all R draws"."""
+
     defense: str
     model: str
     dataset: str
@@ -38,18 +46,39 @@ class Evaluation:
     clean: int
     run_id: str
     findings: tuple = field(default=(), compare=False)
+    expected: float | None = field(default=None, compare=False)
+    expected_ci: tuple | None = field(default=None, compare=False)
+    expected_clean: float | None = field(default=None, compare=False)
+    draws: int = field(default=1, compare=False)
+    single_draw: float | None = field(default=None, compare=False)  # the paper's one-draw reading
+    null_gap_ci: tuple | None = field(default=None, compare=False)  # how far below the null attack (C5)
+    stale: bool = field(default=False, compare=False)  # made by an engine whose results this one replaced
 
     @property
-    def robust_accuracy(self) -> float:
+    def randomized(self) -> bool:
+        return self.draws > 1
+
+    @property
+    def all_draws_accuracy(self) -> float:
         return self.robust / self.n if self.n else 0.0
 
     @property
+    def robust_accuracy(self) -> float:
+        return self.expected if self.expected is not None else self.all_draws_accuracy
+
+    @property
     def clean_accuracy(self) -> float:
+        if self.expected_clean is not None:
+            return self.expected_clean
         return self.clean / self.n if self.n else 0.0
 
     @property
     def ci(self) -> tuple[float, float]:
-        return wilson(self.robust, self.n)
+        return self.expected_ci if self.expected_ci is not None else wilson(self.robust, self.n)
+
+    @property
+    def indistinguishable_from_null(self) -> bool:
+        return self.null_gap_ci is not None and self.null_gap_ci[0] <= 0
 
 
 def _protocol(rows: pd.DataFrame) -> str:
@@ -60,6 +89,32 @@ def fired_flags(manifest: dict) -> tuple[str, ...]:
     """IDs of FLAG/ERROR findings a run recorded (checks of spec/evaluation.md §4)."""
     return tuple(sorted({f["id"] for f in manifest.get("findings", [])
                          if f.get("fired") and f.get("severity") in ("FLAG", "ERROR")}))
+
+
+def stale(rows: pd.DataFrame, manifest: dict, attack: str) -> bool:
+    """Whether an engine before the current one made this column and this engine would change it:
+    every column of a randomized model, and the AutoAttack columns (binary cascade) of any model."""
+    if manifest.get("engine", 1) >= ENGINE:
+        return False
+    randomized = any(spec.get("extra", {}).get("randomized") for spec in manifest.get("attacks", {}).values())
+    return randomized or attack == WORST or column_attack(attack).startswith("aa")
+
+
+def _expected_fields(verdicts, attack: str) -> dict:
+    """The expected figures of one column (or of the worst case) from the per-draw verdicts."""
+    if verdicts is None:
+        return {}
+    attacks = [a for a in verdicts if a != expected.CLEAN] if attack == WORST else [attack]
+    rates = expected.rates_of(verdicts)
+    used = {k: verdicts[k] for k in (expected.CLEAN, *attacks)}
+    fields = {"expected": float(expected.folded(rates, attacks).mean()),
+              "expected_ci": expected.interval(expected.bootstrap(used, lambda r: expected.folded(r, attacks))),
+              "expected_clean": float(rates[expected.CLEAN].mean()),
+              "draws": int(verdicts[expected.CLEAN].shape[1]),
+              "single_draw": float(np.logical_and.reduce([used[k][:, 0] for k in used]).mean())}
+    if attack not in (WORST, NULL) and NULL in verdicts:
+        fields["null_gap_ci"] = expected.gap_to_baseline(verdicts, attack, NULL)[1]
+    return fields
 
 
 def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
@@ -75,9 +130,11 @@ def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
             per_attack = [(a, g.groupby("sample_id").robust.all()) for a, g in group.groupby("attack")]
             worst = group.groupby("sample_id").robust.all()
             clean = int(group.groupby("sample_id").clean_correct.first().sum())
+            verdicts = expected.judgements(group)
             for attack, flags_by_sample in [*per_attack, (WORST, worst)]:
                 ev = Evaluation(manifest["defense"], manifest["model"], manifest["dataset"], _protocol(group),
                                 attack, float(eps), len(flags_by_sample), int(flags_by_sample.sum()), clean,
-                                manifest["run_id"], flags)
+                                manifest["run_id"], flags, stale=stale(group, manifest, attack),
+                                **_expected_fields(verdicts, attack))
                 latest[(ev.defense, ev.model, ev.dataset, ev.protocol, ev.attack, ev.eps)] = ev
     return list(latest.values())

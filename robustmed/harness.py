@@ -3,7 +3,9 @@
 A sample counts as robust only if it is classified correctly clean *and* under every
 attack at that ε (per-sample worst case, checks B3/B4). Randomized models (declared by
 the defense, or detected by :func:`robustmed.randomness.is_randomized`) are attacked with
-EOT and judged over R inference draws: robust only if correct in all R (check C2).
+EOT; each attack returns one candidate per sample, judged once over R fresh inference draws
+(C2). Their headline is expected accuracy (:mod:`robustmed.expected`); "correct in all R
+draws" is kept as ``robust``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from robustmed import expected
 from robustmed.attacks import FAMILIES, AttackSpec, parse_attack
 from robustmed.attacks.amp import autocast_forward, resolve_amp, strict_fp32
 from robustmed.attacks.pgd import EpsRows
@@ -30,6 +33,7 @@ from robustmed.tensors import Inputs, take, to_device
 
 BUDGET_TOL = 1e-6
 DEFAULT_DRAWS = 10  # R of defenses.md §3.3: inference draws judging a randomized model
+MAX_DRAWS = 62  # per-draw verdicts are stored as the bits of one int64
 
 
 class InvariantError(RuntimeError):
@@ -142,13 +146,34 @@ def resolve_eps_mode(spec: AttackSpec, n_eps: int) -> AttackSpec:
 @torch.no_grad()
 def judge_draws(model, x, y, draws: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample over ``draws`` forward passes: (correct draws, majority prediction, mean CE loss)."""
+    hits, pred, loss, _ = judge_draws_masked(model, x, y, draws)
+    return hits, pred, loss
+
+
+@torch.no_grad()
+def judge_draws_masked(model, x, y, draws: int):
+    """:func:`judge_draws` plus which draws were correct, as a bit mask per sample (bit d: draw d).
+
+    The masks let intervals resample draws as well as samples (:func:`robustmed.stats.expected_interval`):
+    a defense that draws one realization per batch makes a draw's verdicts on all samples move together.
+    """
     preds, losses = [], []
     for _ in range(draws):
         logits = model(x)
         preds.append(logits.argmax(1))
         losses.append(F.cross_entropy(logits, y, reduction="none"))
     preds = torch.stack(preds)
-    return (preds == y).sum(0), preds.mode(0).values, torch.stack(losses).mean(0)
+    correct = preds == y
+    return correct.sum(0), preds.mode(0).values, torch.stack(losses).mean(0), draw_mask(correct)
+
+
+def draw_mask(correct: torch.Tensor) -> torch.Tensor:
+    """(draws, N) booleans → one int64 per sample with bit d set where draw d was correct (draws ≤ 62)."""
+    if len(correct) > MAX_DRAWS:
+        raise UserError(f"draws={len(correct)}: at most {MAX_DRAWS} inference draws per judgement")
+    weights = torch.ones(len(correct), dtype=torch.long, device=correct.device) << torch.arange(
+        len(correct), device=correct.device)
+    return (correct.long() * weights[:, None]).sum(0)
 
 
 def clean_pass(model, x, y, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,13 +184,18 @@ def clean_pass(model, x, y, batch_size: int, device) -> tuple[torch.Tensor, torc
 
 def clean_draws(model, x, y, batch_size: int, device, draws: int):
     """(prediction, loss, correct draws) per sample; a majority vote and mean loss when draws > 1."""
-    preds, losses, correct = [], [], []
+    return clean_draws_masked(model, x, y, batch_size, device, draws)[:3]
+
+
+def clean_draws_masked(model, x, y, batch_size: int, device, draws: int):
+    """:func:`clean_draws` plus each sample's per-draw bit mask (:func:`judge_draws_masked`)."""
+    parts = []
     for start in range(0, len(y), batch_size):
         labels = y[start:start + batch_size].to(device)
         chunk = to_device(take(x, slice(start, start + batch_size)), device)
-        hits, pred, loss = judge_draws(model, chunk, labels, draws)
-        preds.append(pred.cpu()), losses.append(loss.cpu()), correct.append(hits.cpu())
-    return torch.cat(preds), torch.cat(losses), torch.cat(correct)
+        parts.append([t.cpu() for t in judge_draws_masked(model, chunk, labels, draws)])
+    hits, preds, losses, masks = (torch.cat(column) for column in zip(*parts))
+    return preds, losses, hits, masks
 
 
 def _stack(starts: list) -> Inputs:
@@ -213,6 +243,7 @@ class Outcome:
     source_eps: torch.Tensor
     x_adv: Inputs
     norms: dict = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # which of the judgement's draws were correct (bits)
 
     @classmethod
     def clean(cls, x, clean_pred, clean_loss, correct, eps: float, names=()) -> "Outcome":
@@ -220,11 +251,14 @@ class Outcome:
         return cls(clean_pred.clone(), ~correct, torch.where(correct, -1, 0), clean_loss.clone(), torch.zeros(n),
                    torch.zeros(n, dtype=torch.long), torch.full((n,), eps, dtype=torch.float64),
                    {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone(),
-                   {name: torch.zeros(n) for name in names})
+                   {name: torch.zeros(n) for name in names}, torch.zeros(n, dtype=torch.long))
 
     def copy_from(self, other: "Outcome", rows: torch.Tensor) -> None:
-        """Rows broken at a smaller ε stay broken (nested balls): their example and judgement carry over."""
-        for key in ("adv_pred", "success", "first", "loss", "linf", "hits", "source_eps"):
+        """Rows broken at a smaller ε stay broken (nested balls): their example and judgement carry over.
+
+        On a randomized model the same holds for a candidate judged wrong in more draws at a smaller
+        ε (or in fewer steps): it is a valid candidate here, so the weaker result never replaces it."""
+        for key in ("adv_pred", "success", "first", "loss", "linf", "hits", "source_eps", "mask"):
             getattr(self, key)[rows] = getattr(other, key)[rows]
         for name in self.norms:
             self.norms[name][rows] = other.norms[name][rows]
@@ -274,10 +308,10 @@ def _judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=No
     else:
         check_budget(x_adv, x, eps)
     result.x_adv = x_adv
-    if spec.extra.get("randomized"):  # B2 is only a FLAG here; C2 decides over R fresh draws
-        hits, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, spec.draws)
+    if spec.extra.get("randomized"):  # B2 is only a FLAG here: the candidate is judged once, over R fresh draws
+        hits, result.adv_pred, result.loss, mask = judge_draws_masked(model, x_adv, labels, spec.draws)
         result.success = hits < spec.draws
-        return result, hits
+        return result, hits, mask
     rows = torch.arange(len(labels), device=labels.device)
     if reference is not None and not spec.amp:
         same = ~_changed(x_adv, reference.x_adv)
@@ -295,7 +329,8 @@ def _judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=No
         _, result.adv_pred, result.loss = judge_draws(model, x_adv, labels, 1)
         result.success = result.adv_pred != labels
         result.first_success = torch.where(result.success, result.first_success, -1)
-    return result, (~result.success).long() * spec.draws
+    hits = (~result.success).long() * spec.draws
+    return result, hits, hits.clamp(max=1)
 
 
 def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None):
@@ -348,6 +383,8 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
     outcomes = {k: Outcome.clean(x, clean.pred, clean.loss, clean.correct, eps, names) for k in spec.sweep or
                 (spec.steps,)}
     todo_mask = clean.attackable if carried is None else clean.attackable & (carried.hits > 0)
+    if carried is not None and spec.family == "null":  # the same clean image at every ε: judged once
+        todo_mask = torch.zeros_like(todo_mask)
     if carried is not None:
         done = torch.nonzero(clean.attackable & ~todo_mask).flatten()
         for outcome in outcomes.values():
@@ -356,10 +393,27 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
         warm = take(carried.x_adv, chunk) if carried is not None and spec.eps_mode == "warm" else None
         judged = _run_attack(model, spec, take(x, chunk), y[chunk], ids[chunk.numpy()], eps, seed, device,
                              threat, warm)
-        for k, (result, hits) in judged.items():
-            _store(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps)
+        for k, (result, hits, mask) in judged.items():
+            _store(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps, mask)
         tick(len(chunk))
+    if spec.extra.get("randomized"):
+        _nest(outcomes, carried, todo_mask)
     return outcomes
+
+
+def _nest(outcomes: dict, carried: "Outcome | None", attacked: torch.Tensor) -> None:
+    """Randomized models: a sample's result never gets weaker with more steps or a larger ε (checks B5).
+
+    Each candidate was judged once over fresh draws; where a shorter run's (or a smaller ε's)
+    candidate was correct in fewer draws than this run's, it is the stronger valid candidate, and
+    its example and judgement carry over (``source_eps`` names the ε it was found at).
+    """
+    previous = carried
+    for k in sorted(outcomes):
+        outcome = outcomes[k]
+        if previous is not None:
+            outcome.copy_from(previous, torch.nonzero(attacked & (previous.hits < outcome.hits)).flatten())
+        previous = outcome
 
 
 def _groups_ok(spec: AttackSpec, threat, n_eps: int) -> bool:
@@ -424,17 +478,18 @@ def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size
             own = replace(result, x_adv=x_adv[r], success=result.success[r], first_success=result.first_success[r],
                           loss=result.loss[r], adv_pred=result.adv_pred[r], snapshots={})
             outcome = outcomes[j][spec.steps]
-            _store(outcome, chunk, own, (~own.success).long() * spec.draws, take(x, chunk), clean.correct[chunk], eps)
+            hits = (~own.success).long() * spec.draws
+            _store(outcome, chunk, own, hits, take(x, chunk), clean.correct[chunk], eps, hits.clamp(max=1))
             outcome.source_eps[chunk] = source[src[j].cpu()]
         tick(m * levels)
     return outcomes
 
 
-def _store(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps) -> None:
+def _store(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps, mask) -> None:
     linf, per_input = _norms(to_device(result.x_adv, "cpu"), x_chunk)
     outcome.adv_pred[chunk], outcome.success[chunk] = result.adv_pred.cpu(), result.success.cpu() | ~correct
     outcome.first[chunk], outcome.loss[chunk], outcome.linf[chunk] = result.first_success.cpu(), result.loss.cpu(), linf
-    outcome.hits[chunk], outcome.source_eps[chunk] = hits.cpu(), eps
+    outcome.hits[chunk], outcome.source_eps[chunk], outcome.mask[chunk] = hits.cpu(), eps, mask.cpu()
     for name, norm in per_input.items():
         outcome.norms[name][chunk] = norm
     _put(outcome.x_adv, chunk, to_device(result.x_adv, "cpu"))
@@ -447,6 +502,7 @@ class _Clean:
     hits: torch.Tensor
     correct: torch.Tensor
     attackable: torch.Tensor
+    mask: torch.Tensor
 
 
 def _frame(spec: AttackSpec, eps: float, outcome: Outcome, clean: _Clean, y, sample_ids, seed, threat,
@@ -459,7 +515,7 @@ def _frame(spec: AttackSpec, eps: float, outcome: Outcome, clean: _Clean, y, sam
         "attack": spec.name if threat is None else f"{spec.name}[{threat.name}]",
         "spec": spec.to_json(eps), "spec_hash": spec.digest(eps), "seed": seed,
         "clean_correct_draws": clean.hits.numpy(), "correct_draws": outcome.hits.numpy(),
-        "draws": spec.draws, "protocol": spec.protocol, "source_eps": outcome.source_eps.numpy(),
+        "clean_draw_mask": clean.mask.numpy(), "draw_mask": outcome.mask.numpy(), "draws": spec.draws, "protocol": spec.protocol, "source_eps": outcome.source_eps.numpy(),
         "attack_time_s": seconds,
     })
     if threat is not None:
@@ -522,9 +578,10 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
     n_clean = max(s.draws for s in specs) if randomized else 1
     if clean_pass is not None and n_clean == 1 and all(len(t) == len(y) for t in clean_pass):
         pred, loss, hits = clean_pass
+        mask = hits.clamp(max=1)
     else:
-        pred, loss, hits = clean_draws(model, x, y, batch_size, device, n_clean)
-    clean = _Clean(pred, loss, hits, hits == n_clean, hits > 0)
+        pred, loss, hits, mask = clean_draws_masked(model, x, y, batch_size, device, n_clean)
+    clean = _Clean(pred, loss, hits, hits == n_clean, hits > 0, mask)
     threats = _threats(x, threat)
     frames = []
     with progress_bar(progress) as bar:
@@ -573,25 +630,6 @@ def _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, *, seed, batc
     return frames
 
 
-def _expected(group: pd.DataFrame) -> dict:
-    """C2 on randomized models: expected robust accuracy (mean over draws, per-sample minimum over attacks)
-    next to the worst-of-R ``robust_accuracy``; empty for single-draw rows.
-
-    Only samples correct in every clean draw are attacked; the others' rows hold their clean draws, not
-    attacked ones. Their expected robustness lies between 0 and that clean rate, so the expected robust
-    accuracy is a range: ``expected_robust_accuracy`` counts them as 0 (what the attacks established),
-    ``expected_robust_accuracy_upper`` at their clean rate (the most they could add).
-    """
-    if "correct_draws" not in group or (group.draws == 1).all():
-        return {}
-    rate = group.correct_draws / group.draws
-    upper = rate.groupby(group.sample_id).min()
-    lower = rate.where(group.clean_correct, 0.0).groupby(group.sample_id).min()
-    clean = (group.clean_correct_draws / group.draws.max()).groupby(group.sample_id).first()
-    return {"expected_robust_accuracy": float(lower.mean()), "expected_robust_accuracy_upper": float(upper.mean()),
-            "expected_clean_accuracy": float(clean.mean()), "draws": int(group.draws.max())}
-
-
 def summarize(rows: pd.DataFrame) -> list[dict]:
     """Per ε: clean accuracy and per-sample worst-case robust accuracy over all attacks, with Wilson CIs."""
     out = []
@@ -603,10 +641,19 @@ def summarize(rows: pd.DataFrame) -> list[dict]:
             "clean_accuracy": clean / n, "clean_ci": wilson(clean, n),
             "robust_accuracy": robust / n, "robust_ci": wilson(robust, n),
             "per_attack": {a: float(g.robust.mean()) for a, g in group.groupby("attack")},
-            **_expected(group),
+            **expected.summary(group),
             "attack_time_s": float(group.groupby("attack").attack_time_s.first().sum()),
         })
     return out
+
+
+def with_null_baseline(attacks: Sequence[str], randomized: bool) -> list[str]:
+    """Randomized models: the attacks plus ``null`` (the clean image judged like a candidate), the
+    baseline an attack column must beat (check C5); deterministic models: the attacks as given."""
+    attacks = list(attacks)
+    if randomized and not any(parse_attack(a).family == "null" for a in attacks):
+        attacks.append("null")
+    return attacks
 
 
 def benchmark(model: torch.nn.Module, x: Inputs, y: torch.Tensor, attack: str | Sequence[str] = "pgd100",
@@ -622,9 +669,10 @@ def benchmark(model: torch.nn.Module, x: Inputs, y: torch.Tensor, attack: str | 
     >>> rows.robust.mean()  # doctest: +SKIP
     """
     attacks = [attack] if isinstance(attack, str) else list(attack)
+    model = model.to(device)
+    attacks = with_null_baseline(attacks, randomized or is_randomized(model))
     eps_list = sorted({float(eps)} if isinstance(eps, (int, float)) else {float(e) for e in eps})
     specs = [parse_attack(a) for a in attacks]
     ids = np.arange(len(y)) if sample_ids is None else np.asarray(sample_ids)
-    model = model.to(device)
     return attack_rows(model, x, y, ids, specs, eps_list, seed=seed, batch_size=batch_size, device=device,
                        progress=progress, randomized=randomized, threat=threat)

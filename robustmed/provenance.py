@@ -11,6 +11,11 @@ import torch
 
 from robustmed.allocator import malloc_state
 
+# Bumped when the engine's per-sample results change for the same config (2: one candidate per sample
+# and attack, judged once over fresh draws; nested ε on randomized models; binary AA at full strength).
+# It is part of a run's id, so a stored run made by an earlier engine is never read back as this one's.
+ENGINE = 2
+
 PACKAGES = ("robustmed", "torch", "numpy", "pandas", "pyarrow", "torchattacks", "pyautoattack", "foolbox", "medmnist", "rich")
 
 

@@ -18,25 +18,56 @@ def _ci(ci) -> str:
 
 def print_bench(report) -> None:
     m = report.manifest
-    table = Table(title=f"{m['defense']} · {m['model']} · {m['dataset']} ({report.config.split})")
-    for column in ("attack", "ε", "n", "clean acc", "robust acc", "95% CI", "time"):
-        table.add_column(column, justify="right" if column not in ("attack",) else "left")
-    for s in report.summary:
-        eps = s["eps"]
-        several = len(s["per_attack"]) > 1
-        table.add_row("worst case" if several else escape(report.config.attack), f"{eps * 255:.3g}/255", str(s["n"]),
-                      _pct(s["clean_accuracy"]), _pct(s["robust_accuracy"]), _ci(s["robust_ci"]),
-                      f"{s['attack_time_s']:.1f} s")
-        if several or "multimodal" in m:  # one row per attack / threat model (F4) under the per-sample worst case
-            for name, accuracy in s["per_attack"].items():
-                interval = wilson(round(accuracy * s["n"]), s["n"])
-                table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(interval), "")
     console = Console()
-    console.print(table)
+    if report.summary and "expected_robust_accuracy" in report.summary[0]:
+        console.print(expected_table(report))
+    else:
+        console.print(deterministic_table(report))
     if "multimodal" in m:
         console.print(label_table(m["multimodal"]))
     print_findings(m.get("findings", []), console, fired_only=True)
     console.print(f"rows: {report.run_dir / 'rows.parquet'}  (wall time {m['wall_time_s']:.1f} s)")
+
+
+def _title(report) -> str:
+    m = report.manifest
+    return f"{m['defense']} · {m['model']} · {m['dataset']} ({report.config.split})"
+
+
+def deterministic_table(report) -> Table:
+    table = Table(title=_title(report))
+    for column in ("attack", "ε", "n", "clean acc", "robust acc", "95% CI", "time"):
+        table.add_column(column, justify="right" if column not in ("attack",) else "left")
+    for s in report.summary:
+        several = len(s["per_attack"]) > 1
+        table.add_row("worst case" if several else escape(report.config.attack), f"{s['eps'] * 255:.3g}/255",
+                      str(s["n"]), _pct(s["clean_accuracy"]), _pct(s["robust_accuracy"]), _ci(s["robust_ci"]),
+                      f"{s['attack_time_s']:.1f} s")
+        if several or "multimodal" in report.manifest:  # one row per attack / threat model (F4) under the worst case
+            for name, accuracy in s["per_attack"].items():
+                interval = wilson(round(accuracy * s["n"]), s["n"])
+                table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(interval), "")
+    return table
+
+
+def expected_table(report) -> Table:
+    """A randomized model: expected accuracy (the headline) with intervals over samples and draws, the
+    null attack beside the attacks, and "correct in all R draws" as a labelled secondary column."""
+    draws = report.summary[0]["draws"]
+    table = Table(title=f"{_title(report)} · randomized: expected accuracy over {draws} draws per judgement",
+                  caption="95% intervals resample samples and draws (two-way bootstrap); null: the clean image "
+                          "judged like a candidate")
+    for column in ("attack", "ε", "n", "expected acc", "95% CI", f"all {draws} draws", "time"):
+        table.add_column(column, justify="left" if column == "attack" else "right")
+    for s in report.summary:
+        table.add_row("clean", f"{s['eps'] * 255:.3g}/255", str(s["n"]), _pct(s["expected_clean_accuracy"]),
+                      _ci(s["expected_clean_ci"]), _pct(s["clean_accuracy"]), "")
+        table.add_row("worst case", "", "", _pct(s["expected_robust_accuracy"]), _ci(s["expected_robust_ci"]),
+                      _pct(s["robust_accuracy"]), f"{s['attack_time_s']:.1f} s")
+        for name, value in s["expected_per_attack"].items():
+            table.add_row(f"  {escape(name)}", "", "", _pct(value), _ci(s["expected_per_attack_ci"][name]),
+                          _pct(s["per_attack"][name]), "")
+    return table
 
 
 def label_table(facts: dict) -> Table:

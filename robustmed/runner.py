@@ -27,9 +27,9 @@ from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
 from robustmed.executors import Executor, get_executor
 from robustmed.factory import from_checkpoint, shipped_checkpoint
-from robustmed.harness import attack_rows, select_subset, summarize
+from robustmed.harness import attack_rows, select_subset, summarize, with_null_baseline
 from robustmed.models.zoo import MODELS
-from robustmed.provenance import git_commit, machine, package_versions, resolve_device
+from robustmed.provenance import ENGINE, git_commit, machine, package_versions, resolve_device
 from robustmed.randomness import is_randomized
 from robustmed.tensors import batch_size, take, to_device
 from robustmed.usermodel import load_model_file
@@ -102,6 +102,16 @@ class BenchReport:
     summary: list[dict]
     rows: object = field(repr=False)
 
+    def _expected_json(self, one: bool) -> dict:
+        """Randomized models: the expected figures (the headline), per ε when there are several."""
+        if "expected_robust_accuracy" not in self.summary[0]:
+            return {}
+        keys = ("expected_clean_accuracy", "expected_clean_ci", "expected_robust_accuracy", "expected_robust_ci",
+                "expected_per_attack", "expected_per_attack_ci", "single_draw_robust_accuracy", "draws")
+        if one:
+            return {k: self.summary[0][k] for k in keys}
+        return {k: {str(s["eps"]): s[k] for s in self.summary} for k in keys}
+
     def to_json(self) -> dict:
         robust = {str(s["eps"]): s["robust_accuracy"] for s in self.summary}
         one = len(self.summary) == 1
@@ -114,6 +124,7 @@ class BenchReport:
             "robust_accuracy": self.summary[0]["robust_accuracy"] if one else robust,
             "robust_ci": self.summary[0]["robust_ci"] if one else {str(s["eps"]): s["robust_ci"] for s in self.summary},
             "per_attack": self.summary[0]["per_attack"] if one else {str(s["eps"]): s["per_attack"] for s in self.summary},
+            **self._expected_json(one),
             "wall_time_s": self.manifest["wall_time_s"],
             "unreliable": self.manifest["unreliable"],
             "findings": [f for f in self.manifest["findings"] if f["fired"]],
@@ -196,7 +207,8 @@ def identity(cfg: BenchConfig) -> dict:
 
 def run_id_for(cfg: BenchConfig, defense: str, checkpoint_sha256: str | None, dataset_sha256: str) -> str:
     """``<defense>-<attacks>-<hash>``: the same config, checkpoint and data always name the same run."""
-    key = {**identity(cfg), "checkpoint_sha256": checkpoint_sha256, "dataset_sha256": dataset_sha256}
+    key = {**identity(cfg), "checkpoint_sha256": checkpoint_sha256, "dataset_sha256": dataset_sha256,
+           "engine": ENGINE}
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     safe_attack = cfg.attack.replace(",", "+").replace(":", "_").replace("=", "").replace("/", "-")[:60]
     return f"{defense}-{safe_attack}-{tag}"
@@ -346,6 +358,11 @@ def _share_with_units(cfg: BenchConfig, ctx: CheckContext, dataset, job: dict) -
     units_mod.share(job, ctx.device, ctx.model, *dataset.split(cfg.split), ctx.ids, _clean_pass(ctx))
 
 
+def _planned_attacks(cfg: BenchConfig, ctx: CheckContext) -> list[str]:
+    """The run's attacks, and on a randomized model the null attack beside them (check C5's baseline)."""
+    return with_null_baseline(split_attacks(cfg.attack), ctx.randomized)
+
+
 def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchReport:
     """Validate, load, run the pre-flight checks and plan the units; a complete run is just read back.
 
@@ -362,13 +379,13 @@ def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRe
         return _stored_report(cfg, run_dir)
     config = _job_config(cfg)
     if executor is not None:
-        executor.start(len(split_attacks(cfg.attack)) * len(units_mod.shards(ctx.ids, cfg.unit_size())),
+        executor.start(len(_planned_attacks(cfg, ctx)) * len(units_mod.shards(ctx.ids, cfg.unit_size())),
                        units_mod.load_spec(config, prov["checkpoint"].get("sha256")))
     preflight = run_preflight(ctx)
     refuse_on_errors(preflight)
     sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
     job = units_mod.job_for(config, prov["checkpoint"].get("sha256"), ctx.randomized, sites)
-    plan = units_mod.plan(run_id, str(run_dir), split_attacks(cfg.attack), ctx.ids, cfg.unit_size(), job)
+    plan = units_mod.plan(run_id, str(run_dir), _planned_attacks(cfg, ctx), ctx.ids, cfg.unit_size(), job)
     if executor is not None and executor.name == "local":
         _share_with_units(cfg, ctx, dataset, job)
     run = _Run(cfg, ctx, dataset, prov, preflight, run_dir, plan, sites)
@@ -396,7 +413,7 @@ def _finish(run: _Run) -> BenchReport:
         "config": identity(cfg) | {"device": cfg.device},
         "model": prov["model"], "defense": prov["defense"], "checkpoint": prov["checkpoint"],
         "dataset": run.dataset.key, "dataset_path": run.dataset.path.name, "dataset_sha256": run.dataset.sha256,
-        "split": cfg.split, "sample_ids": ids,
+        "split": cfg.split, "engine": ENGINE, "sample_ids": ids,
         "sample_ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
         "attacks": {name: json.loads(spec) for name, spec in rows.groupby("attack").spec.first().items()},
         "eps": list(cfg.eps_values()),

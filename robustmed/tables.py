@@ -1,15 +1,17 @@
 """Paper-style tables (the seed paper's Table 3 layout) rendered from stored evaluations.
 
-Rows: defenses (randomized ones twice: the paper's single-draw protocol beside the adaptive
-EOT protocol), per model when the evaluations hold several; columns: dataset × attack (one per
-threat model for multi-input models, ``pgd20[image]``), plus the per-sample worst case. Cells:
-robust accuracy with its 95% Wilson interval; the best adaptive number per column in bold.
+Rows: defenses (randomized ones twice: the paper's single-draw, non-EOT attacks beside the adaptive
+EOT attacks, both judged over the same R draws), per model when the evaluations hold several;
+columns: dataset × attack (one per threat model for multi-input models, ``pgd20[image]``), the null
+attack where a run has one, the per-sample worst case, and the worst case read from one draw as a
+defense paper would. Cells: robust accuracy with its 95% interval (expected accuracy and a two-way
+bootstrap on randomized models, Wilson otherwise); the best adaptive number per column in bold.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
-from robustmed.evidence import WORST, Evaluation, column_attack
+from robustmed.evidence import NULL, WORST, Evaluation, column_attack
 
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
 
@@ -22,7 +24,9 @@ def _variants(evals: list[Evaluation], dataset: str, attack: str) -> list[str]:
 
 def _columns(evals: list[Evaluation], attacks: list[str]) -> list[tuple[str, str]]:
     datasets = sorted({e.dataset for e in evals})
-    return [(d, a) for d in datasets for a in [*(v for at in attacks for v in _variants(evals, d, at)), WORST]]
+    return [(d, a) for d in datasets for a in [*(v for at in attacks for v in _variants(evals, d, at)),
+                                               *([NULL] if any(e.attack == NULL and e.dataset == d for e in evals) else []),
+                                               WORST]]
 
 
 def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float,
@@ -51,16 +55,27 @@ def _best(rows, column) -> float | None:
     return max(values) if values else None
 
 
+STALE = "‡"
+NULL_LIKE = "≈"
+
+
 def _cell(ev: Evaluation | None, bold: bool, fmt: str) -> str:
     if ev is None:
         return "–"
     low, high = ev.ci
     value = f"{100 * ev.robust_accuracy:.1f}"
+    marks = (STALE if ev.stale else "") + (NULL_LIKE if ev.indistinguishable_from_null else "")
     if fmt == "latex":
         value = rf"\textbf{{{value}}}" if bold else value
-        return rf"{value}\,{{\scriptsize[{100 * low:.1f}, {100 * high:.1f}]}}"
+        return rf"{value}\,{{\scriptsize[{100 * low:.1f}, {100 * high:.1f}]}}{marks}"
     value = f"**{value}**" if bold else value
-    return f"{value} [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{value} [{100 * low:.1f}, {100 * high:.1f}]{marks}"
+
+
+def _one_draw(cells: dict, dataset: str) -> str:
+    """The worst case read the way a defense paper reads it: clean and every attack on one draw."""
+    ev = cells.get((dataset, WORST))
+    return f"{100 * ev.single_draw:.1f}" if ev is not None and ev.single_draw is not None else "–"
 
 
 def _clean(cells: dict, dataset: str) -> str:
@@ -76,7 +91,7 @@ def _flags(cells: dict) -> str:
 GAP = 0.05  # issue-level rule: adaptive more than 5 points below the paper protocol is marked
 MARK = "†"
 # Why the paper protocol overstates robustness, by the checks that fired on the adaptive run.
-REASONS = {"A4": "randomized (A4): the paper protocol neither averages gradients over draws (EOT) nor judges a sample over several draws",
+REASONS = {"A4": "randomized (A4): the paper protocol's attacks follow one draw's gradient; the adaptive ones average over draws (EOT)",
            "A6": "gradient blocked by a non-differentiable op (A6): the adaptive run attacks through it with BPDA"}
 
 
@@ -84,7 +99,9 @@ def overstatement(rows, defense: str, column) -> float | None:
     """Paper-protocol minus adaptive robust accuracy of a defense in one column (None: not both run)."""
     cells = {protocol: c.get(column) for _, d, protocol, c in rows if d == defense}
     paper, adaptive = cells.get("paper"), cells.get("adaptive")
-    return None if paper is None or adaptive is None else paper.robust_accuracy - adaptive.robust_accuracy
+    if paper is None or adaptive is None or paper.stale or adaptive.stale:  # unlike judgements: no comparison
+        return None
+    return paper.robust_accuracy - adaptive.robust_accuracy
 
 
 def _note(gaps: list[float], cells: dict) -> str:
@@ -100,7 +117,10 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
            title: str = "", substitutes: dict | None = None) -> str:
     columns, rows = table_data(evals, defenses, attacks, eps, substitutes)
     datasets = list(dict.fromkeys(d for d, _ in columns))
-    header = ["defense", *[f"{d} clean" for d in datasets], *[f"{d} {a}" for d, a in columns], "flags", "note"]
+    randomized = any(e.randomized for _, _, _, cells in rows for e in cells.values())
+    one_draw = [f"{d} worst, one draw" for d in datasets] if randomized else []
+    header = ["defense", *[f"{d} clean" for d in datasets], *[f"{d} {a}" for d, a in columns], *one_draw,
+              "flags", "note"]
     best = {c: _best(rows, c) for c in columns}
     body = []
     for label, defense, protocol, cells in rows:
@@ -112,14 +132,25 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
             bold = ev is not None and protocol == "adaptive" and best[column] is not None \
                 and abs(ev.robust_accuracy - best[column]) < 1e-12
             line.append(_cell(ev, bold, fmt) + (MARK if column in gaps else ""))
+        line += [_one_draw(cells, d) for d in datasets] if randomized else []
         body.append([*line, _flags(cells), _note(list(gaps.values()), cells)])
     caption = title or f"Robust accuracy (%) at ε = {eps * 255:.3g}/255, 95% Wilson intervals"
+    if randomized:
+        draws = max(e.draws for _, _, _, cells in rows for e in cells.values())
+        caption += (f"; randomized defenses: expected accuracy (the mean over samples of the fraction of {draws} "
+                    "fresh draws classifying each sample's candidate correctly, per-sample worst case over the attacks "
+                    "and the clean image), 95% intervals from a bootstrap resampling samples and draws (one noise "
+                    "draw may be shared by a batch); null: the clean image judged like a candidate; "
+                    f"{NULL_LIKE}: not distinguishable from the null attack (C5); worst, one draw: clean and every "
+                    "attack judged on a single draw, as the defense papers read it")
+    if any(e.stale for _, _, _, cells in rows for e in cells.values()):
+        caption += (f"; {STALE}: measured by the previous engine (a sample dropped on one set of draws and judged on "
+                    "another; Square judged on the clean image), known to be biased; not yet re-measured")
     caption += "".join(f"; {orig} column: {sub} on randomized defenses (adaptive protocol)"
                        for orig, sub in (substitutes or {}).items())
     if any(protocol == "paper" for _, _, protocol, _ in rows):
-        caption += (f"; {MARK}: adaptive more than {100 * GAP:.0f} points below the paper protocol"
-                    "; clean on a randomized defense: correct in every draw of its judgement (adaptive, C4) "
-                    "or in its one draw (paper protocol)")
+        caption += (f"; {MARK}: adaptive more than {100 * GAP:.0f} points below the paper protocol's attacks, "
+                    "both judged the same way")
     return _latex(header, body, caption) if fmt == "latex" else _markdown(header, body, caption)
 
 

@@ -117,7 +117,7 @@ def black_box_columns(rows: pd.DataFrame) -> Finding | None:
     is the complete check and supersedes this one.
     """
     square = [a for a in rows.attack.unique() if a.startswith("square")]  # stored names carry threats, sweep steps
-    white = [a for a in rows.attack.unique() if a not in square]
+    white = [a for a in rows.attack.unique() if a not in square and not a.startswith("null")]  # null: no attack
     if not square or not white:
         return None
     flags = rows.pivot_table(index=["eps", "sample_id"], columns="attack", values="robust", aggfunc="all")

@@ -9,6 +9,7 @@ import json
 
 import pandas as pd
 
+from robustmed import expected
 from robustmed.checks.bpda import bpda, switches
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, FULL, INFO, Finding, register
@@ -18,6 +19,7 @@ from robustmed.randomness import frozen, random_modules
 C1 = register("C1", "EOT profile on randomized models", FLAG)
 C2 = register("C2", "final decision over draws", ERROR)
 C4 = register("C4", "clean accuracy over draws", INFO)
+C5 = register("C5", "attacks beat the null attack", FLAG)
 D4 = register("D4", "adaptive evaluation required", FLAG)
 C3 = register("C3", "fixed-randomness attack succeeds", FLAG, FULL)
 D1 = register("D1", "BPDA not stronger than the plain attack", FLAG, FULL)
@@ -34,7 +36,8 @@ def eot_profile(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """C1: every gradient attack on a randomized model averages at least 20 EOT samples."""
     if not ctx.randomized:
         return C1.passed("deterministic model: no EOT needed")
-    weak = {name: s["eot"] for name, s in _specs(rows).items() if s["family"] != "square" and s["eot"] < MIN_EOT}
+    weak = {name: s["eot"] for name, s in _specs(rows).items()  # gradient-free: square, null (no attack)
+            if s["family"] not in ("square", "null") and s["eot"] < MIN_EOT}
     return C1.outcome(bool(weak), "randomized model attacked with too few EOT samples: " +
                       ", ".join(f"{k} (eot={v})" for k, v in weak.items()) + f" < {MIN_EOT}" if weak else
                       f"every gradient attack uses EOT ≥ {MIN_EOT}", weak=weak)
@@ -102,7 +105,26 @@ def adaptive_required(findings: list[Finding]) -> Finding:
                       if causes else "no sign that an adaptive evaluation is needed", causes=causes)
 
 
-ROW_CHECKS = (eot_profile, draws, clean_over_draws)
+def null_baseline(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
+    """C5: each attack column must lower expected accuracy below the null attack (the clean image judged
+    the same way): judging over fresh draws and taking a worst case lowers it with no attack at all.
+    The gap is paired per sample, its 95% interval resampling samples and draws."""
+    if not ctx.randomized or "draw_mask" not in rows or not rows.attack.eq("null").any():
+        return C5.passed("no null-attack baseline to compare with (deterministic model, or rows without draws)")
+    level, gaps = [], {}
+    for eps, group in rows.groupby("eps"):
+        verdicts = expected.judgements(group)
+        for attack in (a for a in verdicts if a not in (expected.CLEAN, "null")):
+            gap, (low, high) = expected.gap_to_baseline(verdicts, attack, "null")
+            gaps[f"{attack} ε={eps:.4g}"] = {"gap": gap, "ci": [low, high]}
+            if low <= 0:
+                level.append(f"{attack} at ε={eps:.4g} ({100 * gap:+.1f} pts, 95% CI [{100 * low:.1f}, {100 * high:.1f}])")
+    return C5.outcome(bool(level), "not distinguishable from presenting the clean image: " + "; ".join(level)
+                      + " — attack harder (more steps, restarts, EOT samples)" if level else
+                      "every attack column lowers expected accuracy below the null attack", gaps=gaps)
+
+
+ROW_CHECKS = (eot_profile, draws, clean_over_draws, null_baseline)
 FULL_CHECKS = (fixed_randomness, bpda_gap)
 
 
