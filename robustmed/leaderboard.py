@@ -1,7 +1,9 @@
 """Leaderboard (RobustBench layout, check E6): ranked by best-known robust accuracy.
 
 Best-known = the minimum over every adaptive evaluation of that defense/model/dataset at ε,
-so one strong attack is enough to lower an entry; "potentially unreliable" lists fired checks.
+so one strong attack is enough to lower an entry; "potentially unreliable" lists fired checks, and
+columns an earlier engine measured that this one would change. Randomized models enter with their
+expected accuracy (:mod:`robustmed.expected`).
 """
 from __future__ import annotations
 
@@ -46,8 +48,16 @@ def entries(evals: list[Evaluation], eps: float) -> list[Entry]:
         passes, family = _defense_facts(defense)
         out.append(Entry(defense, model, dataset, max(e.clean_accuracy for e in group),
                          min(e.robust_accuracy for e in aa) if aa else None, weakest.robust_accuracy,
-                         weakest.attack, tuple(sorted({f for e in group for f in e.findings})), passes, family))
+                         weakest.attack, _flags(group), passes, family))
     return sorted(out, key=lambda e: (-e.best_known, -e.clean_accuracy, e.defense))
+
+
+STALE_FLAG = "previous engine"
+
+
+def _flags(group: list[Evaluation]) -> tuple[str, ...]:
+    stale = (STALE_FLAG,) if any(e.stale for e in group) else ()
+    return tuple(sorted({f for e in group for f in e.findings})) + stale
 
 
 def _pct(value: float | None) -> str:

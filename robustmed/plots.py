@@ -1,8 +1,10 @@
-"""Robustness curves from stored rows (the seed paper's Fig. 6 and the EOT curve), with Wilson bands.
+"""Robustness curves from stored rows (the seed paper's Fig. 6 and the EOT curve), with 95% bands.
 
 Every curve is computed from per-sample rows: vs ε from one run per ε value, vs steps from the
 first-success step of a single fixed-α run (the first k iterates of a T-step run *are* the k-step
-attack with that α), vs EOT samples from runs that differ only in ``eot``.
+attack with that α), vs EOT samples from runs that differ only in ``eot``. Randomized models are
+drawn as expected accuracy with bands resampling samples and draws (:mod:`robustmed.expected`);
+others as accuracy with Wilson bands.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from robustmed import expected
 from robustmed.stats import wilson
 
 KINDS = ("eps", "steps", "eot")
@@ -19,6 +22,14 @@ KINDS = ("eps", "steps", "eot")
 def _point(x, robust: pd.Series) -> dict:
     low, high = wilson(int(robust.sum()), len(robust))
     return {"x": x, "accuracy": robust.mean(), "low": low, "high": high, "n": len(robust)}
+
+
+def _expected_point(x, verdicts: dict, attacks: list[str]) -> dict:
+    """Expected accuracy, per-sample worst case over ``attacks`` and the clean image, with its interval."""
+    used = {k: verdicts[k] for k in (expected.CLEAN, *attacks)}
+    value = expected.folded(expected.rates_of(used), attacks).mean()
+    low, high = expected.interval(expected.bootstrap(used, lambda r: expected.folded(r, attacks)))
+    return {"x": x, "accuracy": float(value), "low": low, "high": high, "n": len(verdicts[expected.CLEAN])}
 
 
 def spec_field(rows: pd.DataFrame, field: str, default=None) -> pd.Series:
@@ -35,7 +46,12 @@ def without_derived(rows: pd.DataFrame) -> pd.DataFrame:
 
 def curve_eps(rows: pd.DataFrame) -> pd.DataFrame:
     """Per-sample worst case over the attacks at each ε."""
-    return pd.DataFrame([_point(eps, g.groupby("sample_id").robust.all()) for eps, g in rows.groupby("eps")])
+    points = []
+    for eps, group in rows.groupby("eps"):
+        verdicts = expected.judgements(group)
+        points.append(_point(eps, group.groupby("sample_id").robust.all()) if verdicts is None else
+                      _expected_point(eps, verdicts, [a for a in verdicts if a != expected.CLEAN]))
+    return pd.DataFrame(points)
 
 
 def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFrame:
@@ -56,14 +72,16 @@ def curve_steps(rows: pd.DataFrame, steps: list[int] | None = None) -> pd.DataFr
 def curve_judged_steps(rows: pd.DataFrame) -> pd.DataFrame:
     """A randomized model's k-step point comes from the judgements of its iterates (the sweep's rows), never
     from its first-success step: that step records one draw's misclassification during the attack, which
-    the model's next draws may not repeat (check B13). On the committed PneumoniaMNIST ``rpan`` run the
-    first-success steps say 46.5% (adaptive) and 14.5% (paper protocol) at 100 steps; the stored
-    judgements say 25.0% and 70.0%.
+    the model's next draws may not repeat (check B13).
 
-    A sample is robust at k only if every judged iterate up to k left it correct, as on a deterministic
-    model (broken once, broken from then on): an attacker with k steps may return any earlier iterate, and
-    the iterate an EOT attack keeps is chosen by its own noisy estimate, so a later one can judge better
-    (PneumoniaMNIST ``rpf``, adaptive: 6.5% robust at 50 steps, 18.5% at 100)."""
+    The k-step point is the per-sample worst case over every judged iterate up to k (an attacker with k
+    steps may return any earlier iterate): expected accuracy where the rows hold per-draw verdicts, else
+    robust in every draw of every iterate up to k."""
+    verdicts = expected.judgements(rows)
+    if verdicts is not None:
+        steps = rows.assign(k=spec_field(rows, "steps")).groupby("attack").k.first()
+        return pd.DataFrame([_expected_point(k, verdicts, list(steps[steps <= k].index))
+                             for k in sorted(steps.unique())])
     robust = rows.assign(k=spec_field(rows, "steps")).pivot_table(index="sample_id", columns="k", values="robust",
                                                                   aggfunc="min")
     cumulative = robust.astype(int).cummin(axis=1).astype(bool)

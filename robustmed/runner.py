@@ -250,7 +250,8 @@ def _attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
     if refuse:
         refuse_on_errors(preflight)
     with bpda(ctx.model) if ctx.nondiff_ops else nullcontext(0) as straight_through:
-        rows = attack_rows(ctx.model, ctx.x, ctx.y, ctx.ids, ctx.specs, ctx.eps, seed=cfg.seed,
+        specs = [parse_attack(name) for name in with_null_baseline([s.name for s in ctx.specs], ctx.randomized)]
+        rows = attack_rows(ctx.model, ctx.x, ctx.y, ctx.ids, specs, ctx.eps, seed=cfg.seed,
                            batch_size=cfg.batch_size, device=ctx.device, progress=cfg.progress,
                            randomized=ctx.randomized, clean_pass=_clean_pass(ctx))
         findings = post_run(ctx, rows, preflight, cfg.checks)

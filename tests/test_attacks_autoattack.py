@@ -124,3 +124,28 @@ def test_bench_runs_aa_on_the_binary_default_data(tmp_path, monkeypatch, data_ro
                                    data_root=str(data_root), out=str(tmp_path / "runs")))
     assert report.manifest["attacks"]["aa5"]["extra"]["cascade"] == ["apgd-ce", "fab-t", "square"]
     assert len(report.rows) == 8 and (report.rows.robust <= report.rows.clean_correct).all()
+
+
+@pytest.mark.slow
+def test_aa_is_at_least_as_strong_as_apgd_ce_with_five_restarts_on_the_default_model(data_root):
+    """Issue bar on the shipped default model (128 seeded PneumoniaMNIST test images, ε = 4/255): every sample
+    pyautoattack's APGD-CE with 5 random restarts breaks, `aa` breaks too (its first stage is that kernel,
+    restart for restart, with the harness's seed for the batch)."""
+    from robustmed.data import load_dataset
+    from robustmed.factory import load_model
+    from robustmed.harness import resolve_spec, sample_seed, seed_digest, select_subset
+
+    model = load_model("none")
+    x_all, y_all = load_dataset("pneumoniamnist", "test", root=data_root)
+    ids = select_subset(len(y_all), 128, 0)
+    x, y = x_all[ids], y_all[ids]
+    rows = benchmark(model, x, y, attack="aa", eps=4 / 255, sample_ids=ids, seed=0)
+    robust = torch.tensor(rows.sort_values("sample_id").robust.to_numpy())
+    attacked = torch.tensor(rows.sort_values("sample_id").clean_correct.to_numpy())
+    spec = resolve_spec(parse_attack("aa"), randomized=False, num_classes=2)
+    seed = sample_seed(0, int(ids[attacked.numpy()][0]), seed_digest(spec, 4 / 255))
+    reference = APGDAttack(model, n_restarts=5, n_iter=100, eps=4 / 255, norm="Linf", seed=seed, device="cpu", rho=.75)
+    with torch.no_grad():
+        broken = torch.zeros(len(y), dtype=torch.bool)
+        broken[attacked] = model(reference.perturb(x[attacked], y[attacked])).argmax(1) != y[attacked]
+    assert broken.any() and not (robust & broken).any()

