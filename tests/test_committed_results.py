@@ -109,14 +109,6 @@ def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data
     _regenerates(_committed_run("fig6-eps", "none-pgd20-*", "pneumoniamnist"), tmp_path, capsys)
 
 
-def test_a_randomized_runs_paper_protocol_columns_regenerate_sample_for_sample(tmp_path, data_root):
-    """RPAN's single-draw PGD-10/20, BIM-20, MIM-20, each candidate judged over 10 draws: the seeded noise
-    path, not only the deterministic one."""
-    (run_dir,) = [d for d in RANDOMIZED if MANIFESTS[d]["defense"] == "rpan" and "protocolpaper" in d.name
-                  and MANIFESTS[d]["dataset"] == "pneumoniamnist" and not _previous_engine(d)]
-    _columns_regenerate(run_dir, slice(0, 4), tmp_path)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("run_dir", _current(RANDOMIZED), ids=_protocol_id)
 def test_every_randomized_runs_gradient_columns_regenerate(run_dir, tmp_path, data_root):

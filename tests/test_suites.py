@@ -14,9 +14,9 @@ def test_table3_suite_expands_both_protocols_for_randomized_defenses():
     assert ("rpan", "paper") in protocols and ("rpan", "adaptive") in protocols
     assert ("none", "paper") not in protocols
     paper = next(cfg for protocol, cfg in plan if protocol == "paper" and cfg.defense == "rpan")
-    released = paper.specs()[0]  # the paper's released evaluation: PGD-10, α = ε/4, no random start, one draw
+    released = paper.specs()[0]  # the paper's released evaluation: PGD-10, α = ε/4, no random start, one draw;
     assert (released.steps, released.alpha, released.random_start, released.eot, released.draws) == \
-        (10, 1 / 255, False, 1, 1)
+        (10, 1 / 255, False, 1, 0)  # its candidate judged over the same R draws as the adaptive attack's
     assert len(paper.specs()) == 6 and all(s.protocol == "paper" for s in paper.specs())
     assert "aa:protocol=paper" in paper.attack
     adaptive = next(cfg for protocol, cfg in plan if protocol == "adaptive" and cfg.defense == "rpan")

@@ -100,8 +100,8 @@ def test_local_units_reuse_the_loaded_model_and_a9s_clean_pass(cfg, data_root, m
         return wrapper
 
     monkeypatch.setattr(runner, "from_checkpoint", counted("load", runner.from_checkpoint))
-    for module in (harness, preflight):
-        monkeypatch.setattr(module, "clean_draws", counted("clean", module.clean_draws))
+    monkeypatch.setattr(preflight, "clean_draws", counted("clean", preflight.clean_draws))
+    monkeypatch.setattr(harness, "clean_draws_masked", counted("clean", harness.clean_draws_masked))
     shared = run_bench(cfg)
     assert calls == {"load": 1, "clean": 1} and len(shared.manifest["units"]) == 6
     monkeypatch.setattr(units, "share", lambda *args, **kwargs: None)
