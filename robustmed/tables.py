@@ -51,7 +51,7 @@ def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str],
 
 def _best(rows, column) -> float | None:
     values = [cells[column].robust_accuracy for _, _, protocol, cells in rows
-              if protocol == "adaptive" and column in cells]
+              if protocol == "adaptive" and column in cells and not cells[column].stale]
     return max(values) if values else None
 
 
