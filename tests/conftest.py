@@ -73,3 +73,20 @@ def untrained_checkpoint(tmp_path, defense: str, model: str = "mail-rn18-mini"):
     checkpoints.save(build(**build_spec).state_dict(), path,
                      {"build": build_spec, "model": model, "defense": defense, "dataset": "pneumoniamnist"})
     return path
+
+
+@pytest.fixture(scope="session")
+def batch_invariant_kernels(pneumonia):
+    """Skips a test whose exact equality needs this CPU's kernels to give a sample the same logits whatever
+    batch it sits in (the property the committed rows were made under: rows regenerate, grouped ε sweeps and
+    Ray shards equal local runs). Some CPUs' fp32 convolution kernels round differently per batch size;
+    there the test cannot hold and says so instead of failing on arithmetic."""
+    from robustmed.factory import load_model
+
+    model = load_model("none")
+    x, _ = pneumonia.split("test")
+    with torch.no_grad():
+        alone, in_batch = model(x[:1]), model(x[:96])[:1]
+    if not torch.equal(alone, in_batch):
+        pytest.skip(f"this CPU's kernels round a sample differently by batch size (logits differ by up to "
+                    f"{(alone - in_batch).abs().max().item():.2g}): exact row equality cannot hold here")

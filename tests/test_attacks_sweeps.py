@@ -133,7 +133,7 @@ def test_iteration_sweep_with_several_eps_runs_them_independently(model, batch):
 
 
 @pytest.mark.parametrize("attack", ["pgd10", "mim6:restarts=2,random_start=1", "bim5"])
-def test_eps_sweep_in_groups_equals_the_eps_by_eps_sweep(model, batch, attack, monkeypatch):
+def test_eps_sweep_in_groups_equals_the_eps_by_eps_sweep(model, batch, attack, monkeypatch, batch_invariant_kernels):
     """Several ε per loop while (samples × ε) fits in a batch: the same rows as one ε at a time, fewer calls."""
     from robustmed import harness
 

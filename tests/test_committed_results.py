@@ -105,7 +105,7 @@ def _committed_run(suite: str, pattern: str, dataset: str) -> Path:
     return run_dir
 
 
-def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data_root, capsys):
+def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data_root, capsys, batch_invariant_kernels):
     _regenerates(_committed_run("fig6-eps", "none-pgd20-*", "pneumoniamnist"), tmp_path, capsys)
 
 

@@ -60,7 +60,8 @@ def _randomized(out, checkpoint, executor):
     return run_benches([cfg])
 
 
-def test_ray_and_local_executors_give_identical_rows(tmp_path, data_root, pni_checkpoint, ray_cluster):
+def test_ray_and_local_executors_give_identical_rows(tmp_path, data_root, pni_checkpoint, ray_cluster,
+                                                     batch_invariant_kernels):
     local = _suite(tmp_path / "local", "local") + _randomized(tmp_path / "local" / "pni", pni_checkpoint, "local")
     remote = _suite(tmp_path / "ray", "ray") + _randomized(tmp_path / "ray" / "pni", pni_checkpoint, "ray")
     assert [r.manifest["executor"] for r in remote] == ["ray", "ray"]
