@@ -136,19 +136,22 @@ def rand_stages(num_classes: int) -> list[str]:
     return ["apgd-ce", "apgd-dlr"] if num_classes >= 3 else ["apgd-ce"]
 
 
-def _restarts(cascade: list[str], num_classes: int) -> dict[str, int]:
-    if "square" not in cascade:  # aa-rand
-        return {"apgd-ce": RAND_BINARY_CE_RESTARTS} if num_classes == 2 else {}
+def standard_restarts(num_classes: int) -> dict[str, int]:
     return {"apgd-ce": FEW_CLASS_CE_RESTARTS} if num_classes < 4 else {}
 
 
-def _adapter(stages: Callable[[int], list[str]]) -> Callable[[AttackSpec, int], AttackSpec]:
+def rand_restarts(num_classes: int) -> dict[str, int]:
+    return {"apgd-ce": RAND_BINARY_CE_RESTARTS} if num_classes == 2 else {}
+
+
+def _adapter(stages: Callable[[int], list[str]],
+             restarts_of: Callable[[int], dict[str, int]]) -> Callable[[AttackSpec, int], AttackSpec]:
     def adapt(spec: AttackSpec, num_classes: int) -> AttackSpec:
         randomized = bool(spec.extra.get("randomized")) and spec.protocol != "paper"
         cascade = stages(num_classes)
         extra = {**spec.extra, "cascade": cascade, "n_target_classes": min(9, num_classes - 1),
                  "kernels": "pyautoattack==0.2.0"}
-        if restarts := _restarts(cascade, num_classes):
+        if restarts := restarts_of(num_classes):
             extra["restarts"] = restarts
         if "square" in cascade:
             extra.update(square_queries=SQUARE_QUERIES, square_q=SQUARE_Q_RANDOMIZED if randomized else 1)
@@ -200,13 +203,14 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
     return score(forward, best, y, stage_of)
 
 
-for _name, _stages, _description, _defaults, _amp in (  # FAB's constants overflow fp16: standard AA stays fp32
-    ("aa", standard_stages, "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (adapted to C, check A7)", {}, False),
-    ("aa-rand", rand_stages, "AutoAttack rand: APGD-CE + APGD-DLR (C=2: two APGD-CE starts) with EOT 20", {"eot": 20},
-     True),
+for _name, _stages, _restarts, _description, _defaults, _amp in (  # FAB's constants overflow fp16: AA stays fp32
+    ("aa", standard_stages, standard_restarts,
+     "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (adapted to C, check A7)", {}, False),
+    ("aa-rand", rand_stages, rand_restarts,
+     "AutoAttack rand: APGD-CE + APGD-DLR (C=2: two APGD-CE starts) with EOT 20", {"eot": 20}, True),
 ):
     FAMILIES.register(_name, AttackFamily(
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
-        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages), amp=_amp,
+        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts), amp=_amp,
     ))

@@ -122,6 +122,7 @@ class AttackFamily:
     mapping_inputs: bool = False  # accepts a mapping of named inputs and a ``threat`` model
     eps_rows: bool = False  # takes ``eps`` as an ``EpsRows``: several ε in one batch (the default ε sweep)
     amp: bool = True  # may run under autocast (FAB's constants overflow fp16: the AA cascade stays fp32)
+    uses_eps: bool = True  # False: the same result at every ε (null), so an ε sweep judges it once
 
 
 FAMILIES: Registry[AttackFamily] = Registry("attack")

@@ -25,4 +25,5 @@ FAMILIES.register("null", AttackFamily(
     default_steps=1,
     alpha=lambda eps, steps: 0.0,
     alpha_rule="none",
+    uses_eps=False,
 ))

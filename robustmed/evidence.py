@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from robustmed import expected
@@ -91,7 +90,7 @@ def fired_flags(manifest: dict) -> tuple[str, ...]:
                          if f.get("fired") and f.get("severity") in ("FLAG", "ERROR")}))
 
 
-def stale(rows: pd.DataFrame, manifest: dict, attack: str) -> bool:
+def stale(manifest: dict, attack: str) -> bool:
     """Whether an engine before the current one made this column and this engine would change it:
     every column of a randomized model, and the AutoAttack columns (binary cascade) of any model."""
     if manifest.get("engine", 1) >= ENGINE:
@@ -105,13 +104,9 @@ def _expected_fields(verdicts, attack: str) -> dict:
     if verdicts is None:
         return {}
     attacks = [a for a in verdicts if a != expected.CLEAN] if attack == WORST else [attack]
-    rates = expected.rates_of(verdicts)
-    used = {k: verdicts[k] for k in (expected.CLEAN, *attacks)}
-    fields = {"expected": float(expected.folded(rates, attacks).mean()),
-              "expected_ci": expected.interval(expected.bootstrap(used, lambda r: expected.folded(r, attacks))),
-              "expected_clean": float(rates[expected.CLEAN].mean()),
-              "draws": int(verdicts[expected.CLEAN].shape[1]),
-              "single_draw": float(np.logical_and.reduce([used[k][:, 0] for k in used]).mean())}
+    value, ci = expected.worst_case(verdicts, attacks)
+    fields = {"expected": value, "expected_ci": ci, "expected_clean": float(verdicts[expected.CLEAN].mean(1).mean()),
+              "draws": int(verdicts[expected.CLEAN].shape[1]), "single_draw": expected.single_draw(verdicts, attacks)}
     if attack not in (WORST, NULL) and NULL in verdicts:
         fields["null_gap_ci"] = expected.gap_to_baseline(verdicts, attack, NULL)[1]
     return fields
@@ -134,7 +129,7 @@ def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
             for attack, flags_by_sample in [*per_attack, (WORST, worst)]:
                 ev = Evaluation(manifest["defense"], manifest["model"], manifest["dataset"], _protocol(group),
                                 attack, float(eps), len(flags_by_sample), int(flags_by_sample.sum()), clean,
-                                manifest["run_id"], flags, stale=stale(group, manifest, attack),
+                                manifest["run_id"], flags, stale=stale(manifest, attack),
                                 **_expected_fields(verdicts, attack))
                 latest[(ev.defense, ev.model, ev.dataset, ev.protocol, ev.attack, ev.eps)] = ev
     return list(latest.values())

@@ -154,7 +154,7 @@ def judge_draws(model, x, y, draws: int) -> tuple[torch.Tensor, torch.Tensor, to
 def judge_draws_masked(model, x, y, draws: int):
     """:func:`judge_draws` plus which draws were correct, as a bit mask per sample (bit d: draw d).
 
-    The masks let intervals resample draws as well as samples (:func:`robustmed.stats.expected_interval`):
+    The masks let intervals resample draws as well as samples (:func:`robustmed.expected.bootstrap`):
     a defense that draws one realization per batch makes a draw's verdicts on all samples move together.
     """
     preds, losses = [], []
@@ -383,7 +383,7 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
     outcomes = {k: Outcome.clean(x, clean.pred, clean.loss, clean.correct, eps, names) for k in spec.sweep or
                 (spec.steps,)}
     todo_mask = clean.attackable if carried is None else clean.attackable & (carried.hits > 0)
-    if carried is not None and spec.family == "null":  # the same clean image at every ε: judged once
+    if carried is not None and not FAMILIES.get(spec.family).uses_eps:  # same candidate at every ε: judged once
         todo_mask = torch.zeros_like(todo_mask)
     if carried is not None:
         done = torch.nonzero(clean.attackable & ~todo_mask).flatten()

@@ -26,10 +26,8 @@ def _point(x, robust: pd.Series) -> dict:
 
 def _expected_point(x, verdicts: dict, attacks: list[str]) -> dict:
     """Expected accuracy, per-sample worst case over ``attacks`` and the clean image, with its interval."""
-    used = {k: verdicts[k] for k in (expected.CLEAN, *attacks)}
-    value = expected.folded(expected.rates_of(used), attacks).mean()
-    low, high = expected.interval(expected.bootstrap(used, lambda r: expected.folded(r, attacks)))
-    return {"x": x, "accuracy": float(value), "low": low, "high": high, "n": len(verdicts[expected.CLEAN])}
+    value, (low, high) = expected.worst_case(verdicts, attacks)
+    return {"x": x, "accuracy": value, "low": low, "high": high, "n": len(verdicts[expected.CLEAN])}
 
 
 def spec_field(rows: pd.DataFrame, field: str, default=None) -> pd.Series:

@@ -379,14 +379,15 @@ def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRe
     if (run_dir / store.MANIFEST_FILE).is_file():
         return _stored_report(cfg, run_dir)
     config = _job_config(cfg)
+    attacks = _planned_attacks(cfg, ctx)
     if executor is not None:
-        executor.start(len(_planned_attacks(cfg, ctx)) * len(units_mod.shards(ctx.ids, cfg.unit_size())),
+        executor.start(len(attacks) * len(units_mod.shards(ctx.ids, cfg.unit_size())),
                        units_mod.load_spec(config, prov["checkpoint"].get("sha256")))
     preflight = run_preflight(ctx)
     refuse_on_errors(preflight)
     sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
     job = units_mod.job_for(config, prov["checkpoint"].get("sha256"), ctx.randomized, sites)
-    plan = units_mod.plan(run_id, str(run_dir), _planned_attacks(cfg, ctx), ctx.ids, cfg.unit_size(), job)
+    plan = units_mod.plan(run_id, str(run_dir), attacks, ctx.ids, cfg.unit_size(), job)
     if executor is not None and executor.name == "local":
         _share_with_units(cfg, ctx, dataset, job)
     run = _Run(cfg, ctx, dataset, prov, preflight, run_dir, plan, sites)
