@@ -53,7 +53,7 @@ train_breast() {  # once per defense (a lock makes later jobs wait for it); a ch
     [ -f "$ZOO/$defense.pt" ] && return 0
     run "train-breastmnist-$defense" env OMP_NUM_THREADS=1 "$PYTHON" -m robustmed train --defense "$defense" \
         --dataset breastmnist --recipe "$recipe" --epochs "$epochs" --seed "$seed" --device "$DEVICE" \
-        --no-progress "${init[@]}"
+        --no-progress --out zoo "${init[@]}"
 }
 
 job() {  # job SUITE DEFENSE DATASET: one row of one suite, training its checkpoint first where needed

@@ -3,7 +3,7 @@
 The public API is imported lazily so that `robustmed list` starts fast.
 """
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_dataset", "benchmark"]
+__all__ = ["load_model", "load_dataset", "benchmark", "Normalized"]
 
 
 def __getattr__(name):
@@ -19,4 +19,8 @@ def __getattr__(name):
         from robustmed.harness import benchmark
 
         return benchmark
+    if name == "Normalized":
+        from robustmed.contracts import Normalized
+
+        return Normalized
     raise AttributeError(f"module 'robustmed' has no attribute {name!r}")

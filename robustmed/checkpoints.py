@@ -22,6 +22,18 @@ def shipped(model: str, dataset_key: str, defense: str) -> Path:
     return ZOO / model / dataset_key / f"{defense}.pt"
 
 
+INTO_ZOO = "zoo"  # `train --out zoo`: replace the shipped checkpoint, only when asked in so many words
+TRAINED = Path("checkpoints")  # `train` without --out writes here, below the current folder
+
+
+def destination(out: str | None, model: str, dataset_key: str, defense: str) -> Path:
+    """Where `train` writes: ``--out`` as given; ``zoo`` for the shipped location; by default a
+    ``checkpoints/`` folder of the user's own, so that training never overwrites a shipped checkpoint."""
+    if out == INTO_ZOO:
+        return shipped(model, dataset_key, defense)
+    return Path(out) if out else TRAINED / model / dataset_key / f"{defense}.pt"
+
+
 def _atomic_write(path: Path, payload: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(payload)
@@ -66,3 +78,13 @@ def load_state(path: str | os.PathLike) -> tuple[dict, dict]:
     except Exception as exc:  # a verified file should load; anything else is corruption
         raise UserError(f"checkpoint {path} cannot be read: {exc}") from None
     return state, metadata
+
+
+def refuse_mismatch(path: str | os.PathLike, meta: dict, **given: str | None) -> None:
+    """A checkpoint is what its metadata says: an explicit ``--dataset``/``--model``/``--defense`` that
+    disagrees is refused rather than run under the wrong name (None: not given)."""
+    for option, value in given.items():
+        recorded = meta.get(option)
+        if value is not None and recorded is not None and value != recorded:
+            raise UserError(f"checkpoint {path} is {option} {recorded!r} but --{option} {value!r} was given; "
+                            f"drop --{option} or pass a checkpoint trained for {value!r}")

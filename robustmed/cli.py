@@ -31,6 +31,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _threads_option(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: $OMP_NUM_THREADS, else the cores other jobs leave idle)")
+
+
+def _apply_threads(args) -> None:
+    from robustmed.threads import apply_threads  # imports torch: not on the path of `robustmed list`
+
+    apply_threads(args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustmed", description="Adversarial-robustness benchmarks for medical image models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -55,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--address", default=None, help="Ray cluster to use: auto | HOST:PORT (default: start one)")
     bench.add_argument("--shard-size", type=int, default=None,
                        help="samples per work unit, a multiple of --batch-size (default: one batch)")
+    _threads_option(bench)
+    bench.add_argument("--fresh", action="store_true",
+                       help="recompute the run even when one with the same id is stored (default: read it back)")
     bench.add_argument("--resume", default=None, metavar="RUN_ID",
                        help="complete a stored run (rerunning the same command does too)")
     bench.add_argument("--threat", default=None,
@@ -68,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.add_argument("--recipe", default=None, help="cpu | paper | code (default: cpu for -mini models)")
     train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--out", default=None, help="checkpoint path (default: the shipped location)")
+    train.add_argument("--out", default=None,
+                       help="checkpoint path (default checkpoints/MODEL/DATASET/DEFENSE.pt; `zoo` replaces the "
+                            "shipped checkpoint)")
     train.add_argument("--init", default=None, metavar="CHECKPOINT",
                        help="start from this checkpoint's matching weights (e.g. the clean model on the same data)")
+    _threads_option(train)
     train.add_argument("--no-progress", action="store_true")
 
     check = sub.add_parser("check", help="run every evaluation check on a model and print the table",
@@ -82,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-n", "--n", type=int, default=32, help="seeded subset of N test samples")
     check.add_argument("--checkpoint", default=None, help="a checkpoint written by `robustmed train`")
     check.add_argument("--model-file", default=None, help="FILE.py:FACTORY returning your own nn.Module")
+    _threads_option(check)
     check.add_argument("--checks", default="full", choices=["cheap", "full"])
 
     lister = sub.add_parser("list", help="what the registry holds", description="example: robustmed list defenses")
@@ -132,21 +150,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _explicit_defense(args) -> str:
+    """``--defense`` as the config takes it; with ``--checkpoint`` an explicit one must match the checkpoint's
+    (the config cannot tell an explicit ``none`` from its default)."""
+    if args.checkpoint and args.defense:
+        from pathlib import Path
+
+        from robustmed.checkpoints import read_metadata, refuse_mismatch
+
+        if Path(args.checkpoint).is_file():
+            refuse_mismatch(args.checkpoint, read_metadata(args.checkpoint), defense=args.defense)
+    return args.defense or "none"
+
+
 def cmd_bench(args) -> int:
     from robustmed.report import print_bench
     from robustmed.runner import BenchConfig, run_bench
 
+    _apply_threads(args)
     if args.suite:
         return _bench_suite(args)
 
-    cfg = BenchConfig(defense=args.defense or "none", attack=args.attack, model=args.model, dataset=args.dataset,
+    cfg = BenchConfig(defense=_explicit_defense(args), attack=args.attack, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
                       eps=args.eps, n=args.n, seed=args.seed, split=args.split, batch_size=args.batch_size,
                       device=args.device, out=args.out, progress=not (args.no_progress or args.json),
                       checks=args.checks, shard_size=args.shard_size, executor=args.executor, address=args.address,
-                      resume=args.resume, threat=args.threat, criterion=args.criterion)
+                      resume=args.resume, threat=args.threat, criterion=args.criterion, fresh=args.fresh)
     report = run_bench(cfg)
     if args.json:
+        if report.reuse_note():
+            print(report.reuse_note(), file=sys.stderr)
         print(json.dumps(report.to_json()))
     else:
         print_bench(report)
@@ -164,6 +198,8 @@ def _bench_suite(args) -> int:
                         defenses=only(args.defense), datasets=only(args.dataset),
                         executor=args.executor, address=args.address)
     if args.json:
+        for note in filter(None, (r.reuse_note() for r in reports)):
+            print(note, file=sys.stderr)
         print(json.dumps([r.to_json() for r in reports]))
     else:
         for report in reports:
@@ -199,12 +235,11 @@ def cmd_table(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from robustmed.attacks import parse_eps_list
-    from robustmed.evidence import evaluations
-    from robustmed.leaderboard import entries, render_html, render_markdown
+    from robustmed.leaderboard import boards, render_html, render_markdown
     from robustmed.store import load_runs
 
     eps = parse_eps_list(args.eps)[0]
-    items = entries(evaluations(load_runs(args.results)), eps)
+    items = boards(load_runs(args.results), eps)
     if not items:
         raise UserError(f"no stored evaluations at ε = {args.eps} under {args.results}")
     _emit(render_html(items, eps) if args.format == "html" else render_markdown(items, eps), args.out)
@@ -274,7 +309,8 @@ def cmd_check(args) -> int:
     from robustmed.report import print_findings
     from robustmed.runner import BenchConfig, run_checks
 
-    cfg = BenchConfig(defense=args.defense or "none", attack=args.attack, model=args.model, dataset=args.dataset,
+    _apply_threads(args)
+    cfg = BenchConfig(defense=_explicit_defense(args), attack=args.attack, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
                       eps=args.eps, n=args.n, seed=args.seed, device=args.device, progress=False, checks=args.checks)
     findings = run_checks(cfg)
@@ -292,6 +328,7 @@ def cmd_train(args) -> int:
     from robustmed.provenance import resolve_device
     from robustmed.training import TrainConfig, train
 
+    _apply_threads(args)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
     multimodal = getattr(MODELS.get(args.model or DEFAULT_MODEL), "multimodal", False)
@@ -306,11 +343,16 @@ def cmd_train(args) -> int:
         raise UserError("--init is for the image models; the multi-input models train from scratch")
     meta = train(cfg)
     if args.json:
-        print(json.dumps({k: meta[k] for k in ("checkpoint", "val_accuracy", "test_accuracy", "sha256",
-                                               "training_time_s", "epochs", "seed", "model", "defense", "dataset")}))
+        print(json.dumps({**{k: meta[k] for k in ("checkpoint", "val_accuracy", "test_accuracy", "sha256",
+                                                  "training_time_s", "epochs", "seed", "model", "defense", "dataset")},
+                          **{k: meta[k] for k in ("val_balanced_accuracy", "warnings") if k in meta}}))
     else:
-        print(f"wrote {meta['checkpoint']} (val {meta['val_accuracy']:.4f}, test {meta['test_accuracy']:.4f}, "
-              f"{meta['training_time_s']} s)")
+        balanced = meta.get("val_balanced_accuracy")
+        print(f"wrote {meta['checkpoint']} (val {meta['val_accuracy']:.4f}"
+              + (f", balanced {balanced:.4f}" if balanced is not None else "")
+              + f", test {meta['test_accuracy']:.4f}, {meta['training_time_s']} s)")
+    for warning in meta.get("warnings", []):
+        print(f"robustmed: warning: {warning}", file=sys.stderr)
     return 0
 
 

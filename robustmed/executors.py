@@ -9,10 +9,12 @@ to the store, so executors differ in where units run, never in what they compute
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
 from typing import Protocol, Sequence
 
+from robustmed import store
 from robustmed.allocator import tune_malloc
-from robustmed.errors import UserError
+from robustmed.errors import Interrupted, UserError
 from robustmed.progress import progress_bar
 from robustmed.units import Unit, preload, run as run_unit, warm_up
 
@@ -35,6 +37,19 @@ def _describe(unit: Unit, done: int, total: int) -> str:
     return f"{unit.attack} · unit {done}/{total}"
 
 
+@contextmanager
+def _counted_on_interrupt(units: Sequence[Unit]):
+    """Ctrl-C while units run becomes :class:`Interrupted` with the stored and planned units of their runs,
+    so the command can say how much a rerun will skip."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        counts = [store.saved_units(run_dir) for run_dir in dict.fromkeys(u.run_dir for u in units)]
+        raise Interrupted(sum(c[0] for c in counts), sum(c[1] for c in counts)) from None
+
+
 class LocalExecutor:
     """In this process, one unit after another, with the rich progress bar (samples × ε)."""
 
@@ -44,7 +59,7 @@ class LocalExecutor:
         """Nothing to start: this process already holds torch and the run's model."""
 
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
-        with progress_bar(progress) as bar:
+        with _counted_on_interrupt(units), progress_bar(progress) as bar:
             task = bar.add_task("units", total=sum(u.size for u in units))
             for done, unit in enumerate(units, 1):
                 bar.update(task, description=_describe(unit, done, len(units)))
@@ -130,18 +145,26 @@ class RayExecutor:
         if owned:
             self.start(len(units))
         try:
-            self._dispatch(units, progress)
+            with _counted_on_interrupt(units):
+                self._dispatch(units, progress)
         finally:
             if owned:
                 self.close()
 
     def close(self) -> None:
-        for worker in self._workers:
-            self._ray.kill(worker)
-        self._workers, self._wanted = [], 0
-        if self._started_ray:
-            self._ray.shutdown()
-        self._ray, self._started_ray = None, False
+        """Kill the actors and stop the Ray session this executor started; also after Ctrl-C, when the
+        cluster may already be tearing the actors down itself."""
+        try:
+            for worker in self._workers:
+                try:
+                    self._ray.kill(worker)
+                except Exception:  # noqa: BLE001  (an actor already gone needs no killing)
+                    pass
+        finally:
+            self._workers, self._wanted = [], 0
+            if self._started_ray:
+                self._ray.shutdown()
+            self._ray, self._started_ray = None, False
 
     def _connect(self):
         if self._ray is not None:
@@ -158,8 +181,25 @@ class RayExecutor:
         return ray
 
     def _dispatch(self, units: Sequence[Unit], progress: bool) -> None:
+        """Every unit through the actors; on Ctrl-C the units in flight are cancelled before the actors go."""
+        running: dict = {}  # task → (actor, unit), shared with the Ctrl-C path
+        try:
+            self._send(units, progress, running)
+        except KeyboardInterrupt:
+            self._cancel(running)
+            raise
+
+    def _cancel(self, running: dict) -> None:
+        """Cancel the units in flight: a cancelled task is not retried (nor reported) when close() kills its actor."""
+        for ref in running:
+            try:
+                self._ray.cancel(ref)
+            except Exception:  # noqa: BLE001  (a task that already ended needs no cancelling)
+                pass
+
+    def _send(self, units: Sequence[Unit], progress: bool, running: dict) -> None:
         """Each idle actor takes the next unit; finished units are counted as they come back."""
-        ray, queue, idle, running = self._ray, deque(units), deque(self._workers), {}
+        ray, queue, idle = self._ray, deque(units), deque(self._workers)
         with progress_bar(progress) as bar:
             handle = bar.add_task("units", total=sum(u.size for u in units))
             while queue or running:

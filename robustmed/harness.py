@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from robustmed import expected
+from robustmed.balance import class_balance
+from robustmed.contracts import adapt_head, check_range
 from robustmed.attacks import FAMILIES, AttackSpec, parse_attack
 from robustmed.attacks.amp import autocast_forward, resolve_amp, strict_fp32
 from robustmed.attacks.pgd import EpsRows
@@ -641,10 +643,30 @@ def summarize(rows: pd.DataFrame) -> list[dict]:
             "clean_accuracy": clean / n, "clean_ci": wilson(clean, n),
             "robust_accuracy": robust / n, "robust_ci": wilson(robust, n),
             "per_attack": {a: float(g.robust.mean()) for a, g in group.groupby("attack")},
+            **_balance(group),
             **expected.summary(group),
             "attack_time_s": float(group.groupby("attack").attack_time_s.first().sum()),
         })
     return out
+
+
+def _balance(group: pd.DataFrame) -> dict:
+    """Clean and worst-case robust balanced accuracy with per-class recall, beside the majority-class rate.
+
+    Randomized models count a sample by its fraction of correct draws (their headline is expected accuracy)."""
+    several = "correct_draws" in group and bool((group.draws > 1).any())
+    if not several:
+        group = group.assign(clean_correct_draws=group.clean_correct, correct_draws=group.robust, draws=1)
+    rates = group.assign(clean_rate=group.clean_correct_draws / group.draws, rate=group.correct_draws / group.draws)
+    per_sample = rates.groupby("sample_id").agg(label=("label", "first"), clean=("clean_rate", "first"),
+                                                 worst=("rate", "min"), robust=("robust", "all"),
+                                                 clean_all=("clean_correct", "first"))
+    clean = class_balance(per_sample.label, per_sample.clean if several else per_sample.clean_all)
+    robust = class_balance(per_sample.label,
+                           per_sample[["clean", "worst"]].min(axis=1) if several else per_sample.robust)
+    return {"clean_balanced_accuracy": clean["balanced_accuracy"], "clean_per_class_recall": clean["per_class_recall"],
+            "robust_balanced_accuracy": robust["balanced_accuracy"],
+            "robust_per_class_recall": robust["per_class_recall"], "majority_class_rate": clean["majority_class_rate"]}
 
 
 def with_null_baseline(attacks: Sequence[str], randomized: bool) -> list[str]:
@@ -669,7 +691,8 @@ def benchmark(model: torch.nn.Module, x: Inputs, y: torch.Tensor, attack: str | 
     >>> rows.robust.mean()  # doctest: +SKIP
     """
     attacks = [attack] if isinstance(attack, str) else list(attack)
-    model = model.to(device)
+    check_range(x)
+    model, _ = adapt_head(model.to(device), to_device(take(x, slice(0, 1)), device), None)
     attacks = with_null_baseline(attacks, randomized or is_randomized(model))
     eps_list = sorted({float(eps)} if isinstance(eps, (int, float)) else {float(e) for e in eps})
     specs = [parse_attack(a) for a in attacks]

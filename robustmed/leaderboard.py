@@ -1,30 +1,63 @@
-"""Leaderboard (RobustBench layout, check E6): ranked by best-known robust accuracy.
+"""Leaderboard (RobustBench layout, check E6): one ranking per data set, threat model and sample set.
 
-Best-known = the minimum over every adaptive evaluation of that defense/model/dataset at ε,
-so one strong attack is enough to lower an entry; "potentially unreliable" lists fired checks, and
-columns an earlier engine measured that this one would change. Randomized models enter with their
-expected accuracy (:mod:`robustmed.expected`).
+Entries are ranked by the per-sample worst case that Table 3 prints: a sample counts as robust only if it is
+classified correctly clean and under every adaptive attack of that defense/model at ε; on randomized models
+the per-sample minimum of expected correctness (:mod:`robustmed.expected`). The minimum of the attacks'
+accuracies would overstate robustness whenever two attacks break different samples. A per-sample worst case
+needs every combined run to hold the same samples, and accuracies on different data sets or sample sets are
+not comparable, so each (data set, threat model, sample set) gets its own table.
 """
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 from dataclasses import dataclass
 
-from robustmed.evidence import Evaluation
+import numpy as np
+import pandas as pd
+
+from robustmed import expected
+from robustmed.balance import class_balance
+from robustmed.evidence import fired_flags, stale
+from robustmed.stats import wilson
+
+STALE_FLAG = "previous engine"
+AA_ATTACKS = ("aa", "aa-rand")
+NORMS = {"Linf": "L∞", "L2": "L2", "L1": "L1"}
+RANDOMIZED_MARK = "*"
 
 
 @dataclass(frozen=True)
 class Entry:
     defense: str
     model: str
-    dataset: str
+    n: int
     clean_accuracy: float
+    balanced_accuracy: float | None
+    robust_accuracy: float  # per-sample worst case over the entry's adaptive attacks
+    ci: tuple[float, float]
     aa_accuracy: float | None
-    best_known: float
-    best_attack: str
+    randomized: bool
     flags: tuple[str, ...]
     forward_passes: int | None
     family: str
+
+
+@dataclass(frozen=True)
+class Board:
+    """One ranking: a data set under one threat model at one ε, on one set of samples."""
+
+    dataset: str
+    norm: str
+    eps: float
+    samples: str  # SHA-256 of the sample ids, as the runner stores it
+    entries: tuple[Entry, ...]
+    sample_sets: int = 1  # how many sample sets this data set and threat model have in the store
+
+    @property
+    def n(self) -> int:
+        return max((e.n for e in self.entries), default=0)
 
 
 def _defense_facts(name: str) -> tuple[int | None, str]:
@@ -36,80 +69,193 @@ def _defense_facts(name: str) -> tuple[int | None, str]:
     return None, "custom"
 
 
-def entries(evals: list[Evaluation], eps: float) -> list[Entry]:
-    groups: dict[tuple, list[Evaluation]] = {}
-    for ev in evals:
-        if abs(ev.eps - eps) < 1e-9 and ev.protocol == "adaptive":
-            groups.setdefault((ev.defense, ev.model, ev.dataset), []).append(ev)
+def _sample_set(rows: pd.DataFrame, manifest: dict) -> str:
+    """The run's sample-id digest; recomputed the runner's way for runs stored without it."""
+    if "sample_ids_sha256" in manifest:
+        return manifest["sample_ids_sha256"]
+    ids = manifest.get("sample_ids") or sorted(int(i) for i in rows.sample_id.unique())
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> dict[tuple, list]:
+    """Each run's adaptive rows at ε, split by the norm of its attacks' specs and keyed by
+    (data set, norm, sample set, defense, model); runs stay oldest first within a key."""
+    out: dict[tuple, list] = {}
+    for rows, manifest in runs:
+        keep = (rows.eps - eps).abs() < 1e-9
+        if "protocol" in rows:
+            keep &= rows.protocol == "adaptive"
+        rows = rows[keep]
+        if rows.empty:
+            continue
+        specs = manifest.get("attacks", {})
+        norms = {a: specs.get(a, {}).get("norm", "Linf") for a in rows.attack.unique()}
+        samples = _sample_set(rows, manifest)
+        for norm, part in rows.groupby(rows.attack.map(norms)):
+            key = (manifest["dataset"], norm, samples, manifest["defense"], manifest["model"])
+            out.setdefault(key, []).append((part, manifest))
+    return out
+
+
+def _has_draws(rows: pd.DataFrame) -> bool:
+    """Whether rows carry per-draw verdicts (the condition :func:`robustmed.expected.judgements` reads)."""
+    return "draw_mask" in rows and not (rows.draws <= 1).all()
+
+
+def _judged_alike(parts: list) -> list:
+    """The (rows, manifest) per attack that enter one worst case. On a randomized model only runs with
+    per-draw verdicts count, since a previous engine's one-draw verdicts are a different judgement; a rerun
+    of an attack replaces the earlier one, as in :func:`robustmed.evidence.evaluations`."""
+    with_draws = [(rows, m) for rows, m in parts if _has_draws(rows)]
+    latest: dict[str, tuple] = {}
+    for rows, manifest in with_draws or parts:
+        for attack, part in rows.groupby("attack"):
+            latest[attack] = (part, manifest)
+    return list(latest.values())
+
+
+def _is_aa(attack: str) -> bool:
+    return attack.split(":")[0].split("[")[0] in AA_ATTACKS
+
+
+def _deterministic(rows: pd.DataFrame) -> dict:
+    """Per-sample worst case over booleans: correct clean and under every attack; Wilson interval."""
+    clean = rows.groupby("sample_id").clean_correct.first().astype(bool)
+    robust = rows.groupby("sample_id").robust.all() & clean
+    aa = rows[rows.attack.map(_is_aa)]
+    aa_robust = (aa.groupby("sample_id").robust.all() & clean[aa.sample_id.unique()]) if len(aa) else None
+    k, n = int(robust.sum()), len(robust)
+    return {"clean": clean.astype(float).to_numpy(), "robust": k / n, "ci": wilson(k, n), "randomized": False,
+            "aa": None if aa_robust is None else float(aa_robust.mean())}
+
+
+def _randomized(rows: pd.DataFrame) -> dict:
+    """Per-sample worst case of expected correctness over the attacks and the clean image, with the same
+    two-way bootstrap interval Table 3 prints (:func:`robustmed.expected.worst_case`)."""
+    verdicts = expected.judgements(rows)
+    attacks = [a for a in verdicts if a != expected.CLEAN]
+    robust, ci = expected.worst_case(verdicts, attacks)
+    rates = expected.rates_of(verdicts)
+    aa = [a for a in attacks if _is_aa(a)]
+    return {"clean": rates[expected.CLEAN], "robust": robust, "ci": ci, "randomized": True,
+            "aa": float(expected.folded(rates, aa).mean()) if aa else None}
+
+
+def _balanced(rows: pd.DataFrame, clean: np.ndarray) -> float | None:
+    """Balanced clean accuracy (:mod:`robustmed.balance`); samples are in sorted id order, as ``clean`` is."""
+    if "label" not in rows:
+        return None
+    return class_balance(rows.groupby("sample_id").label.first().to_numpy(), clean)["balanced_accuracy"]
+
+
+def _flags(picked: list) -> tuple[str, ...]:
+    """Checks fired on the combined runs, and whether a combined column is one this engine would change."""
+    fired = sorted({flag for _, manifest in picked for flag in fired_flags(manifest)})
+    old = any(stale(manifest, part.attack.iloc[0]) for part, manifest in picked)
+    return tuple(fired) + ((STALE_FLAG,) if old else ())
+
+
+def _entry(defense: str, model: str, parts: list) -> Entry:
+    picked = _judged_alike(parts)
+    rows = pd.concat([part for part, _ in picked], ignore_index=True)
+    fig = _randomized(rows) if _has_draws(rows) else _deterministic(rows)
+    passes, family = _defense_facts(defense)
+    return Entry(defense, model, len(fig["clean"]), float(np.mean(fig["clean"])), _balanced(rows, fig["clean"]),
+                 fig["robust"], fig["ci"], fig["aa"], fig["randomized"], _flags(picked), passes, family)
+
+
+def boards(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> list[Board]:
+    """Rankings over stored (rows, manifest) runs (oldest first) at ε: per data set and threat model, one
+    table per sample set, largest first; within a table by robust, then clean accuracy."""
+    grouped: dict[tuple, dict[str, list[Entry]]] = {}
+    for (dataset, norm, samples, defense, model), parts in _slices(runs, eps).items():
+        grouped.setdefault((dataset, norm), {}).setdefault(samples, []).append(_entry(defense, model, parts))
     out = []
-    for (defense, model, dataset), group in groups.items():
-        weakest = min(group, key=lambda e: e.robust_accuracy)
-        aa = [e for e in group if e.attack.split(":")[0] in ("aa", "aa-rand")]
-        passes, family = _defense_facts(defense)
-        out.append(Entry(defense, model, dataset, max(e.clean_accuracy for e in group),
-                         min(e.robust_accuracy for e in aa) if aa else None, weakest.robust_accuracy,
-                         weakest.attack, _flags(group), passes, family))
-    return sorted(out, key=lambda e: (-e.best_known, -e.clean_accuracy, e.defense))
-
-
-STALE_FLAG = "previous engine"
-
-
-def _flags(group: list[Evaluation]) -> tuple[str, ...]:
-    stale = (STALE_FLAG,) if any(e.stale for e in group) else ()
-    return tuple(sorted({f for e in group for f in e.findings})) + stale
+    for (dataset, norm), sets in sorted(grouped.items()):
+        for samples, items in sorted(sets.items(), key=lambda kv: (-max(e.n for e in kv[1]), kv[0])):
+            ranked = sorted(items, key=lambda e: (-e.robust_accuracy, -e.clean_accuracy, e.defense, e.model))
+            out.append(Board(dataset, norm, eps, samples, tuple(ranked), len(sets)))
+    return out
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _eps(eps: float) -> str:
+    return f"{eps * 255:.3g}/255"
+
+
+def heading(board: Board) -> str:
+    return (f"{board.dataset} · {NORMS.get(board.norm, board.norm)}, ε = {_eps(board.eps)} · "
+            f"n = {board.n}, samples {board.samples[:8]}")
+
+
+def note(board: Board) -> str:
+    """Why a data set's runs are spread over several tables ('' when they are not)."""
+    if board.sample_sets < 2:
+        return ""
+    return (f"{board.dataset} has runs on {board.sample_sets} different sample sets; a per-sample worst case and "
+            "a fair ranking need the same samples, so each set is ranked in its own table.")
+
+
 def _row(rank: int, e: Entry) -> list[str]:
+    low, high = e.ci
+    robust = f"{_pct(e.robust_accuracy)} [{_pct(low)}, {_pct(high)}]" + (RANDOMIZED_MARK if e.randomized else "")
     unreliable = ("yes: " + ", ".join(e.flags)) if e.flags else "no"
-    return [str(rank), e.defense, e.model, e.dataset, _pct(e.clean_accuracy), _pct(e.aa_accuracy),
-            f"{_pct(e.best_known)} ({e.best_attack})", unreliable, "–" if e.forward_passes is None else
-            str(e.forward_passes), e.family]
+    return [str(rank), e.defense, e.model, str(e.n), _pct(e.clean_accuracy), _pct(e.balanced_accuracy), robust,
+            _pct(e.aa_accuracy), unreliable, "–" if e.forward_passes is None else str(e.forward_passes), e.family]
 
 
-HEADER = ["rank", "defense", "model", "dataset", "clean acc", "AutoAttack robust acc", "best-known robust acc",
-          "potentially unreliable", "forward passes", "family"]
+HEADER = ["rank", "defense", "model", "n", "clean acc", "balanced clean acc", "robust acc [95% CI]",
+          "AutoAttack robust acc", "potentially unreliable", "forward passes", "family"]
+CAPTION = ("accuracies in %; robust acc: per-sample worst case over every adaptive attack at this ε (a sample counts "
+           "only if correct clean and under each attack), 95% Wilson interval; " + RANDOMIZED_MARK + ": randomized "
+           "model, expected accuracy over fresh draws with a bootstrap interval over samples and draws; balanced "
+           "clean acc: mean per-class recall")
 
 
-def render_markdown(items: list[Entry], eps: float) -> str:
-    lines = [f"Leaderboard at ε = {eps * 255:.3g}/255 (accuracies in %)", "", "| " + " | ".join(HEADER) + " |",
-             "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(_row(i + 1, e)) + " |" for i, e in enumerate(items)]
+def render_markdown(items: list[Board], eps: float) -> str:
+    lines = [f"Leaderboard at ε = {_eps(eps)}, one ranking per data set, threat model and sample set ({CAPTION})"]
+    for board in items:
+        lines += ["", f"## {heading(board)}", ""] + ([note(board), ""] if note(board) else [])
+        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(_row(i + 1, e)) + " |" for i, e in enumerate(board.entries)]
     return "\n".join(lines) + "\n"
 
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:1rem;color:#1b1f24;background:#fff}
-h1{font-size:1.3rem;margin:0 0 .3rem}p{margin:.2rem 0 1rem;color:#57606a;font-size:.9rem}
+h1{font-size:1.3rem;margin:0 0 .3rem}h2{font-size:1.05rem;margin:1.2rem 0 .3rem}
+p{margin:.2rem 0 .6rem;color:#57606a;font-size:.9rem}
 .wrap{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;font-size:.9rem;min-width:100%}
 th,td{padding:.45rem .6rem;border-bottom:1px solid #d0d7de;text-align:right;white-space:nowrap}
 th{background:#f6f8fa;position:sticky;top:0}td:nth-child(2),th:nth-child(2),td:nth-child(3),th:nth-child(3),
-td:nth-child(4),th:nth-child(4),td:nth-child(8),th:nth-child(8),td:nth-child(10),th:nth-child(10){text-align:left}
-tr.flagged td:nth-child(8){color:#9a6700;font-weight:600}
+td:nth-child(9),th:nth-child(9),td:nth-child(11),th:nth-child(11){text-align:left}
+tr.flagged td:nth-child(9){color:#9a6700;font-weight:600}
 td:nth-child(2),th:nth-child(2){position:sticky;left:0;background:#fff;font-weight:600;z-index:1}
 th:nth-child(2){background:#f6f8fa;z-index:2}
 @media (max-width:600px){body{padding:.5rem}table{font-size:.8rem}th,td{padding:.35rem .4rem}}
 """
 
 
-def render_html(items: list[Entry], eps: float) -> str:
+def _html_board(board: Board) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-    body = []
-    for i, e in enumerate(items):
-        cells = "".join(f"<td>{html.escape(c)}</td>" for c in _row(i + 1, e))
-        body.append(f'<tr class="{"flagged" if e.flags else ""}">{cells}</tr>')
+    body = "".join(f'<tr class="{"flagged" if e.flags else ""}">'
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in _row(i + 1, e)) + "</tr>"
+                   for i, e in enumerate(board.entries))
+    why = f"<p>{html.escape(note(board))}</p>" if note(board) else ""
+    return (f"<h2>{html.escape(heading(board))}</h2>{why}"
+            f"<div class=\"wrap\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
+def render_html(items: list[Board], eps: float) -> str:
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>robustmed leaderboard</title><style>{_CSS}</style></head><body>"
-        f"<h1>robustmed leaderboard</h1><p>L∞, ε = {eps * 255:.3g}/255. Ranked by best-known robust accuracy: the "
-        "minimum over every adaptive evaluation. Accuracies in %. “Potentially unreliable” lists the checks that "
-        "fired.</p>"
-        f"<div class=\"wrap\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-        "</body></html>\n"
+        f"<h1>robustmed leaderboard</h1><p>ε = {_eps(eps)}; one ranking per data set, threat model and sample set. "
+        f"{html.escape(CAPTION[0].upper() + CAPTION[1:])}. “Potentially unreliable” lists the fired checks.</p>"
+        + "".join(_html_board(b) for b in items) + "</body></html>\n"
     )

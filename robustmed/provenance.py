@@ -1,6 +1,7 @@
 """Provenance recorded with every checkpoint and run (check E2)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -45,6 +46,17 @@ def git_commit() -> str | None:
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return stated
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A hash of the parameters and buffers a model holds once loaded: new weights behind the same code
+    (a retrained model read by the same ``--model-file``) name a new run."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def machine(device: torch.device | str = "cpu") -> dict:

@@ -25,8 +25,27 @@ def print_bench(report) -> None:
         console.print(deterministic_table(report))
     if "multimodal" in m:
         console.print(label_table(m["multimodal"]))
+    for line in balance_lines(report.summary):
+        console.print(line, soft_wrap=True)
     print_findings(m.get("findings", []), console, fired_only=True)
     console.print(f"rows: {report.run_dir / 'rows.parquet'}  (wall time {m['wall_time_s']:.1f} s)")
+    if report.reuse_note():
+        console.print(report.reuse_note(), style="bold", soft_wrap=True)
+
+
+def balance_lines(summary: list[dict]) -> list[str]:
+    """Balanced accuracy and per-class recall beside the majority-class rate, so that a model answering
+    one class is seen at a glance (stored runs made before these figures print nothing)."""
+    lines = []
+    for s in summary:
+        if "clean_balanced_accuracy" not in s:
+            continue
+        recall = lambda key: ", ".join(f"{k}: {_pct(v)}" for k, v in s[key].items())  # noqa: E731
+        prefix = f"ε {s['eps'] * 255:.3g}/255: " if len(summary) > 1 else ""
+        lines.append(f"{prefix}balanced accuracy clean {_pct(s['clean_balanced_accuracy'])} (recall {recall('clean_per_class_recall')}), "
+                     f"robust {_pct(s['robust_balanced_accuracy'])} (recall {recall('robust_per_class_recall')}); "
+                     f"majority-class rate {_pct(s['majority_class_rate'])}")
+    return lines
 
 
 def _title(report) -> str:
@@ -88,25 +107,39 @@ _STYLE = {"ERROR": "bold red", "FLAG": "yellow", "INFO": "cyan"}
 
 def findings_table(findings: list[dict], fired_only: bool = False) -> Table:
     """Checks as a table: ID, severity, status and the one-line reason (evaluation spec §4)."""
+    from robustmed.checks.registry import ran  # here: robustmed.checks loads torch, which `robustmed list` skips
+
     table = Table(title="checks", title_justify="left")
     for column in ("id", "severity", "status", "reason"):
         table.add_column(column, overflow="fold")
     for f in findings:
-        if f["fired"] or not fired_only:
-            status = f"[{_STYLE[f['severity']]}]fired[/]" if f["fired"] else "ok"
-            table.add_row(f["id"], f["severity"], status, f["reason"])
+        if f["fired"] or not ran(f) or not fired_only:
+            table.add_row(f["id"], f["severity"], _status(f), escape(f["reason"]))  # an error message is not markup
     return table
 
 
+def _status(finding: dict) -> str:
+    from robustmed.checks.registry import ran
+
+    if not ran(finding):
+        return "[dim]not run[/]"
+    return f"[{_STYLE[finding['severity']]}]fired[/]" if finding["fired"] else "ok"
+
+
 def print_findings(findings: list[dict], console: Console | None = None, fired_only: bool = False) -> None:
-    """The fired checks under the bench table (all of them for `robustmed check`), then the verdict."""
+    """The fired checks and those that could not run under the bench table (all of them for `robustmed check`),
+    then the verdict."""
+    from robustmed.checks.registry import ran
+
     console = console or Console()
     fired = [f for f in findings if f["fired"]]
-    if fired or not fired_only:
+    if fired or not all(ran(f) for f in findings) or not fired_only:
         console.print(findings_table(findings, fired_only))
     flagged = [f["id"] for f in fired if f["severity"] in ("ERROR", "FLAG")]
     verdict = f"[yellow]potentially unreliable[/] ({', '.join(flagged)})" if flagged else "no check flagged the result"
-    console.print(f"{len(findings)} checks run: {verdict}")
+    skipped = [f["id"] for f in findings if not ran(f)]
+    console.print(f"{len(findings) - len(skipped)} checks run: {verdict}" +
+                  (f"; could not run: {', '.join(skipped)}" if skipped else ""))
 
 
 def registry_listing(what: str) -> list[dict]:

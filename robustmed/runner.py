@@ -23,13 +23,14 @@ from robustmed.attacks import parse_attack, parse_eps_list
 from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, run_preflight, unreliable
 from robustmed.checks.bpda import bpda, switches
 from robustmed.checks.preflight import CLEAN_PASS
+from robustmed.contracts import adapt_head
 from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
 from robustmed.executors import Executor, get_executor
 from robustmed.factory import from_checkpoint, shipped_checkpoint
 from robustmed.harness import attack_rows, select_subset, summarize, with_null_baseline
 from robustmed.models.zoo import MODELS
-from robustmed.provenance import ENGINE, git_commit, machine, package_versions, resolve_device
+from robustmed.provenance import ENGINE, git_commit, machine, package_versions, resolve_device, weights_sha256
 from robustmed.randomness import is_randomized
 from robustmed.tensors import batch_size, take, to_device
 from robustmed.usermodel import load_model_file
@@ -79,6 +80,7 @@ class BenchConfig:
     resume: str | None = None  # complete this stored run instead of the one the config hashes to
     threat: str | None = None  # multi-input models: inputs attacked (joint, image, tabular, an input's name)
     criterion: str | None = None  # multi-label models: success criterion (any, label:NAME)
+    fresh: bool = False  # recompute even when a run with this id is stored
 
     def specs(self):
         return [parse_attack(a) for a in split_attacks(self.attack)]
@@ -91,7 +93,7 @@ class BenchConfig:
 
 
 # Where and how a run is computed, never what it computes: left out of the run id and the manifest's config.
-EXECUTION = ("out", "progress", "device", "data_root", "executor", "address", "resume")
+EXECUTION = ("out", "progress", "device", "data_root", "executor", "address", "resume", "fresh")
 
 
 @dataclass
@@ -101,6 +103,14 @@ class BenchReport:
     manifest: dict
     summary: list[dict]
     rows: object = field(repr=False)
+    reused: bool = False  # read back from the store, not computed by this call
+
+    def reuse_note(self) -> str | None:
+        """One line saying the figures were read back (made when), so a stale result is never silent."""
+        if not self.reused:
+            return None
+        return (f"read back stored run {self.manifest['run_id']}, made {self.manifest['created'][:19]} UTC "
+                f"(--fresh recomputes it)")
 
     def _expected_json(self, one: bool) -> dict:
         """Randomized models: the expected figures (the headline), per ε when there are several."""
@@ -108,6 +118,16 @@ class BenchReport:
             return {}
         keys = ("expected_clean_accuracy", "expected_clean_ci", "expected_robust_accuracy", "expected_robust_ci",
                 "expected_per_attack", "expected_per_attack_ci", "single_draw_robust_accuracy", "draws")
+        if one:
+            return {k: self.summary[0][k] for k in keys}
+        return {k: {str(s["eps"]): s[k] for s in self.summary} for k in keys}
+
+    def _balance_json(self, one: bool) -> dict:
+        """Balanced accuracy, per-class recall and the majority-class rate, per ε when there are several."""
+        keys = ("clean_balanced_accuracy", "clean_per_class_recall", "robust_balanced_accuracy",
+                "robust_per_class_recall", "majority_class_rate")
+        if "clean_balanced_accuracy" not in self.summary[0]:
+            return {}
         if one:
             return {k: self.summary[0][k] for k in keys}
         return {k: {str(s["eps"]): s[k] for s in self.summary} for k in keys}
@@ -124,8 +144,10 @@ class BenchReport:
             "robust_accuracy": self.summary[0]["robust_accuracy"] if one else robust,
             "robust_ci": self.summary[0]["robust_ci"] if one else {str(s["eps"]): s["robust_ci"] for s in self.summary},
             "per_attack": self.summary[0]["per_attack"] if one else {str(s["eps"]): s["per_attack"] for s in self.summary},
+            **self._balance_json(one),
             **self._expected_json(one),
             "wall_time_s": self.manifest["wall_time_s"],
+            "reused": self.reused,
             "unreliable": self.manifest["unreliable"],
             "findings": [f for f in self.manifest["findings"] if f["fired"]],
             "results": str(self.run_dir / store.ROWS_FILE),
@@ -148,8 +170,11 @@ def resolve_model(cfg: BenchConfig, device):
     if cfg.model_file:
         model, prov = load_model_file(cfg.model_file)
         dataset = data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET, cfg.data_root)
-        return model.to(device), dataset, {"model": f"file:{Path(prov['model_file']).name}", "defense": "custom",
-                                           "checkpoint": prov}
+        x_all, _ = dataset.split(cfg.split)
+        model, head = adapt_head(model.to(device), to_device(take(x_all, slice(0, 1)), device), dataset.num_classes)
+        prov = {**_pinned_by_weights(prov, model), **({"head": head} if head else {})}
+        return model, dataset, {"model": f"file:{Path(prov['model_file']).name}", "defense": "custom",
+                                "checkpoint": prov}
     preset = multimodal_bench.preset_of(cfg)
     if preset is not None:  # MMCAF-Net, IIMGF-Net: named inputs, their own data
         return multimodal_bench.resolve(cfg, preset, device)
@@ -164,16 +189,29 @@ def resolve_model(cfg: BenchConfig, device):
     else:
         model, meta = from_checkpoint(path, device)
         dataset = data_mod.load(cfg.dataset or meta.get("dataset", data_mod.DEFAULT_DATASET), cfg.data_root)
-    prov = {"path": portable_path(path), "sha256": meta["sha256"], "val_accuracy": meta.get("val_accuracy"),
-            "test_accuracy": meta.get("test_accuracy"), "trained_on": meta.get("dataset")}
+        # a config's defense "none" is also its default, so only the CLI can tell an explicit one (cli.py)
+        checkpoints.refuse_mismatch(path, meta, dataset=dataset.key if cfg.dataset else None, model=cfg.model,
+                                    defense=None if cfg.defense == "none" else cfg.defense)
+    prov = {"path": portable_path(path), "sha256": meta["sha256"], "weights_sha256": weights_sha256(model),
+            "val_accuracy": meta.get("val_accuracy"), "test_accuracy": meta.get("test_accuracy"),
+            "trained_on": meta.get("dataset")}
     return model, dataset, {"model": meta["model"], "defense": meta["defense"], "checkpoint": prov}
+
+
+def _pinned_by_weights(prov: dict, model) -> dict:
+    """A model file's identity is its code and the weights its factory loaded: the file alone does not
+    pin them (retrained weights behind the same file must not read back the old run)."""
+    weights = weights_sha256(model)
+    combined = hashlib.sha256(f"{prov['sha256']}:{weights}".encode()).hexdigest()
+    return {**prov, "file_sha256": prov["sha256"], "weights_sha256": weights, "sha256": combined}
 
 
 def _check_classes(model, x, dataset, device) -> None:
     with torch.no_grad():
         width = model(to_device(take(x, slice(0, 1)), device)).shape[-1]
     if width != dataset.num_classes:
-        raise UserError(f"the model predicts {width} classes but {dataset.key} has {dataset.num_classes}")
+        raise UserError(f"the model predicts {width} classes but {dataset.key} has {dataset.num_classes}: return "
+                        "one logit per class (or one logit for a binary task, read with the sigmoid convention)")
 
 
 def check_context(cfg: BenchConfig, model, dataset, prov: dict, x, y, ids, total: int, device) -> CheckContext:
@@ -216,6 +254,8 @@ def run_id_for(cfg: BenchConfig, defense: str, checkpoint_sha256: str | None, da
 
 def _validate(cfg: BenchConfig):
     specs, eps_values = cfg.specs(), cfg.eps_values()  # parse first: bad input fails before any work
+    if cfg.fresh and cfg.resume:
+        raise UserError("--fresh recomputes a run and --resume completes one: give one of them")
     if not specs:
         raise UserError("no attack given; e.g. --attack pgd100")
     if cfg.n is not None and cfg.n < 1:
@@ -303,7 +343,8 @@ def _job_config(cfg: BenchConfig) -> dict:
         dataset = units_mod.absolute(dataset)
     return {**asdict(cfg), "checkpoint": units_mod.absolute(cfg.checkpoint), "model_file": model_file,
             "dataset": dataset, "data_root": str(data_mod.data_root(cfg.data_root).resolve()),
-            "out": str(out_root(cfg)), "progress": False, "executor": "local", "address": None, "resume": None}
+            "out": str(out_root(cfg)), "progress": False, "executor": "local", "address": None, "resume": None,
+            "fresh": False}
 
 
 @dataclass
@@ -330,14 +371,14 @@ def _write_plan(run: _Run) -> None:
                             "remove it or write to another --out")
         return
     config = {k: v for k, v in asdict(run.cfg).items() if k not in ("out", "progress", "executor", "address",
-                                                                     "resume")}
+                                                                     "resume", "fresh")}
     store.write_json(plan_file, {"run_id": run.run_dir.name, "config": config, "units": unit_ids,
                                  "created": datetime.now(timezone.utc).isoformat()})
 
 
 def _stored_report(cfg: BenchConfig, run_dir: Path) -> BenchReport:
     rows, manifest = store.read_run(run_dir)
-    return BenchReport(cfg, run_dir, manifest, manifest["summary"], rows)
+    return BenchReport(cfg, run_dir, manifest, manifest["summary"], rows, reused=True)
 
 
 def _clean_pass(ctx: CheckContext):
@@ -376,8 +417,12 @@ def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRe
     ctx, dataset, prov = _prepare(cfg)
     run_id = cfg.resume or run_id_for(cfg, prov["defense"], prov["checkpoint"].get("sha256"), dataset.sha256)
     run_dir = out_root(cfg) / run_id
+    if cfg.fresh and run_dir.exists():
+        store.writable(run_dir.parent)
+        shutil.rmtree(run_dir)  # its stored units would be read back too
     if (run_dir / store.MANIFEST_FILE).is_file():
         return _stored_report(cfg, run_dir)
+    store.writable(run_dir.parent)  # an unwritable --out fails here, before the checks and the attack
     config = _job_config(cfg)
     attacks = _planned_attacks(cfg, ctx)
     if executor is not None:

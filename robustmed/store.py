@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -30,13 +31,51 @@ def default_root() -> Path:
     return Path(os.environ.get("ROBUSTMED_RESULTS", "results/runs"))
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or the closest of its ancestors that exists: where creating ``path`` would start."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def writable(root: str | os.PathLike) -> Path:
+    """``root`` as an absolute path, or a :class:`UserError` naming the folder and the fix when results cannot be
+    written there; checked before any work starts and without writing anything, so a refusal leaves no trace."""
+    root = Path(root).expanduser().absolute()
+    start = _nearest_existing(root)
+    if not start.is_dir():
+        raise UserError(f"results folder {root} cannot be created: {start} is a file, not a folder; "
+                        "pass --out with a folder you can write to")
+    if not os.access(start, os.W_OK | os.X_OK):
+        raise UserError(f"results folder {root} cannot be written: {start} is read-only for this user; "
+                        "pass --out with a folder you can write to, or make it writable")
+    return root
+
+
+@contextmanager
+def _writing(folder: Path):
+    """An OS error while writing results (disk full, permissions changed mid-run) ends as one line naming the
+    folder; the staged files are removed by the writer, so nothing half-written stays behind."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UserError(f"cannot write results in {folder}: {reason}; free space there or pass --out with a "
+                        "folder you can write to") from None
+
+
 def write_run(rows: pd.DataFrame, manifest: dict, root: str | os.PathLike | None = None) -> Path:
     """Write ``rows`` and ``manifest`` as ``<root>/<run_id>/``; returns the run directory."""
     root = Path(root) if root else default_root()
-    root.mkdir(parents=True, exist_ok=True)
     final = root / manifest["run_id"]
     if final.exists():
         raise FileExistsError(f"run directory {final} already exists")
+    with _writing(root):
+        return _write_run(rows, manifest, root, final)
+
+
+def _write_run(rows: pd.DataFrame, manifest: dict, root: Path, final: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         rows.to_parquet(staging / ROWS_FILE, index=False)
@@ -94,6 +133,11 @@ def sha256_bytes(path: Path) -> str:
 
 def _staged_file(path: Path, write) -> None:
     """``write(tmp)`` then rename onto ``path``: readers see the old file or the whole new one."""
+    with _writing(path.parent):
+        _stage(path, write)
+
+
+def _stage(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
     os.close(fd)
@@ -114,6 +158,11 @@ def write_unit(run_dir: str | os.PathLike, unit_id: str, rows: pd.DataFrame, met
 
     A unit that another writer completed first (a duplicate task) is kept and this copy dropped.
     """
+    with _writing(Path(run_dir)):
+        return _write_unit(run_dir, unit_id, rows, meta)
+
+
+def _write_unit(run_dir: str | os.PathLike, unit_id: str, rows: pd.DataFrame, meta: dict) -> Path:
     units = Path(run_dir) / UNITS_DIR
     units.mkdir(parents=True, exist_ok=True)
     final = units / unit_id
@@ -145,6 +194,17 @@ def read_unit(run_dir: str | os.PathLike, unit_id: str) -> tuple[pd.DataFrame, d
     except (OSError, ValueError):
         return None
     return (rows, meta) if len(rows) == meta.get("rows") else None
+
+
+def saved_units(run_dir: str | os.PathLike) -> tuple[int, int]:
+    """(stored, planned) units of a run in progress, from its ``plan.json`` and ``units/``; a unit's folder
+    appears by one rename once it is whole, so its presence means it was saved."""
+    run_dir = Path(run_dir)
+    try:
+        planned = json.loads((run_dir / PLAN_FILE).read_text())["units"]
+    except (OSError, ValueError, KeyError):
+        return 0, 0
+    return sum((run_dir / UNITS_DIR / unit_id / UNIT_FILE).is_file() for unit_id in planned), len(planned)
 
 
 def finish_run(run_dir: str | os.PathLike, rows: pd.DataFrame, manifest: dict) -> Path:

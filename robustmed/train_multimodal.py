@@ -181,7 +181,7 @@ def _finish(cfg, preset, dataset, recipe, spec, model, best, history, training_t
     test_pred = (label_logits(model, x_test).cpu() > thresholds).long()
     val_pred = (val_logits > thresholds).long()
     by_criterion = _criteria_accuracy(test_pred, y_test, dataset.labels)
-    out = cfg.out or checkpoints.shipped(preset.name, dataset.key, "none")
+    out = checkpoints.destination(cfg.out, preset.name, dataset.key, "none")
     metadata = {
         "model": preset.name, "defense": "none", "defense_version": "1", "dataset": dataset.key,
         "dataset_sha256": dataset.sha256, "recipe": asdict(recipe), "train_step": "bce (per label)",

@@ -481,6 +481,16 @@ def _selection_key(scores: dict) -> tuple[bool, float, float]:
     return clean > LEARNED, scores.get("robust_val_balanced_accuracy", 0.0), clean
 
 
+def selection_warnings(scores: dict, num_classes: int) -> list[str]:
+    """A warning when even the selected epoch has not left chance: its accuracy is the label mix's."""
+    balanced = scores.get("val_balanced_accuracy")
+    if balanced is None or balanced > LEARNED:
+        return []
+    return [f"the selected epoch's balanced validation accuracy is {balanced:.3f} (chance {1 / num_classes:.3f}, "
+            f"a classifier scores above {LEARNED}): it has not learnt to tell the classes apart; "
+            "train for more epochs (--epochs) or start from a clean model (--init)"]
+
+
 def _update(model, loss, optimizers: dict, ctx: StepContext) -> None:
     for optimizer in optimizers.values():
         optimizer.zero_grad(set_to_none=True)
@@ -590,7 +600,7 @@ def train(cfg: TrainConfig) -> dict:
 
     model.load_state_dict(best[2])
     test_acc, test_draws = test_accuracy(model, x_test, y_test, device)
-    out = cfg.out or checkpoints.shipped(cfg.model, dataset.key, cfg.defense)
+    out = checkpoints.destination(cfg.out, cfg.model, dataset.key, cfg.defense)
     metadata = {
         "model": cfg.model,
         "defense": cfg.defense,
@@ -608,6 +618,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_images": len(x_train),
         **({"init": initialized} if initialized else {}),
         **best[3],
+        "warnings": selection_warnings(best[3], dataset.num_classes),
         "test_accuracy": test_acc,
         "test_accuracy_draws": test_draws,
         "training_time_s": round(training_time, 1),

@@ -9,8 +9,29 @@ from robustmed.checks import CHECKS, CheckContext, blocking, post_run, run_prefl
 from robustmed.checks.preflight import count_grad_calls
 from robustmed.harness import attack_rows
 
-SPEC_IDS = {f"A{i}" for i in range(1, 11)} | {f"B{i}" for i in range(1, 17)} | {f"C{i}" for i in range(1, 6)} | \
-    {f"D{i}" for i in range(1, 5)}  # C5 (attacks beat the null attack) is robustmed's own addition
+# C5 (attacks beat the null attack), A11 (not a constant classifier) and B17 (the attacks moved something)
+# are robustmed's own additions
+SPEC_IDS = {f"A{i}" for i in range(1, 12)} | {f"B{i}" for i in range(1, 18)} | {f"C{i}" for i in range(1, 6)} | \
+    {f"D{i}" for i in range(1, 5)}
+
+
+def fitted(model, x, y, steps: int = 60):
+    """A sound model is a classifier: a few seeded Adam steps on the batch lift the tiny models off the
+    constant answer an untrained net gives (which A11 and B17 rightly flag)."""
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():  # BatchNorm's running statistics set to the batch's own, as after a full epoch
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None
+        model(x)
+    return model.eval()
 
 
 @pytest.fixture
@@ -84,13 +105,13 @@ def test_randomized_model_without_eot_trips_c1_and_paper_protocol_c2(batch):
 @pytest.mark.parametrize("model", [Tiny(), Tiny(batch_norm=True), TinyCNN()], ids=["tiny", "tiny-bn", "tinycnn"])
 def test_clean_tiny_models_trip_no_check(model, batch):
     x, y = batch
-    fired = [f.id for f in evaluate(model.eval(), x, y, eps=(2 / 255, 4 / 255)).values() if f.fired]
+    fired = [f.id for f in evaluate(fitted(model, x, y), x, y, eps=(2 / 255, 4 / 255)).values() if f.fired]
     assert fired == []
 
 
 def test_clean_tiny_model_passes_the_full_tier(batch):
     x, y = batch
-    findings = evaluate(TinyCNN().eval(), x[:24], y[:24], "pgd5", level="full")
+    findings = evaluate(fitted(TinyCNN(), x, y), x[:24], y[:24], "pgd5", level="full")
     assert {"B6", "B7", "B8", "B9", "B10", "B11", "B12", "B14", "B15", "B16", "C3", "D1", "D3"} <= set(findings)
     assert [f.id for f in findings.values() if f.fired] == []
     assert not unreliable(list(findings.values()))

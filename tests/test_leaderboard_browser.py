@@ -6,8 +6,7 @@ import subprocess
 
 import pytest
 
-from robustmed.evidence import evaluations
-from robustmed.leaderboard import entries, render_html
+from robustmed.leaderboard import boards, render_html
 from robustmed.store import load_runs
 
 from test_reports import EPS, _rows, _run
@@ -29,7 +28,7 @@ def test_leaderboard_renders_in_headless_chromium(tmp_path, width, height):
     runs = [_run("none", [_rows("none", "aa", [1, 0, 0, 0])], "r1"),
             _run("rpan", [_rows("rpan", "aa", [1, 1, 0, 0])], "r2", ["A4"])]
     page = tmp_path / "leaderboard.html"
-    page.write_text(render_html(entries(evaluations(runs), EPS), EPS))
+    page.write_text(render_html(boards(runs, EPS), EPS))
     shot = tmp_path / "shot.png"
     profile = tmp_path / "profile"
     proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
@@ -44,5 +43,7 @@ def test_leaderboard_renders_in_headless_chromium(tmp_path, width, height):
 def test_committed_golden_runs_make_a_leaderboard():
     from test_reports import GOLDEN
 
-    items = entries(evaluations(load_runs(GOLDEN)), EPS)
-    assert [e.defense for e in items] == ["none"] and 0 <= items[0].best_known <= items[0].clean_accuracy
+    (board,) = boards(load_runs(GOLDEN), EPS)
+    (entry,) = board.entries
+    assert (board.dataset, entry.defense, entry.n) == ("pneumoniamnist", "none", 64)
+    assert 0 <= entry.robust_accuracy <= entry.clean_accuracy

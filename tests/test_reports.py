@@ -11,7 +11,7 @@ import pytest
 from robustmed import store
 from robustmed.cli import main
 from robustmed.evidence import WORST, evaluations
-from robustmed.leaderboard import STALE_FLAG, entries, render_html, render_markdown
+from robustmed.leaderboard import STALE_FLAG, boards, render_html, render_markdown
 from robustmed.provenance import ENGINE
 from robustmed.regress import compare, mcnemar_exact, verdict
 from robustmed.tables import render
@@ -65,15 +65,16 @@ def test_table3_layout_bold_best_and_both_protocols(runs):
     assert r"\textbf{75.0}" in latex and r"\begin{tabular}" in latex and r"\scriptsize" in latex
 
 
-def test_leaderboard_ranks_by_best_known_minimum(runs):
-    items = entries(evaluations(runs), EPS)
+def test_leaderboard_ranks_by_the_per_sample_worst_case(runs):
+    (board,) = boards(runs, EPS)  # the paper-protocol run of rpan is not ranked
+    items = board.entries
     assert [e.defense for e in items] == ["rpan", "none"]
-    assert items[0].best_known == 0.5 and items[0].aa_accuracy == 0.5 and items[0].flags == ("A4", "A6")
-    markdown = render_markdown(items, EPS)
-    assert "yes: A4, A6" in markdown and "| 1 | rpan |" in markdown
+    assert items[0].robust_accuracy == 0.5 and items[0].aa_accuracy == 0.5 and items[0].flags == ("A4", "A6")
+    markdown = render_markdown([board], EPS)
+    assert "yes: A4, A6" in markdown and "| 1 | rpan | m | 4 |" in markdown
     old = [(rows, {k: v for k, v in manifest.items() if k != "engine"}) for rows, manifest in runs]
-    assert STALE_FLAG in entries(evaluations(old), EPS)[0].flags  # AutoAttack columns of the previous engine
-    page = render_html(items, EPS)
+    assert STALE_FLAG in boards(old, EPS)[0].entries[0].flags  # AutoAttack columns of the previous engine
+    page = render_html([board], EPS)
     assert page.startswith("<!doctype html>") and 'name="viewport"' in page
     assert "http" not in page and "<script" not in page  # static and self-contained
 

@@ -6,7 +6,7 @@
 """
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import CHECKS, ERROR, FLAG, INFO, Check, Finding, blocking, unreliable
-from robustmed.checks import ablation, binarization, invariants, preflight, randomized  # noqa: F401  (registers)
+from robustmed.checks import ablation, binarization, degenerate, invariants, preflight, randomized  # noqa: F401  (registers)
 from robustmed.checks.preflight import run_preflight
 from robustmed.checks.suite import LEVELS, post_run
 

@@ -16,7 +16,7 @@ import torch
 
 from robustmed.attacks import FAMILIES, parse_attack
 from robustmed.checks.context import CheckContext
-from robustmed.checks.registry import FLAG, FULL, Finding, register
+from robustmed.checks.registry import FLAG, FULL, Finding, register, stops_the_run
 from robustmed.checks.removal import Removed, remove_defense
 from robustmed.checks.subset import Subset, attack_robust, gradient_spec, run_robust, subset
 from robustmed.harness import DEFAULT_DRAWS, judge_draws, resolve_spec
@@ -56,6 +56,7 @@ def _transfer_examples(ctx: CheckContext, model, x: torch.Tensor, y: torch.Tenso
     return result.x_adv.detach()
 
 
+@B11.guard
 def transfer(ctx: CheckContext, rows: pd.DataFrame, sub: Subset, removed: Removed) -> Finding:
     """B11: APGD examples from the defense-removed model must not break points the white-box attacks left robust."""
     reason = _not_applicable(removed, ctx, sub)
@@ -82,6 +83,7 @@ def transfer(ctx: CheckContext, rows: pd.DataFrame, sub: Subset, removed: Remove
                        + (": the defense masks gradients" if fired else ""), **details)
 
 
+@D3.guard
 def ablation(ctx: CheckContext, rows: pd.DataFrame, sub: Subset, removed: Removed) -> Finding:
     """D3: the run's gradient attack on the defense-removed model must leave ≈0% robust at 16/255."""
     reason = _not_applicable(removed, ctx, sub)
@@ -110,5 +112,11 @@ def ablation(ctx: CheckContext, rows: pd.DataFrame, sub: Subset, removed: Remove
 def run_ablation(ctx: CheckContext, rows: pd.DataFrame, full: bool = False) -> list[Finding]:
     if not full:
         return []
-    sub, removed = subset(ctx, rows), remove_defense(ctx.model)
+    try:
+        removed = remove_defense(ctx.model)
+    except Exception as exc:  # noqa: BLE001  (a user's model may not survive the copy and surgery)
+        if stops_the_run(exc):
+            raise
+        return [B11.not_run(exc), D3.not_run(exc)]
+    sub = subset(ctx, rows)
     return [transfer(ctx, rows, sub, removed), ablation(ctx, rows, sub, removed)]

@@ -110,6 +110,7 @@ def _one_test(model: nn.Module, head: tuple[nn.Module, str], x: torch.Tensor, ep
     return True, bool(result.success.item())
 
 
+@B16.guard
 def binarization(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B16: on binarized copies of the model where an adversarial example provably exists, the attack finds it."""
     sub = subset(ctx, rows, TESTS)

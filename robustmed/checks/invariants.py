@@ -39,6 +39,7 @@ RATE_TOL = 0.005  # 0.5 points (B5, B7)
 GAP_TOL = 0.02  # 2 points (B12, B15)
 SQUARE_TOL = 0.002  # AutoAttack's 0.2 points (B8)
 RISE_TOL = 0.01  # B14: relative rise of the best loss over the last 10% of the steps
+ESCALATION_STEPS = 320  # the most steps B6, B14 and B15 escalate to before calling the sign the model's
 NOISE_POINTS = 1000  # random corners of the ε-ball per sample left robust (B10)
 
 
@@ -48,6 +49,7 @@ def _pct(value: float) -> str:
 
 # --- always on: the stored rows -------------------------------------------------------------------
 
+@B1.guard
 def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B1: the harness refuses any chunk leaving the ε-ball, [0, 1] or finite values; stored norms re-checked
     (per input against its own ε when the rows come from a multi-input threat model, check F4)."""
@@ -61,6 +63,7 @@ def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                       f"every ‖δ‖∞ ≤ ε (largest ‖δ‖∞/ε = {ratio:.4f}); box and NaN checked per chunk", max_ratio=ratio)
 
 
+@B2.guard
 def reverification(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B2: deterministic models are re-scored chunk by chunk by the harness (a mismatch aborts the run)."""
     if ctx.randomized:
@@ -68,6 +71,7 @@ def reverification(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     return B2.passed("a fresh forward pass on every returned example reproduced the attack's predictions")
 
 
+@B3.guard
 def clean_errors(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B3: robust implies clean-correct, row by row."""
     bad = int((rows.robust & ~rows.clean_correct).sum())
@@ -75,6 +79,7 @@ def clean_errors(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                       "no clean error counted as robust", violations=bad)
 
 
+@B4.guard
 def worst_case(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B4: every sample is robust at ε only if robust under every attack (min over attacks per sample)."""
     per_sample = rows.groupby(["eps", "sample_id"]).robust.all().groupby("eps").mean()
@@ -87,6 +92,7 @@ def worst_case(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                       f"(the per-attack minimum would overstate it by {100 * gap:.1f} pt)", overstatement=gap)
 
 
+@B5.guard
 def monotone(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B5: a sample broken at ε_i must be broken at every larger ε_j (per attack)."""
     if rows.eps.nunique() < 2:
@@ -100,6 +106,7 @@ def monotone(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                       f"smaller ε ({100 * rate:.2f}%)", violations=violations, rate=rate)
 
 
+@B13.guard
 def silent_success(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B13: an iterate that broke the sample must not be returned as a failure (deterministic rows)."""
     single = rows[rows.draws == 1]
@@ -110,6 +117,7 @@ def silent_success(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                        if lost else "every sample broken at some step was returned broken", lost=lost)
 
 
+@B8.guard
 def black_box_columns(rows: pd.DataFrame) -> Finding | None:
     """B8 from the run's own columns: samples its Square column broke that every white-box column left robust.
 
@@ -134,10 +142,35 @@ ROW_CHECKS = (budget, reverification, clean_errors, worst_case, monotone, silent
 
 # --- full: re-attacking a seeded subset -----------------------------------------------------------
 
+def escalated(check, measure, ctx, sub) -> Finding:
+    """Run ``measure(ctx, sub, steps)`` at the run's steps, and while it fires at twice as many, up to
+    :data:`ESCALATION_STEPS`: a sign that the *attack* has not converged is answered by attacking harder.
+    Only a sign that persists at the largest budget fires; one that goes away is recorded with the
+    steps at which the evaluation converged."""
+    base = steps = gradient_spec(ctx).steps
+    finding = first = measure(ctx, sub, steps)
+    while finding.fired and 2 * steps <= ESCALATION_STEPS:
+        steps *= 2
+        finding = measure(ctx, sub, steps)
+    if steps == base:
+        return finding
+    trail = {"escalated_from": base, "escalated_to": steps, "first": first.reason}
+    if finding.fired:
+        return check.fired(f"{finding.reason}; still so after escalating from {base} to {steps} steps",
+                           **finding.details, **trail)
+    return check.passed(f"{base} steps had not converged ({first.reason}); escalated to {steps} steps: "
+                        f"{finding.reason}: evaluate with {steps} steps or more", **finding.details, **trail)
+
+
+@B6.guard
 def convergence(ctx, rows, sub) -> Finding:
-    """B6: doubling the steps must not break more than 0.5 pt more samples."""
+    """B6: doubling the steps must not break more than 0.5 pt more samples (escalated while it does)."""
+    return escalated(B6, _convergence_at, ctx, sub)
+
+
+def _convergence_at(ctx, sub, k: int) -> Finding:
     spec = gradient_spec(ctx)
-    k, eps = spec.steps, sub.eps
+    eps = sub.eps
     at_k, at_2k = (attack_robust(ctx, sub, f"{spec.family}{s}:loss={spec.loss}") for s in (k, 2 * k))
     gap = float(at_k.mean() - at_2k.mean())
     return B6.outcome(gap > max(RATE_TOL, 1 / len(sub.ids)), f"{spec.family}{k} {_pct(at_k.mean())} vs "
@@ -155,6 +188,7 @@ def _missed(ctx, rows, sub, attack: str) -> float:
     return float((~robust).sum() / len(sub.ids))
 
 
+@B7.guard
 def single_step(ctx, rows, sub) -> Finding:
     """B7: FGSM must not break samples the run's attacks left robust."""
     missed = _missed(ctx, rows, sub, f"pgd1:alpha={sub.eps!r},random_start=0")
@@ -162,6 +196,7 @@ def single_step(ctx, rows, sub) -> Finding:
                       "left robust", fgsm_only=missed)
 
 
+@B8.guard
 def black_box(ctx, rows, sub) -> Finding:
     """B8: Square (250 queries) must not beat the white-box attacks by more than 0.2 pt."""
     missed = _missed(ctx, rows, sub, "square250")
@@ -169,6 +204,7 @@ def black_box(ctx, rows, sub) -> Finding:
                       "attacks left robust", square_only=missed)
 
 
+@B9.guard
 def unbounded(ctx, rows, sub) -> Finding:
     """B9: at ε = the whole input range, robust accuracy must fall to at most 1/C."""
     robust = float(attack_robust(ctx, sub, "pgd20", eps=1.0).mean())
@@ -176,6 +212,7 @@ def unbounded(ctx, rows, sub) -> Finding:
                       f"(limit 1/C = {_pct(1 / ctx.num_classes)})", robust=robust)
 
 
+@B10.guard
 @torch.no_grad()
 def random_noise(ctx, rows, sub) -> Finding:
     """B10: random corners of the ε-ball must not break samples the gradient attacks left robust."""
@@ -194,6 +231,7 @@ def random_noise(ctx, rows, sub) -> Finding:
                        f"attacks missed", broken=broken, rate=rate, points=NOISE_POINTS)
 
 
+@B12.guard
 def loss_diversity(ctx, rows, sub) -> Finding:
     """B12: the margin loss must not break more than 2 pt more samples than CE."""
     spec = gradient_spec(ctx)
@@ -203,12 +241,17 @@ def loss_diversity(ctx, rows, sub) -> Finding:
                        f"gap {100 * gap:.1f} pt", robust_ce=float(ce.mean()), robust_margin=float(margin.mean()))
 
 
+@B14.guard
 def incomplete(ctx, rows, sub) -> Finding:
-    """B14: the loss of unbroken samples must not still be rising over the last 10% of the steps."""
+    """B14: the loss of unbroken samples must not still be rising over the last 10% of the steps
+    (escalated while it is)."""
     if ctx.randomized:
         return B14.passed("not measured on randomized models (the EOT loss is noisy)")
-    spec = gradient_spec(ctx)
-    steps, eps = max(spec.steps, 10), sub.eps
+    return escalated(B14, _incomplete_at, ctx, sub)
+
+
+def _incomplete_at(ctx, sub, steps: int) -> Finding:
+    steps, eps = max(steps, 10), sub.eps
     x, y = sub.x.to(ctx.device), sub.y.to(ctx.device)
     start = uniform_start(x, eps, torch.Generator().manual_seed(ctx.seed))
     options = dict(eps=eps, step_size=2.5 * eps / steps, start=start, keep_best=True, early_stop=False, loss="ce")
@@ -220,10 +263,14 @@ def incomplete(ctx, rows, sub) -> Finding:
                        f"{_pct(rising)} of the unbroken samples", rising=rising, steps=steps)
 
 
+@B15.guard
 def step_size(ctx, rows, sub) -> Finding:
-    """B15: α ∈ {2.5ε/T, ε/4, ε/10} must agree within 2 pt."""
-    spec = gradient_spec(ctx)
-    steps, eps = spec.steps, sub.eps
+    """B15: α ∈ {2.5ε/T, ε/4, ε/10} must agree within 2 pt (escalated while they do not)."""
+    return escalated(B15, _step_size_at, ctx, sub)
+
+
+def _step_size_at(ctx, sub, steps: int) -> Finding:
+    eps = sub.eps
     alphas = {"2.5ε/T": 2.5 * eps / steps, "ε/4": eps / 4, "ε/10": eps / 10}
     robust = {k: float(attack_robust(ctx, sub, f"pgd{steps}:alpha={a!r}").mean()) for k, a in alphas.items()}
     spread = max(robust.values()) - min(robust.values())

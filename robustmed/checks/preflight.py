@@ -42,6 +42,7 @@ SITE_COSINE_MIN = 0.9  # A6 per site: the gradient an op passes back vs the stra
 CLEAN_PASS = "clean_pass"  # ctx.extras: A9's single-draw clean pass, (prediction, loss, correct draws) per sample
 
 
+@A1.guard
 def eval_mode(ctx: CheckContext) -> Finding:
     """A1: after ``eval()`` no BatchNorm may still use batch statistics; active dropout is MC dropout."""
     ctx.model.eval()
@@ -57,6 +58,7 @@ def eval_mode(ctx: CheckContext) -> Finding:
     return A1.passed("eval mode; no BatchNorm in train mode, no active dropout")
 
 
+@A2.guard
 def input_domain(ctx: CheckContext) -> Finding:
     """A2: inputs lie in [0, 1] (ε is stated in those units) and are not standardized."""
     low, high = ctx.x.min().item(), ctx.x.max().item()
@@ -73,6 +75,7 @@ def input_domain(ctx: CheckContext) -> Finding:
     return A2.passed(f"inputs within [0, 1] (min {low:.3g}, max {high:.3g}), not standardized", **details)
 
 
+@A3.guard
 @torch.no_grad()
 def probabilities(ctx: CheckContext) -> Finding:
     """A3: rows in [0, 1] summing to 1 (softmax) or with logsumexp ≈ 0 (log-softmax) are not logits."""
@@ -85,6 +88,7 @@ def probabilities(ctx: CheckContext) -> Finding:
     return A3.passed("outputs are logits")
 
 
+@A4.guard
 @torch.no_grad()
 def randomness(ctx: CheckContext) -> Finding:
     """A4: K forward passes; an L2-normalized logit change above 1e-4 or a flipped prediction → randomized."""
@@ -129,6 +133,7 @@ def count_grad_calls(model: nn.Module, x: torch.Tensor) -> int:
     return calls
 
 
+@A5.guard
 def test_time_optimization(ctx: CheckContext) -> Finding:
     """A5: a forward pass that computes gradients optimizes at test time and needs an adaptive attack."""
     calls = count_grad_calls(ctx.model, ctx.probe[0][:2])
@@ -176,6 +181,7 @@ def _obfuscated(sites: dict) -> dict:
     return {k: s for k, s in sites.items() if s.blocked_fraction > SITE_BLOCKED_TOL or s.cosine < SITE_COSINE_MIN}
 
 
+@A6.guard
 def gradient_health(ctx: CheckContext) -> Finding:
     """A6: per-sample input gradients of CE and margin loss must exist, be finite and be non-zero; at every
     declared non-differentiable op (per site) the gradient must not be blocked or shattered."""
@@ -212,6 +218,7 @@ def gradient_health(ctx: CheckContext) -> Finding:
                     "plain gradients cannot see through them, BPDA (straight-through) is required there", **details)
 
 
+@A7.guard
 def class_count(ctx: CheckContext) -> Finding:
     """A7: attacks adapted to the class count (no DLR for C < 3, no targeted DLR for C < 4: their budget
     goes to APGD-CE restarts and a targeted margin); recorded."""
@@ -229,6 +236,7 @@ def class_count(ctx: CheckContext) -> Finding:
     return A7.passed(f"{ctx.num_classes} classes: no attack needs adapting", adapted=changes)
 
 
+@A8.guard
 def task_type(ctx: CheckContext) -> Finding:
     """A8: the harness judges success as an argmax flip, which is only defined for single-label tasks, unless
     the run declares its criterion (``extras["success_criterion"]``: a multi-label model's criterion view)."""
@@ -236,9 +244,12 @@ def task_type(ctx: CheckContext) -> Finding:
     if declared:
         return A8.passed(f"task {ctx.task!r}: declared success criterion: {declared}", task=ctx.task,
                          criterion=declared)
-    if ctx.task.startswith("multi-label") or ctx.task.startswith("ordinal"):
+    if ctx.task.startswith("multi-label"):
         return A8.fired(f"task {ctx.task!r}: success is judged as an argmax flip, which does not define "
                         "robustness for this task; no success criterion is declared", task=ctx.task)
+    if ctx.task.startswith("ordinal"):  # MedMNIST scores ordinal sets by exact-grade accuracy (its ACC)
+        return A8.passed(f"task {ctx.task!r}: a change of the predicted grade is the success criterion, as "
+                         "MedMNIST's accuracy counts any wrong grade", task=ctx.task, criterion="grade flip")
     return A8.passed(f"task {ctx.task!r}: an argmax flip is the success criterion", task=ctx.task)
 
 
@@ -251,6 +262,7 @@ def _clean_accuracy(ctx: CheckContext, draws: int) -> float:
     return int(hits.sum()) / (draws * len(ctx.x))
 
 
+@A9.guard
 def clean_parity(ctx: CheckContext) -> Finding:
     """A9: the harness's clean accuracy reproduces the registry's (exactly on the full split, else within CI)."""
     if ctx.registry_accuracy is None:
@@ -267,6 +279,7 @@ def clean_parity(ctx: CheckContext) -> Finding:
     return A9.outcome(not ok, reason + ("" if ok else ": wrong weights, preprocessing or data"), **details)
 
 
+@A10.guard
 def budget_sanity(ctx: CheckContext) -> Finding:
     """A10: L∞ budgets above 16/255 of the [0, 1] range are not small perturbations."""
     large = [e for e in ctx.eps if e > LARGE_EPS + 1e-12]

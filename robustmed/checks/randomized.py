@@ -32,6 +32,7 @@ def _specs(rows: pd.DataFrame) -> dict[str, dict]:
     return {name: json.loads(text) for name, text in rows.groupby("attack").spec.first().items()}
 
 
+@C1.guard
 def eot_profile(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """C1: every gradient attack on a randomized model averages at least 20 EOT samples."""
     if not ctx.randomized:
@@ -43,6 +44,7 @@ def eot_profile(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                       f"every gradient attack uses EOT ≥ {MIN_EOT}", weak=weak)
 
 
+@C2.guard
 def draws(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """C2: a randomized model's sample is robust only if correct in every one of R > 1 draws."""
     if not ctx.randomized:
@@ -55,6 +57,7 @@ def draws(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                     FLAG if paper else ERROR, single_draw=single)
 
 
+@C4.guard
 def clean_over_draws(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """C4: clean accuracy of a randomized model, as the mean over draws and correct-in-every-draw."""
     if not ctx.randomized:
@@ -67,6 +70,7 @@ def clean_over_draws(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
                     "every draw", mean=mean, all_draws=every, number_forward_passes=r)
 
 
+@C3.guard
 def fixed_randomness(ctx: CheckContext, rows: pd.DataFrame, sub: Subset) -> Finding:
     """C3: with the noise frozen the model is deterministic, and the attack must do at least as well."""
     if not random_modules(ctx.model):
@@ -81,6 +85,7 @@ def fixed_randomness(ctx: CheckContext, rows: pd.DataFrame, sub: Subset) -> Find
                       randomized=float(run.mean()))
 
 
+@D1.guard
 def bpda_gap(ctx: CheckContext, rows: pd.DataFrame, sub: Subset) -> Finding:
     """D1: the straight-through (BPDA) attack must not beat the plain one, else gradients are obfuscated."""
     if not switches(ctx.model):
@@ -98,6 +103,7 @@ def bpda_gap(ctx: CheckContext, rows: pd.DataFrame, sub: Subset) -> Finding:
                       plain=float(plain.mean()), bpda=float(straight.mean()))
 
 
+@D4.guard
 def adaptive_required(findings: list[Finding]) -> Finding:
     """D4: test-time optimization (A5) or a stronger BPDA attack (D1) calls for an adaptive evaluation."""
     causes = [f.id for f in findings if f.fired and f.id in ("A5", "D1")]
@@ -105,6 +111,7 @@ def adaptive_required(findings: list[Finding]) -> Finding:
                       if causes else "no sign that an adaptive evaluation is needed", causes=causes)
 
 
+@C5.guard
 def null_baseline(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """C5: each attack column must lower expected accuracy below the null attack (the clean image judged
     the same way): judging over fresh draws and taking a worst case lowers it with no attack at all.

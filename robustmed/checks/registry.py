@@ -2,17 +2,23 @@
 
 Each rule of the evaluation spec (§4: A pre-flight, B invariants, C randomized, D non-differentiable)
 is registered once as a :class:`Check`; running it yields a :class:`Finding` stored with the run.
-ERROR blocks the result, FLAG marks it "potentially unreliable", INFO is only recorded.
+ERROR blocks the result, FLAG marks it "potentially unreliable", INFO is only recorded. A check that
+raises on a model (say, one whose forward does not survive the check's surgery) is recorded as not run
+(INFO, not fired, its reason starting "could not run:") and the other checks go on.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
+from robustmed.errors import UserError
+from robustmed.harness import InvariantError
 from robustmed.registry import Registry
 
 ERROR, FLAG, INFO = "ERROR", "FLAG", "INFO"
 SEVERITIES = (ERROR, FLAG, INFO)
 ALWAYS, FULL = "always", "full"  # tiers: cheap checks on every run; costly ones under `--checks full`
+NOT_RUN = "could not run: "  # the reason's prefix on a finding whose check raised instead of deciding
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,34 @@ class Check:
 
     def outcome(self, fired: bool, reason: str, severity: str | None = None, **details) -> Finding:
         return self.fired(reason, severity, **details) if fired else self.passed(reason, **details)
+
+    def not_run(self, exc: BaseException) -> Finding:
+        """The finding of this check when it raised: recorded, never fired, never counted as unreliable."""
+        return Finding(self.id, INFO, False, f"{NOT_RUN}{type(exc).__name__}: {exc}", {"error": type(exc).__name__})
+
+    def guard(self, check):
+        """Decorator: an exception inside ``check`` becomes this check's "could not run" finding, except the
+        errors robustmed raises on purpose to stop a run (see :func:`stops_the_run`)."""
+        @functools.wraps(check)
+        def guarded(*args, **kwargs):
+            try:
+                return check(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001  (a user's model can fail in any way)
+                if stops_the_run(exc):
+                    raise
+                return self.not_run(exc)
+        return guarded
+
+
+def stops_the_run(exc: BaseException) -> bool:
+    """robustmed's own refusals: a broken attack invariant (B1/B2) and bad input keep ending the run."""
+    return isinstance(exc, (InvariantError, UserError))
+
+
+def ran(finding: Finding | dict) -> bool:
+    """False for a check that raised instead of deciding (its reason starts with :data:`NOT_RUN`)."""
+    reason = finding["reason"] if isinstance(finding, dict) else finding.reason
+    return not reason.startswith(NOT_RUN)
 
 
 CHECKS: Registry[Check] = Registry("check")

@@ -41,6 +41,7 @@ def _pass(model, x, attacked: bool) -> torch.Tensor:
         return model(x).float()
 
 
+@D2.guard
 def attack_surface(ctx: CheckContext) -> Finding:
     """D2: the attacked callable is the judged model and computes the same logits with and without gradients."""
     attacked = autocast_forward(ctx.model, "", ctx.device)
