@@ -312,7 +312,8 @@ def cmd_check(args) -> int:
     _apply_threads(args)
     cfg = BenchConfig(defense=_explicit_defense(args), attack=args.attack, model=args.model, dataset=args.dataset,
                       data_root=args.data_root, checkpoint=args.checkpoint, model_file=args.model_file,
-                      eps=args.eps, n=args.n, seed=args.seed, device=args.device, progress=False, checks=args.checks)
+                      eps=args.eps, n=args.n, seed=args.seed, device=args.device, progress=not args.json,
+                      checks=args.checks)
     findings = run_checks(cfg)
     rows = [f.to_json() for f in findings]
     if args.json:

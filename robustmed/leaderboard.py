@@ -82,9 +82,9 @@ def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> dict[tuple, li
     (data set, norm, sample set, defense, model); runs stay oldest first within a key."""
     out: dict[tuple, list] = {}
     for rows, manifest in runs:
+        if "protocol" in rows and (rows.protocol == "paper").any():
+            continue  # a paper-protocol run: its null baseline is a copy of the adaptive run's, its flags its own
         keep = (rows.eps - eps).abs() < 1e-9
-        if "protocol" in rows:
-            keep &= rows.protocol == "adaptive"
         rows = rows[keep]
         if rows.empty:
             continue

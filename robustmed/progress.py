@@ -25,6 +25,16 @@ def progress_bar(enabled: bool = True):
         yield bar
 
 
+@contextmanager
+def status(text: str, enabled: bool = True):
+    """A one-line spinner on stderr for work without a count (the pre-flight checks); nothing when disabled."""
+    if not enabled:
+        yield
+        return
+    with console.status(text):
+        yield
+
+
 class _Silent:
     def add_task(self, *args, **kwargs):
         return 0

@@ -30,6 +30,7 @@ from robustmed.executors import Executor, get_executor
 from robustmed.factory import from_checkpoint, shipped_checkpoint
 from robustmed.harness import attack_rows, select_subset, summarize, with_null_baseline
 from robustmed.models.zoo import MODELS
+from robustmed.progress import status
 from robustmed.provenance import ENGINE, git_commit, machine, package_versions, resolve_device, weights_sha256
 from robustmed.randomness import is_randomized
 from robustmed.tensors import batch_size, take, to_device
@@ -286,7 +287,8 @@ def _attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
     Returns (rows, findings, number of straight-through sites); with ``refuse`` an ERROR finding
     stops the run, before the attack when a pre-flight check fails.
     """
-    preflight = run_preflight(ctx)
+    with status("pre-flight checks", cfg.progress):
+        preflight = run_preflight(ctx)
     if refuse:
         refuse_on_errors(preflight)
     with bpda(ctx.model) if ctx.nondiff_ops else nullcontext(0) as straight_through:
@@ -294,7 +296,8 @@ def _attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
         rows = attack_rows(ctx.model, ctx.x, ctx.y, ctx.ids, specs, ctx.eps, seed=cfg.seed,
                            batch_size=cfg.batch_size, device=ctx.device, progress=cfg.progress,
                            randomized=ctx.randomized, clean_pass=_clean_pass(ctx))
-        findings = post_run(ctx, rows, preflight, cfg.checks)
+        with status(f"{cfg.checks} checks on the rows", cfg.progress):
+            findings = post_run(ctx, rows, preflight, cfg.checks)
     if refuse:
         refuse_on_errors(findings)
     return rows, findings, straight_through
@@ -428,7 +431,8 @@ def _start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRe
     if executor is not None:
         executor.start(len(attacks) * len(units_mod.shards(ctx.ids, cfg.unit_size())),
                        units_mod.load_spec(config, prov["checkpoint"].get("sha256")))
-    preflight = run_preflight(ctx)
+    with status(f"pre-flight checks on {run_id}", cfg.progress):
+        preflight = run_preflight(ctx)
     refuse_on_errors(preflight)
     sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
     job = units_mod.job_for(config, prov["checkpoint"].get("sha256"), ctx.randomized, sites)
@@ -448,7 +452,8 @@ def _finish(run: _Run) -> BenchReport:
     for column in ("model", "defense", "dataset", "split"):
         rows.insert(1, column, {"model": prov["model"], "defense": prov["defense"], "dataset": run.dataset.key,
                                 "split": cfg.split}[column])
-    with bpda(ctx.model) if ctx.nondiff_ops else nullcontext():
+    with bpda(ctx.model) if ctx.nondiff_ops else nullcontext(), \
+            status(f"checks on the rows of {run.run_dir.name}", cfg.progress):
         findings = post_run(ctx, rows, run.preflight, cfg.checks)
     if blocking(findings):
         shutil.rmtree(run.run_dir, ignore_errors=True)  # a refused run leaves nothing behind

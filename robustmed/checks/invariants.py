@@ -144,22 +144,32 @@ ROW_CHECKS = (budget, reverification, clean_errors, worst_case, monotone, silent
 
 def escalated(check, measure, ctx, sub) -> Finding:
     """Run ``measure(ctx, sub, steps)`` at the run's steps, and while it fires at twice as many, up to
-    :data:`ESCALATION_STEPS`: a sign that the *attack* has not converged is answered by attacking harder.
-    Only a sign that persists at the largest budget fires; one that goes away is recorded with the
-    steps at which the evaluation converged."""
+    :data:`ESCALATION_STEPS`; if PGD still shows the sign there, the last rung is AutoAttack (step-size free,
+    with restarts). A sign that the *attack* has not converged is answered by attacking harder: only one that
+    persists (AutoAttack weaker than the best PGD seen) fires. Each measurement's details carry
+    ``strongest``, the lowest robust fraction it saw."""
     base = steps = gradient_spec(ctx).steps
     finding = first = measure(ctx, sub, steps)
+    best = finding.details["strongest"]
     while finding.fired and 2 * steps <= ESCALATION_STEPS:
         steps *= 2
         finding = measure(ctx, sub, steps)
-    if steps == base:
+        best = min(best, finding.details["strongest"])
+    trail = {"escalated_from": base, "escalated_to": steps, "first": first.reason, "best_pgd": best}
+    if steps == base and not finding.fired:
         return finding
-    trail = {"escalated_from": base, "escalated_to": steps, "first": first.reason}
-    if finding.fired:
-        return check.fired(f"{finding.reason}; still so after escalating from {base} to {steps} steps",
-                           **finding.details, **trail)
-    return check.passed(f"{base} steps had not converged ({first.reason}); escalated to {steps} steps: "
-                        f"{finding.reason}: evaluate with {steps} steps or more", **finding.details, **trail)
+    if not finding.fired:
+        return check.passed(f"{base} steps had not converged ({first.reason}); escalated to {steps} steps: "
+                            f"{finding.reason}: evaluate with {steps} steps or more", **finding.details, **trail)
+    final = "aa-rand" if ctx.randomized else "aa"
+    robust = float(attack_robust(ctx, sub, final).mean())
+    trail.update(final_attack=final, final_robust=robust)
+    if robust <= best + max(RATE_TOL, 1 / len(sub.ids)):
+        return check.passed(f"PGD had not converged ({first.reason}; still so at {steps} steps); escalated to "
+                            f"{final}: {_pct(robust)} robust on {len(sub.ids)} samples, at most the best PGD's "
+                            f"{_pct(best)}: evaluate with {final}", **trail)
+    return check.fired(f"{finding.reason}; still so at {steps} steps, and {final} leaves {_pct(robust)} robust "
+                       f"against the best PGD's {_pct(best)}", **finding.details, **trail)
 
 
 @B6.guard
@@ -175,7 +185,8 @@ def _convergence_at(ctx, sub, k: int) -> Finding:
     gap = float(at_k.mean() - at_2k.mean())
     return B6.outcome(gap > max(RATE_TOL, 1 / len(sub.ids)), f"{spec.family}{k} {_pct(at_k.mean())} vs "
                       f"{spec.family}{2 * k} {_pct(at_2k.mean())} robust on {len(sub.ids)} samples at ε "
-                      f"{255 * eps:.3g}/255", steps=k, robust_k=float(at_k.mean()), robust_2k=float(at_2k.mean()))
+                      f"{255 * eps:.3g}/255", steps=k, robust_k=float(at_k.mean()), robust_2k=float(at_2k.mean()),
+                      strongest=float(min(at_k.mean(), at_2k.mean())))
 
 
 def _missed(ctx, rows, sub, attack: str) -> float:
@@ -250,6 +261,11 @@ def incomplete(ctx, rows, sub) -> Finding:
     return escalated(B14, _incomplete_at, ctx, sub)
 
 
+@torch.no_grad()
+def _clean_correct(ctx, x, y) -> torch.Tensor:
+    return ctx.model(x).argmax(1) == y
+
+
 def _incomplete_at(ctx, sub, steps: int) -> Finding:
     steps, eps = max(steps, 10), sub.eps
     x, y = sub.x.to(ctx.device), sub.y.to(ctx.device)
@@ -260,7 +276,8 @@ def _incomplete_at(ctx, sub, steps: int) -> Finding:
     rising = float(((final.loss - late.loss) > RISE_TOL * late.loss.abs().clamp_min(1e-3))[alive].float().mean()) \
         if alive.any() else 0.0
     return B14.outcome(rising > 0.5, f"loss still rising over the last 10% of {steps} steps on "
-                       f"{_pct(rising)} of the unbroken samples", rising=rising, steps=steps)
+                       f"{_pct(rising)} of the unbroken samples", rising=rising, steps=steps,
+                       strongest=float((alive & _clean_correct(ctx, x, y)).float().mean()))
 
 
 @B15.guard
@@ -275,7 +292,8 @@ def _step_size_at(ctx, sub, steps: int) -> Finding:
     robust = {k: float(attack_robust(ctx, sub, f"pgd{steps}:alpha={a!r}").mean()) for k, a in alphas.items()}
     spread = max(robust.values()) - min(robust.values())
     return B15.outcome(spread > GAP_TOL, "PGD-%d robust " % steps + ", ".join(f"α={k}: {_pct(v)}"
-                       for k, v in robust.items()) + f" (spread {100 * spread:.1f} pt)", robust=robust)
+                       for k, v in robust.items()) + f" (spread {100 * spread:.1f} pt)", robust=robust,
+                       strongest=min(robust.values()))
 
 
 FULL_CHECKS = (convergence, single_step, black_box, unbounded, random_noise, loss_diversity, incomplete, step_size)
