@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 from robustmed import store
 from robustmed.allocator import tune_malloc
 from robustmed.errors import Interrupted, UserError
-from robustmed.progress import progress_bar
+from robustmed.progress import listening, progress_bar
 from robustmed.units import Unit, preload, run as run_unit, warm_up
 
 
@@ -61,10 +61,16 @@ class LocalExecutor:
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
         with _counted_on_interrupt(units), progress_bar(progress) as bar:
             task = bar.add_task("units", total=sum(u.size for u in units))
+            finished = 0
             for done, unit in enumerate(units, 1):
                 bar.update(task, description=_describe(unit, done, len(units)))
-                run_unit(unit)
-                bar.advance(task, unit.size)
+                def moved(share, base=finished, size=unit.size):
+                    bar.update(task, completed=base + share * size)
+
+                with listening(moved):
+                    run_unit(unit)
+                finished += unit.size
+                bar.update(task, completed=finished)
 
     def close(self) -> None:
         """Nothing to release."""

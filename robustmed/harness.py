@@ -28,7 +28,7 @@ from robustmed.attacks.amp import autocast_forward, resolve_amp, strict_fp32
 from robustmed.attacks.pgd import EpsRows
 from robustmed.attacks.threat import ThreatModel
 from robustmed.errors import UserError
-from robustmed.progress import progress_bar
+from robustmed.progress import Meter, progress_bar
 from robustmed.randomness import is_randomized, seed_model
 from robustmed.stats import wilson
 from robustmed.tensors import Inputs, take, to_device
@@ -335,7 +335,7 @@ def _judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=No
     return result, hits, hits.clamp(max=1)
 
 
-def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None):
+def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None, on_pass=None):
     """Attack one chunk and judge it (every sweep step's snapshot too).
 
     Returns ``{steps: (result, hits)}``: the run's own steps, plus each k of an iteration sweep.
@@ -351,6 +351,8 @@ def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=No
         start = _warm(start, warm, x, eps, threat)
     x_dev, labels = to_device(x, device), y.to(device)
     forward = autocast_forward(model, spec.amp, device)
+    if on_pass is not None:
+        forward = _counted(forward, on_pass)
     options = {"threat": threat} if threat is not None else {}
     result = family.run(forward, x_dev, labels, spec=spec, eps=eps, start=to_device(start, device), seed=chunk_seed,
                         **options)
@@ -359,6 +361,24 @@ def _run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=No
         if k != spec.steps:
             judged[k] = _judge(model, spec, snapshot, x_dev, labels, eps, threat, reference=result)
     return judged
+
+
+def _counted(forward, on_pass):
+    def counted(inputs):
+        on_pass()
+        return forward(inputs)
+    return counted
+
+
+STEPPED = ("pgd", "bim", "mim")  # families whose passes per chunk are known in advance: (steps + 1) × EOT × restarts
+
+
+def _pass_reporter(spec: AttackSpec, samples: int, meter: Meter | None):
+    """A callback advancing ``meter`` by one pass's share of the chunk, for attacks whose pass count is known."""
+    if meter is None or meter.listener is None or spec.family not in STEPPED:
+        return None
+    passes = (spec.steps + 1) * max(spec.eot, 1) * max(spec.restarts, 1)
+    return lambda: meter.provisional(samples / passes, samples)
 
 
 def sweep_spec(spec: AttackSpec, k: int, eps: float) -> AttackSpec:
@@ -375,7 +395,7 @@ def _chunks(mask: torch.Tensor, size: int) -> tuple:
     return todo.split(size) if len(todo) else ()
 
 
-def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, threat, carried, tick):
+def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, threat, carried, tick, meter=None):
     """Every outcome of one attack at one ε: ``{steps: Outcome}`` (one per sweep k).
 
     ``carried`` (ε sweep): the previous ε's outcome; only samples it left correct in some draw
@@ -394,7 +414,7 @@ def _attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device,
     for chunk in _chunks(todo_mask, batch_size):
         warm = take(carried.x_adv, chunk) if carried is not None and spec.eps_mode == "warm" else None
         judged = _run_attack(model, spec, take(x, chunk), y[chunk], ids[chunk.numpy()], eps, seed, device,
-                             threat, warm)
+                             threat, warm, on_pass=_pass_reporter(spec, len(chunk), meter))
         for k, (result, hits, mask) in judged.items():
             _store(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps, mask)
         tick(len(chunk))
@@ -587,20 +607,25 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
     threats = _threats(x, threat)
     frames = []
     with progress_bar(progress) as bar:
-        task = bar.add_task("attack", total=len(specs) * len(threats) * len(eps_list) * int(clean.attackable.sum()))
+        total = len(specs) * len(threats) * len(eps_list) * int(clean.attackable.sum())
+        task, meter = bar.add_task("attack", total=total), Meter(total)
+
+        def tick(n):
+            bar.advance(task, n)
+            meter.commit(n)
         for spec, threat_model in ((s, t) for s in specs for t in threats):
             spec = _prepare_spec(spec, threat_model, len(eps_list), device)
             if _groups_ok(spec, threat_model, len(eps_list)):
                 frames += _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, seed=seed,
-                                         batch_size=batch_size, device=device, bar=bar, task=task)
+                                         batch_size=batch_size, device=device, bar=bar, task=task, tick=tick,
+                                         meter=meter)
                 continue
             carried = None
             for eps in eps_list:
                 bar.update(task, description=f"{spec.name} ε={eps:.4g}")
                 started = time.perf_counter()
                 outcomes = _attack_eps(model, spec, x, y, sample_ids, eps, clean, seed=seed, batch_size=batch_size,
-                                       device=device, threat=threat_model, carried=carried,
-                                       tick=lambda n: bar.advance(task, n))
+                                       device=device, threat=threat_model, carried=carried, tick=tick, meter=meter)
                 seconds = time.perf_counter() - started
                 frames += [_frame(sweep_spec(spec, k, eps), eps, o, clean, y, sample_ids, seed, threat_model, seconds)
                            for k, o in outcomes.items()]
@@ -608,7 +633,8 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
     return pd.concat(frames, ignore_index=True)
 
 
-def _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, *, seed, batch_size, device, bar, task) -> list:
+def _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, *, seed, batch_size, device, bar, task, tick,
+                   meter) -> list:
     """The default ε sweep in groups of ε (:func:`eps_group`), one loop per group; a group's time is
     split evenly over its ε (``attack_time_s``)."""
     frames, carried, j = [], None, 0
@@ -619,12 +645,10 @@ def _grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, *, seed, batc
         started = time.perf_counter()
         if len(group) == 1:
             outcomes = [_attack_eps(model, spec, x, y, sample_ids, group[0], clean, seed=seed, batch_size=batch_size,
-                                    device=device, threat=None, carried=carried,
-                                    tick=lambda n: bar.advance(task, n))]
+                                    device=device, threat=None, carried=carried, tick=tick, meter=meter)]
         else:
             outcomes = _sweep_together(model, spec, x, y, sample_ids, group, clean, seed=seed, batch_size=batch_size,
-                                       device=device, carried=carried,
-                                       tick=lambda n: bar.advance(task, n))
+                                       device=device, carried=carried, tick=tick)
         seconds = (time.perf_counter() - started) / len(group)
         frames += [_frame(spec, eps, o[spec.steps], clean, y, sample_ids, seed, None, seconds)
                    for eps, o in zip(group, outcomes)]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable
 
 from rich.console import Console
 
@@ -44,3 +46,39 @@ class _Silent:
 
     def advance(self, *args, **kwargs):
         pass
+
+
+# Set by an executor around one work unit: told the fraction of the unit's attack work done so far, so its
+# bar moves with the attack's steps instead of jumping once per unit.
+_listener: ContextVar[Callable[[float], None] | None] = ContextVar("robustmed_unit_progress", default=None)
+
+
+@contextmanager
+def listening(callback: Callable[[float], None]):
+    """Within the block, attack work reports its completed fraction (0 to 1) to ``callback``."""
+    token = _listener.set(callback)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+class Meter:
+    """Work done in one harness call, in samples: whole chunks as they finish, and inside a chunk the share
+    of its expected model passes already made (attacks with a known step count)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.partial = max(total, 1), 0.0, 0.0
+        self.listener = _listener.get()
+
+    def commit(self, samples: int) -> None:
+        self.done, self.partial = self.done + samples, 0.0
+        self._report()
+
+    def provisional(self, samples: float, ceiling: int) -> None:
+        self.partial = min(self.partial + samples, ceiling)
+        self._report()
+
+    def _report(self) -> None:
+        if self.listener is not None:
+            self.listener(min(1.0, (self.done + self.partial) / self.total))

@@ -200,3 +200,17 @@ def test_bad_scale_out_options_are_user_errors(tmp_path, capsys):
     assert main(["bench", "--suite", "benchmarks/ci.toml", "--resume", "x"]) == 2
     assert "rerun the same --suite command" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_unit_progress_moves_with_the_attack_steps(pneumonia):
+    """A unit's bar advances per attack pass within a batch, never backwards, and ends at the whole unit."""
+    from conftest import TinyCNN
+    from robustmed.attacks import parse_attack
+    from robustmed.harness import attack_rows
+    from robustmed.progress import listening
+
+    x, y = pneumonia.split("test")
+    seen = []
+    with listening(seen.append):
+        attack_rows(TinyCNN().eval(), x[:32], y[:32], list(range(32)), [parse_attack("pgd10")], [4 / 255])
+    assert len(seen) >= 11 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 0.2
