@@ -66,3 +66,11 @@ def test_randomized_models_escalate_to_the_eot_autoattack(ctx_and_subset, monkey
     monkeypatch.setattr(invariants, "attack_robust", lambda c, s, attack: asked.append(attack) or np.zeros(N, bool))
     escalated(B15, _measure(10 ** 6, {})[0], ctx, sub)
     assert asked == ["aa-rand"]
+
+
+def test_the_checks_share_one_autoattack_run(ctx_and_subset, monkeypatch):
+    runs = []
+    monkeypatch.setattr(invariants, "attack_robust", lambda c, s, attack: runs.append(attack) or np.zeros(N, bool))
+    for _ in range(3):  # B6, B14 and B15 on the same subset
+        escalated(B15, _measure(10 ** 6, {})[0], *ctx_and_subset)
+    assert runs == ["aa"]

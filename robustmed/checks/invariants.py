@@ -162,7 +162,11 @@ def escalated(check, measure, ctx, sub) -> Finding:
         return check.passed(f"{base} steps had not converged ({first.reason}); escalated to {steps} steps: "
                             f"{finding.reason}: evaluate with {steps} steps or more", **finding.details, **trail)
     final = "aa-rand" if ctx.randomized else "aa"
-    robust = float(attack_robust(ctx, sub, final).mean())
+    cache = ctx.extras.setdefault("escalation_final", {})  # B6, B14 and B15 share one AutoAttack run
+    key = (final, tuple(int(i) for i in sub.ids), sub.eps)
+    if key not in cache:
+        cache[key] = float(attack_robust(ctx, sub, final).mean())
+    robust = cache[key]
     trail.update(final_attack=final, final_robust=robust)
     if robust <= best + max(RATE_TOL, 1 / len(sub.ids)):
         return check.passed(f"PGD had not converged ({first.reason}; still so at {steps} steps); escalated to "
