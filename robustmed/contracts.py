@@ -59,9 +59,11 @@ def adapt_head(model: nn.Module, sample, num_classes: int | None) -> tuple[nn.Mo
 
 
 def check_range(x) -> None:
-    """Inputs must be [0, 1] images; anything else would make ε and the box meaningless."""
-    tensors = x.values() if isinstance(x, Mapping) else [x]
-    for tensor in tensors:
+    """Images must be in [0, 1]; anything else would make ε and the box meaningless. Named inputs (multi-input
+    models) are left to their threat model, since tabular features live in their own units."""
+    if isinstance(x, Mapping):
+        return
+    for tensor in [x]:
         if not torch.is_tensor(tensor) or not tensor.is_floating_point() or not tensor.numel():
             continue
         low, high = float(tensor.min()), float(tensor.max())

@@ -678,6 +678,8 @@ def _balance(group: pd.DataFrame) -> dict:
     """Clean and worst-case robust balanced accuracy with per-class recall, beside the majority-class rate.
 
     Randomized models count a sample by its fraction of correct draws (their headline is expected accuracy)."""
+    if "label" not in group:  # rows assembled by hand, without labels: nothing to balance over
+        return {}
     several = "correct_draws" in group and bool((group.draws > 1).any())
     if not several:
         group = group.assign(clean_correct_draws=group.clean_correct, correct_draws=group.robust, draws=1)
