@@ -56,7 +56,8 @@ def measure(n: int, jobs: int) -> dict:
             process.join()
     return {"n": n, "cores": cores(), "neighbours": jobs, "alone_s": round(alone, 2),
             "busy_default_threads_s": round(busy_default, 2), "busy_one_thread_per_core_s": round(busy_all_cores, 2),
-            "ratio_default": round(busy_default / alone, 2), "ratio_one_thread_per_core": round(busy_all_cores / alone, 2)}
+            "ratio_default": round(busy_default / alone, 2),
+            "ratio_one_thread_per_core": round(busy_all_cores / alone, 2)}
 
 
 def main() -> None:

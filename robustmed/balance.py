@@ -1,7 +1,8 @@
 """Accuracy's blind spot: per-class recall, balanced accuracy and the majority-class rate.
 
 On MedMNIST's unbalanced test sets a model that answers one class for every image scores the
-majority-class rate with no skill at all, and stays as "robust" as it is accurate. These figures stand beside every accuracy so that such a model is seen.
+majority-class rate with no skill at all, and stays as "robust" as it is accurate. These figures stand beside
+every accuracy so that such a model is seen.
 """
 from __future__ import annotations
 

@@ -42,9 +42,9 @@ def balance_lines(summary: list[dict]) -> list[str]:
             continue
         recall = lambda key: ", ".join(f"{k}: {_pct(v)}" for k, v in s[key].items())  # noqa: E731
         prefix = f"ε {s['eps'] * 255:.3g}/255: " if len(summary) > 1 else ""
-        lines.append(f"{prefix}balanced accuracy clean {_pct(s['clean_balanced_accuracy'])} (recall {recall('clean_per_class_recall')}), "
-                     f"robust {_pct(s['robust_balanced_accuracy'])} (recall {recall('robust_per_class_recall')}); "
-                     f"majority-class rate {_pct(s['majority_class_rate'])}")
+        lines.append(f"{prefix}balanced accuracy clean {_pct(s['clean_balanced_accuracy'])} "
+                     f"(recall {recall('clean_per_class_recall')}), robust {_pct(s['robust_balanced_accuracy'])} "
+                     f"(recall {recall('robust_per_class_recall')}); majority-class rate {_pct(s['majority_class_rate'])}")
     return lines
 
 

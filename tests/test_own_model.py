@@ -49,7 +49,8 @@ def _weights(folder, seed):
 
 def test_new_weights_behind_the_same_model_file_are_a_new_run(tmp_path, data_root, capsys):
     (tmp_path / "mine.py").write_text(LINEAR)
-    args = ["--model-file", f"{tmp_path / 'mine.py'}:make", "--attack", "pgd3", "--n", "24", "--out", str(tmp_path / "r")]
+    args = ["--model-file", f"{tmp_path / 'mine.py'}:make", "--attack", "pgd3", "--n", "24",
+            "--out", str(tmp_path / "r")]
     _weights(tmp_path, 0)
     _, first, _ = _bench(capsys, *args)
     _, again, note = _bench(capsys, *args)
@@ -103,7 +104,8 @@ def test_single_logit_head_follows_the_sigmoid_convention():
 def test_pixel_values_0_to_255_are_refused_before_any_attack(pneumonia):
     x, y = pneumonia.split("test")
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2))
-    with pytest.raises(UserError, match=r"inputs span \[0, 231\] but robustmed attacks images in \[0, 1\]: divide 8-bit images by 255"):
+    expected = r"inputs span \[0, 231\] but robustmed attacks images in \[0, 1\]: divide 8-bit images by 255"
+    with pytest.raises(UserError, match=expected):
         benchmark(model, x[:8] * 255, y[:8], attack="pgd2")
 
 
