@@ -189,7 +189,7 @@ def resolve_model(cfg: BenchConfig, device):
         model, meta = from_checkpoint(path, device)
     else:
         model, meta = from_checkpoint(path, device)
-        dataset = data_mod.load(cfg.dataset or meta.get("dataset", data_mod.DEFAULT_DATASET), cfg.data_root)
+        dataset = _checkpoint_data(cfg, path, meta)
         # a config's defense "none" is also its default, so only the CLI can tell an explicit one (cli.py)
         checkpoints.refuse_mismatch(path, meta, dataset=dataset.key if cfg.dataset else None, model=cfg.model,
                                     defense=None if cfg.defense == "none" else cfg.defense)
@@ -197,6 +197,19 @@ def resolve_model(cfg: BenchConfig, device):
             "val_accuracy": meta.get("val_accuracy"), "test_accuracy": meta.get("test_accuracy"),
             "trained_on": meta.get("dataset")}
     return model, dataset, {"model": meta["model"], "defense": meta["defense"], "checkpoint": prov}
+
+
+def _checkpoint_data(cfg: BenchConfig, path, meta: dict):
+    """``--dataset``, else the data set the checkpoint was trained on; a name that does not resolve (a model
+    trained on a file elsewhere) says how to point at it."""
+    if cfg.dataset:
+        return data_mod.load(cfg.dataset, cfg.data_root)
+    trained_on = meta.get("dataset", data_mod.DEFAULT_DATASET)
+    try:
+        return data_mod.load(trained_on, cfg.data_root)
+    except UserError as exc:
+        raise UserError(f"{exc}; checkpoint {path} was trained on {trained_on!r}: pass --dataset with that "
+                        "file") from None
 
 
 def _pinned_by_weights(prov: dict, model) -> dict:

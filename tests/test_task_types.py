@@ -41,3 +41,13 @@ def test_task_type_trains_and_benches(tmp_path, capsys, name, shape, classes, ta
     manifest = json.loads(open(report["manifest"]).read())
     a8 = next(f for f in manifest["findings"] if f["id"] == "A8")
     assert not a8["fired"] and task in a8["reason"]
+
+
+def test_a_checkpoint_trained_on_a_file_says_how_to_find_its_data(tmp_path, capsys):
+    data = _medmnist_file(tmp_path / "bloodmnist.npz", (28, 28, 3), 8)
+    checkpoint = tmp_path / "model.pt"
+    assert main(["train", "--dataset", str(data), "--epochs", "1", "--out", str(checkpoint), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "--checkpoint", str(checkpoint), "--attack", "pgd2", "--n", "4",
+                 "--data-root", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "was trained on 'bloodmnist': pass --dataset with that file" in capsys.readouterr().err
