@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from robustmed import expected
+from robustmed.balance import class_balance
 from robustmed.provenance import ENGINE
 from robustmed.stats import wilson
 
@@ -52,6 +53,7 @@ class Evaluation:
     single_draw: float | None = field(default=None, compare=False)  # the paper's one-draw reading
     null_gap_ci: tuple | None = field(default=None, compare=False)  # how far below the null attack (C5)
     stale: bool = field(default=False, compare=False)  # made by an engine whose results this one replaced
+    balanced_clean: float | None = field(default=None, compare=False)  # mean per-class clean recall
 
     @property
     def randomized(self) -> bool:
@@ -112,6 +114,16 @@ def _expected_fields(verdicts, attack: str) -> dict:
     return fields
 
 
+def _balanced_clean(group: pd.DataFrame, verdicts) -> float | None:
+    """Balanced clean accuracy of one ε's rows: per-class recall of clean correctness (a randomized model's
+    fraction of correct draws), averaged over classes."""
+    if "label" not in group:
+        return None
+    first = group.sort_values("sample_id").groupby("sample_id", sort=True).first()
+    correct = verdicts[expected.CLEAN].mean(1) if verdicts is not None else first.clean_correct.astype(float)
+    return class_balance(first.label.to_numpy(), correct)["balanced_accuracy"]
+
+
 def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
     """Per run: one evaluation per attack × ε plus the per-sample worst case over its attacks (B4).
 
@@ -126,10 +138,11 @@ def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
             worst = group.groupby("sample_id").robust.all()
             clean = int(group.groupby("sample_id").clean_correct.first().sum())
             verdicts = expected.judgements(group)
+            balanced = _balanced_clean(group, verdicts)
             for attack, flags_by_sample in [*per_attack, (WORST, worst)]:
                 ev = Evaluation(manifest["defense"], manifest["model"], manifest["dataset"], _protocol(group),
                                 attack, float(eps), len(flags_by_sample), int(flags_by_sample.sum()), clean,
                                 manifest["run_id"], flags, stale=stale(manifest, attack),
-                                **_expected_fields(verdicts, attack))
+                                balanced_clean=balanced, **_expected_fields(verdicts, attack))
                 latest[(ev.defense, ev.model, ev.dataset, ev.protocol, ev.attack, ev.eps)] = ev
     return list(latest.values())

@@ -83,6 +83,11 @@ def _clean(cells: dict, dataset: str) -> str:
     return f"{100 * ev.clean_accuracy:.1f}" if ev else "–"
 
 
+def _balanced(cells: dict, dataset: str) -> str:
+    ev = next((e for (d, _), e in cells.items() if d == dataset), None)
+    return f"{100 * ev.balanced_clean:.1f}" if ev is not None and ev.balanced_clean is not None else "–"
+
+
 def _flags(cells: dict) -> str:
     fired = sorted({flag for e in cells.values() for flag in e.findings})
     return ", ".join(fired) if fired else ""
@@ -119,12 +124,12 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
     datasets = list(dict.fromkeys(d for d, _ in columns))
     randomized = any(e.randomized for _, _, _, cells in rows for e in cells.values())
     one_draw = [f"{d} worst, one draw" for d in datasets] if randomized else []
-    header = ["defense", *[f"{d} clean" for d in datasets], *[f"{d} {a}" for d, a in columns], *one_draw,
-              "flags", "note"]
+    header = ["defense", *[f"{d} {kind}" for d in datasets for kind in ("clean", "balanced clean")],
+              *[f"{d} {a}" for d, a in columns], *one_draw, "flags", "note"]
     best = {c: _best(rows, c) for c in columns}
     body = []
     for label, defense, protocol, cells in rows:
-        line = [label, *[_clean(cells, d) for d in datasets]]
+        line = [label, *[cell for d in datasets for cell in (_clean(cells, d), _balanced(cells, d))]]
         gaps = {c: g for c in columns if protocol == "adaptive"
                 and (g := overstatement(rows, defense, c)) is not None and g > GAP}  # the † cells
         for column in columns:
@@ -135,6 +140,8 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
         line += [_one_draw(cells, d) for d in datasets] if randomized else []
         body.append([*line, _flags(cells), _note(list(gaps.values()), cells)])
     caption = title or f"Robust accuracy (%) at ε = {eps * 255:.3g}/255, 95% Wilson intervals"
+    caption += ("; balanced clean: mean per-class recall (a model answering one class scores chance there, and "
+                "that class's share of the samples in the clean column)")
     if randomized:
         draws = max(e.draws for _, _, _, cells in rows for e in cells.values())
         caption += (f"; randomized defenses: expected accuracy (the mean over samples of the fraction of {draws} "
