@@ -257,6 +257,8 @@ def cmd_plot(args) -> int:
     frames = [rows.assign(defense=m["defense"], model=m["model"], dataset=m["dataset"])
               for rows, m in load_runs(args.results)]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(rows):
+        rows = rows[rows.attack != "null"]  # the randomized baseline is a table column, not a curve
     if args.defense and len(rows):
         rows = rows[rows.defense.isin(args.defense)]
     if args.attack and len(rows):

@@ -110,6 +110,7 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
 
     rows = rows.assign(attack=_long_run_names(rows).map(column_attack),
                        protocol=rows.protocol if "protocol" in rows else "adaptive")
+    rows = rows[rows.attack != "null"]  # the baseline, not a curve: its figure stands in the tables (check C5)
     keys = ["defense", "model", "dataset", "protocol", "attack"]
     varying = [k for k in keys[1:] if rows[k].nunique() > 1]
     out = {}

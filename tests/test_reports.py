@@ -171,3 +171,25 @@ def test_table_maps_stored_attack_names_to_columns_and_marks_an_overstating_pape
     assert "**50.0** [15.0, 85.0]†" in adaptive and "**25.0** [4.6, 69.9]†" in adaptive
     assert "paper protocol overstates by up to 75.0 pts: randomized (A4)" in adaptive
     assert "†" not in lines[4]  # no paper-protocol row for a deterministic defense: nothing to compare
+
+
+def test_eps_curves_of_a_randomized_defense_with_both_protocols():
+    """The paper-protocol run carries its own copy of the null baseline; the curves leave the baseline out
+    and draw the adaptive and paper curves from their own runs (committed re-measured rpan runs)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from robustmed.plots import curves
+    from robustmed.store import read_run
+
+    root = Path(__file__).resolve().parent.parent / "results" / "fig6-eps"
+    runs = [read_run(d) for d in sorted(root.glob("rpan-pgd20*"))]
+    runs = [(rows, m) for rows, m in runs if m.get("engine") == 2]
+    if len(runs) < 2:
+        pytest.skip("the re-measured rpan ε runs are not committed")
+    rows = pd.concat([r.assign(defense=m["defense"], model=m["model"], dataset=m["dataset"]) for r, m in runs])
+    series = curves(rows, "eps")
+    assert sorted(c.attrs["protocol"] for c in series.values()) == ["adaptive", "paper"]
+    adaptive = next(c for c in series.values() if c.attrs["protocol"] == "adaptive")
+    assert list(adaptive.iloc[:, 1].round(3))[:2] == [0.706, 0.527]
