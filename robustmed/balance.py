@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from robustmed import expected
+
 
 def class_balance(labels, correct) -> dict:
     """Per-class recall of ``correct`` (booleans, or fractions of correct draws), their mean (balanced
@@ -21,6 +23,22 @@ def class_balance(labels, correct) -> dict:
         "per_class_recall": {str(k): float(v) for k, v in recall.items()},
         "majority_class_rate": float(counts.max() / counts.sum()),
     }
+
+
+def per_sample(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per sample, in id order: label, clean answer, and clean and worst-case robust correctness over the
+    rows' attacks; rows with per-draw verdicts (randomized models) count fractions of correct draws."""
+    if expected.has_draws(rows):  # read from the per-draw masks, as expected.judgements does
+        draws = int(rows.draws.max())
+        clean = expected.bits(rows.clean_draw_mask, draws).mean(1)
+        robust = expected.bits(rows.draw_mask, draws).mean(1)
+    else:
+        clean, robust = rows.clean_correct.astype(float), rows.robust.astype(float)
+    answers = {"pred": ("clean_pred", "first")} if "clean_pred" in rows else {}
+    frame = rows.assign(clean_rate=clean, robust_rate=robust).groupby("sample_id", sort=True).agg(
+        label=("label", "first"), **answers, clean=("clean_rate", "first"), robust=("robust_rate", "min"))
+    frame["robust"] = frame[["clean", "robust"]].min(axis=1)  # an attacker can always present the clean image
+    return frame
 
 
 def prediction_share(predictions) -> tuple[object, float]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from robustmed import expected
-from robustmed.balance import class_balance
+from robustmed.balance import class_balance, per_sample
 from robustmed.provenance import ENGINE
 from robustmed.stats import wilson
 
@@ -114,14 +114,13 @@ def _expected_fields(verdicts, attack: str) -> dict:
     return fields
 
 
-def _balanced_clean(group: pd.DataFrame, verdicts) -> float | None:
+def _balanced_clean(group: pd.DataFrame) -> float | None:
     """Balanced clean accuracy of one ε's rows: per-class recall of clean correctness (a randomized model's
     fraction of correct draws), averaged over classes."""
     if "label" not in group:
         return None
-    first = group.sort_values("sample_id").groupby("sample_id", sort=True).first()
-    correct = verdicts[expected.CLEAN].mean(1) if verdicts is not None else first.clean_correct.astype(float)
-    return class_balance(first.label.to_numpy(), correct)["balanced_accuracy"]
+    samples = per_sample(group)
+    return class_balance(samples.label, samples.clean)["balanced_accuracy"]
 
 
 def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
@@ -138,7 +137,7 @@ def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
             worst = group.groupby("sample_id").robust.all()
             clean = int(group.groupby("sample_id").clean_correct.first().sum())
             verdicts = expected.judgements(group)
-            balanced = _balanced_clean(group, verdicts)
+            balanced = _balanced_clean(group)
             for attack, flags_by_sample in [*per_attack, (WORST, worst)]:
                 ev = Evaluation(manifest["defense"], manifest["model"], manifest["dataset"], _protocol(group),
                                 attack, float(eps), len(flags_by_sample), int(flags_by_sample.sum()), clean,

@@ -27,10 +27,15 @@ def bits(masks, draws: int) -> np.ndarray:
     return (masks[:, None] >> np.arange(draws)) & 1 == 1
 
 
+def has_draws(rows: pd.DataFrame) -> bool:
+    """Whether rows carry per-draw verdicts: a randomized model's rows made since the masks were stored."""
+    return "draw_mask" in rows and not (rows.draws <= 1).all()
+
+
 def judgements(group: pd.DataFrame) -> dict[str, np.ndarray] | None:
     """``{"clean": (N, R), attack: (N, R), …}`` per-draw verdicts of one ε, samples in sorted order;
     None for rows made before per-draw masks were stored, or single-draw (deterministic) rows."""
-    if "draw_mask" not in group or (group.draws <= 1).all():
+    if not has_draws(group):
         return None
     draws = int(group.draws.max())
     first = group.sort_values("sample_id").groupby("sample_id", sort=True).first()

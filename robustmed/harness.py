@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from robustmed import expected
-from robustmed.balance import class_balance
+from robustmed.balance import class_balance, per_sample
 from robustmed.contracts import adapt_head, check_range
 from robustmed.attacks import FAMILIES, AttackSpec, parse_attack
 from robustmed.attacks.amp import autocast_forward, resolve_amp, strict_fp32
@@ -680,16 +680,8 @@ def _balance(group: pd.DataFrame) -> dict:
     Randomized models count a sample by its fraction of correct draws (their headline is expected accuracy)."""
     if "label" not in group:  # rows assembled by hand, without labels: nothing to balance over
         return {}
-    several = "correct_draws" in group and bool((group.draws > 1).any())
-    if not several:
-        group = group.assign(clean_correct_draws=group.clean_correct, correct_draws=group.robust, draws=1)
-    rates = group.assign(clean_rate=group.clean_correct_draws / group.draws, rate=group.correct_draws / group.draws)
-    per_sample = rates.groupby("sample_id").agg(label=("label", "first"), clean=("clean_rate", "first"),
-                                                 worst=("rate", "min"), robust=("robust", "all"),
-                                                 clean_all=("clean_correct", "first"))
-    clean = class_balance(per_sample.label, per_sample.clean if several else per_sample.clean_all)
-    robust = class_balance(per_sample.label,
-                           per_sample[["clean", "worst"]].min(axis=1) if several else per_sample.robust)
+    samples = per_sample(group)
+    clean, robust = class_balance(samples.label, samples.clean), class_balance(samples.label, samples.robust)
     return {"clean_balanced_accuracy": clean["balanced_accuracy"], "clean_per_class_recall": clean["per_class_recall"],
             "robust_balanced_accuracy": robust["balanced_accuracy"],
             "robust_per_class_recall": robust["per_class_recall"], "majority_class_rate": clean["majority_class_rate"]}

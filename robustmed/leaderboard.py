@@ -97,16 +97,11 @@ def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> dict[tuple, li
     return out
 
 
-def _has_draws(rows: pd.DataFrame) -> bool:
-    """Whether rows carry per-draw verdicts (the condition :func:`robustmed.expected.judgements` reads)."""
-    return "draw_mask" in rows and not (rows.draws <= 1).all()
-
-
 def _judged_alike(parts: list) -> list:
     """The (rows, manifest) per attack that enter one worst case. On a randomized model only runs with
     per-draw verdicts count, since a previous engine's one-draw verdicts are a different judgement; a rerun
     of an attack replaces the earlier one, as in :func:`robustmed.evidence.evaluations`."""
-    with_draws = [(rows, m) for rows, m in parts if _has_draws(rows)]
+    with_draws = [(rows, m) for rows, m in parts if expected.has_draws(rows)]
     latest: dict[str, tuple] = {}
     for rows, manifest in with_draws or parts:
         for attack, part in rows.groupby("attack"):
@@ -158,7 +153,7 @@ def _flags(picked: list) -> tuple[str, ...]:
 def _entry(defense: str, model: str, parts: list) -> Entry:
     picked = _judged_alike(parts)
     rows = pd.concat([part for part, _ in picked], ignore_index=True)
-    fig = _randomized(rows) if _has_draws(rows) else _deterministic(rows)
+    fig = _randomized(rows) if expected.has_draws(rows) else _deterministic(rows)
     passes, family = _defense_facts(defense)
     return Entry(defense, model, len(fig["clean"]), float(np.mean(fig["clean"])), _balanced(rows, fig["clean"]),
                  fig["robust"], fig["ci"], fig["aa"], fig["randomized"], _flags(picked), passes, family)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from robustmed.balance import chance, class_balance, prediction_share
+from robustmed.balance import chance, class_balance, per_sample, prediction_share
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import FLAG, Finding, register
 
@@ -20,24 +20,16 @@ CHANCE_MARGIN = 0.05  # balanced accuracy within 5 points of chance is "at chanc
 MIN_SAMPLES = 20  # below this the shares say too little to flag
 
 
-def _clean(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per sample: label, clean answer, clean correctness (a randomized model's fraction of correct draws)."""
-    if "clean_correct_draws" in rows and (rows.draws > 1).any():
-        rows = rows.assign(clean_correct=rows.clean_correct_draws / rows.draws)
-    return rows.groupby("sample_id").agg(label=("label", "first"), pred=("clean_pred", "first"),
-                                         correct=("clean_correct", "first"))
-
-
 @A11.guard
 def degenerate_classifier(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """A11: the clean predictions are not (nearly) one class, unless the labels are too."""
     if ctx.task.startswith("multi-label"):
         return A11.passed("multi-label task: joint label vectors are judged by the per-label thresholds instead")
-    clean = _clean(rows)
+    clean = per_sample(rows)
     if len(clean) < MIN_SAMPLES:
         return A11.passed(f"{len(clean)} samples: too few to judge", n=len(clean))
     answer, share = prediction_share(clean.pred)
-    balance = class_balance(clean.label, clean.correct)
+    balance = class_balance(clean.label, clean.clean)
     floor = chance(ctx.num_classes) + CHANCE_MARGIN
     one_class = share >= ONE_CLASS_SHARE and balance["majority_class_rate"] < ONE_CLASS_SHARE
     at_chance = balance["balanced_accuracy"] <= floor
