@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multi-input models: inputs attacked, comma-separated: joint | image | tabular | an "
                             "input's name; NAME:INPUT=EPS sets an input's ε (e.g. joint:shape=0.25); default joint")
     bench.add_argument("--criterion", default=None,
-                       help="multi-label models: success criterion, any (any-label flip, default) | label:NAME")
+                       help="multi-label tasks: success criterion, any (any-label flip, default) | label:NAME")
 
     train = sub.add_parser("train", help="train a registered model with a defense",
                            description="example: robustmed train --defense none --epochs 12 --out ckpt/none.pt")
@@ -348,11 +348,13 @@ def cmd_train(args) -> int:
     if args.json:
         print(json.dumps({**{k: meta[k] for k in ("checkpoint", "val_accuracy", "test_accuracy", "sha256",
                                                   "training_time_s", "epochs", "seed", "model", "defense", "dataset")},
-                          **{k: meta[k] for k in ("val_balanced_accuracy", "warnings") if k in meta}}))
+                          **{k: meta[k] for k in ("val_balanced_accuracy", "val_mean_auroc", "test_mean_auroc",
+                                                  "thresholds", "warnings") if k in meta}}))
     else:
-        balanced = meta.get("val_balanced_accuracy")
+        balanced, auroc = meta.get("val_balanced_accuracy"), meta.get("val_mean_auroc")
         print(f"wrote {meta['checkpoint']} (val {meta['val_accuracy']:.4f}"
               + (f", balanced {balanced:.4f}" if balanced is not None else "")
+              + (f", mean AUROC {auroc:.4f}" if auroc is not None else "")
               + f", test {meta['test_accuracy']:.4f}, {meta['training_time_s']} s)")
     for warning in meta.get("warnings", []):
         print(f"robustmed: warning: {warning}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """The contract a model under test keeps, and adapters for the common ways users' models differ from it.
 
 robustmed attacks images in [0, 1] pixel units and reads one logit per class. Users bring binary heads
-with a single logit (the sigmoid convention) and models that expect mean/std-normalized inputs; both
-are wrapped here so that ε keeps meaning pixels, instead of failing deep inside an attack.
+with a single logit (the sigmoid convention), models that expect mean/std-normalized inputs and, on
+multi-label tasks, one logit per label; all are wrapped here so that ε keeps meaning pixels, instead of
+failing deep inside an attack.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from robustmed.errors import UserError
+from robustmed.models.multimodal import MultiLabelClassifier
 
 RANGE_TOL = 1e-6
 
@@ -56,6 +58,19 @@ def adapt_head(model: nn.Module, sample, num_classes: int | None) -> tuple[nn.Mo
         return SingleLogitBinary(model), "single-logit binary head read as logits (0, z) (sigmoid convention)"
     raise UserError(f"the model predicts {width} classes but the data set has {num_classes}: return one logit "
                     f"per class (or one logit for a binary task, read with the sigmoid convention)")
+
+
+def as_multilabel(model: nn.Module, sample, labels: Sequence[str]) -> nn.Module:
+    """A model giving one logit per label, read as positive above 0 (sigmoid 0.5), answering through the
+    run's success criterion; a model with its own thresholds and criterion (robustmed's) is kept."""
+    if hasattr(model, "set_criterion"):
+        return model
+    with torch.no_grad():
+        width = model(sample).shape[-1]
+    if width != len(labels):
+        raise UserError(f"the model gives {width} logits but the task has {len(labels)} labels: return one logit "
+                        "per label (positive above 0, the sigmoid convention)")
+    return MultiLabelClassifier(model, (), tuple(labels))
 
 
 def check_range(x) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from robustmed.errors import UserError
+from robustmed.multilabel import Criterion, parse_criterion, view_labels
 
 DEFAULT_DATASET = "pneumoniamnist"
 SPLITS = ("train", "val", "test")
@@ -111,6 +112,7 @@ class MedMNISTData:
     path: Path
     name: str
     arrays: dict[str, np.ndarray] = field(repr=False)
+    criterion: Criterion | None = None  # multi-label tasks: how a label vector becomes one class (any, label:NAME)
 
     @property
     def info(self) -> dict:
@@ -125,7 +127,23 @@ class MedMNISTData:
         return self.info.get("task", "multi-class")
 
     @property
+    def multilabel(self) -> bool:
+        return self.task.startswith("multi-label")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A multi-label task's label names, one per column of its label matrix."""
+        names = self.info.get("label")
+        if names:
+            return tuple(names[str(i)] for i in range(len(names)))
+        return tuple(f"label{i}" for i in range(self.arrays["train_labels"].shape[1]))
+
+    @property
     def num_classes(self) -> int:
+        """Classes as the harness judges them: a multi-label task's are its criterion's (2^L joint label
+        vectors for any-label flips, 2 for a target label)."""
+        if self.multilabel:
+            return (self.criterion or parse_criterion(None, self.labels)).num_classes
         if "label" in self.info:
             return len(self.info["label"])
         return int(max(self.arrays[f"{s}_labels"].max() for s in SPLITS)) + 1
@@ -149,11 +167,19 @@ class MedMNISTData:
         """Name used for checkpoints and results: ``pneumoniamnist`` or ``pneumoniamnist_64``."""
         return self.name if self.image_size == 28 else f"{self.name}_{self.image_size}"
 
-    def split(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images in [0, 1] as (N, C, H, W) and integer labels (N,)."""
+    def label_matrix(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images in [0, 1] as (N, C, H, W) and the labels as stored: (N,) or, multi-label, (N, L)."""
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; choices: {', '.join(SPLITS)}")
         return to_tensor(self.arrays[f"{split}_images"]), labels_to_tensor(self.arrays[f"{split}_labels"])
+
+    def split(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images in [0, 1] as (N, C, H, W) and integer class labels (N,); a multi-label task's label
+        vectors become its criterion's classes."""
+        x, y = self.label_matrix(split)
+        if self.multilabel:
+            y = view_labels(y, self.criterion or parse_criterion(None, self.labels))
+        return x, y
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -10,19 +10,22 @@ from robustmed.data import DEFAULT_DATASET
 from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
 from robustmed.models.adapter import RobustModel
+from robustmed.models.multimodal import MultiLabelClassifier
 from robustmed.models.zoo import DEFAULT_MODEL, MODELS
 from robustmed.randomness import seed_model
 
 
 def build(model: str, defense: str, num_classes: tuple[int, ...], mode: str = "replicated",
           input_names: tuple[str, ...] = ("image",), config: dict | None = None,
-          defense_options: dict | None = None) -> RobustModel:
-    """A fresh (untrained) model; ``config`` overrides MAILConfig fields."""
+          defense_options: dict | None = None, labels: list[str] | None = None) -> RobustModel:
+    """A fresh (untrained) model; ``config`` overrides MAILConfig fields. With ``labels`` (a multi-label
+    task: one logit per label) the defended network answers through per-label thresholds and the
+    declared success criterion (:class:`MultiLabelClassifier`)."""
     preset, info = MODELS.get(model), DEFENSES.get(defense)
     network = preset.build(tuple(num_classes), mode, tuple(input_names), **(config or {}))
     defended = info.attach(network, **{**info.options, **(defense_options or {})})
     seed_model(defended, 0)  # distinct noise streams per random module (all share seed 0 otherwise)
-    return defended
+    return MultiLabelClassifier(defended, (), tuple(labels)) if labels else defended
 
 
 def from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[RobustModel, dict]:

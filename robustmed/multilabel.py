@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from robustmed.errors import UserError
+from robustmed.tensors import batch_size, take, to_device
 
 ANY = "any"
 
@@ -137,3 +138,30 @@ def label_flips(rows: pd.DataFrame, criterion: Criterion) -> dict:
                          "flipped": int(flipped.sum()), "flip_rate": float(flipped.sum() / max(attacked.sum(), 1))}
         out.setdefault(str(float(eps)), {})[attack] = per
     return out
+
+
+@torch.no_grad()
+def label_logits(model, x, batch: int = 128) -> torch.Tensor:
+    """The network's raw per-label logits (N, L) of a :class:`MultiLabelClassifier`, batched, in eval mode;
+    ``x`` is an image tensor or a mapping of named inputs."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.network(to_device(take(x, slice(s, s + batch)), device)).cpu()
+                      for s in range(0, batch_size(x), batch)])
+
+
+def mean_auroc(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean per-label AUROC over the labels with both values present (AUROC is undefined otherwise)."""
+    from sklearn.metrics import roc_auc_score
+
+    scored = [k for k in range(labels.shape[1]) if 0 < int(labels[:, k].sum()) < len(labels)]
+    if not scored:
+        return float("nan")
+    return float(np.mean([roc_auc_score(labels[:, k].numpy(), logits[:, k].numpy()) for k in scored]))
+
+
+def criteria_accuracy(predicted: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]) -> dict:
+    """Accuracy under each success criterion: every label right (``any``) and each label alone."""
+    hits = predicted == labels
+    return {ANY: float(hits.all(1).float().mean()),
+            **{f"label:{n}": float(hits[:, k].float().mean()) for k, n in enumerate(names)}}

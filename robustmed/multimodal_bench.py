@@ -32,8 +32,8 @@ def preset_of(cfg):
     preset = MODELS.get(name) if name else None
     if getattr(preset, "multimodal", False):
         return preset
-    if getattr(cfg, "threat", None) or getattr(cfg, "criterion", None):
-        raise UserError("--threat and --criterion apply to multi-input models only (mmcaf-net, iimgf-net)")
+    if getattr(cfg, "threat", None):
+        raise UserError("--threat applies to multi-input models only (mmcaf-net, iimgf-net)")
     return None
 
 
@@ -50,7 +50,7 @@ def _statistics_match(model: nn.Module, dataset) -> None:
 
 def resolve(cfg, preset, device):
     """(model, dataset, provenance) as :func:`robustmed.runner.resolve_model` returns them."""
-    from robustmed.runner import portable_path
+    from robustmed.runner import _test_accuracy, portable_path
 
     if cfg.defense != "none":
         raise UserError(f"{preset.name} is shipped and trained without a defense; use --defense none")
@@ -60,12 +60,10 @@ def resolve(cfg, preset, device):
     path = cfg.checkpoint or shipped_checkpoint(cfg.defense, preset.name, dataset.key)
     model, meta = from_checkpoint(path, device)
     _statistics_match(model, dataset)
-    model.set_criterion(cfg.criterion)
-    dataset.criterion = model.criterion
+    declare_criterion(model, dataset, cfg.criterion)
     threat_models(model, cfg.threat)  # a bad --threat fails here, before a run is planned or written
-    accuracy = meta.get("test_accuracy_by_criterion", {}).get(model.criterion.name)
     prov = {"path": portable_path(path), "sha256": meta["sha256"], "val_accuracy": meta.get("val_accuracy"),
-            "test_accuracy": accuracy, "trained_on": meta.get("dataset")}
+            "test_accuracy": _test_accuracy(model, meta), "trained_on": meta.get("dataset")}
     return model, dataset, {"model": meta["model"], "defense": meta["defense"], "checkpoint": prov}
 
 
@@ -112,7 +110,7 @@ def threat_models(model, text: str | None) -> list[ThreatModel]:
 
 def bench_threats(model, config: Mapping) -> list[ThreatModel] | None:
     """Threat models of a unit's run, or None for single-input models."""
-    if not hasattr(model, "modalities"):
+    if not getattr(model, "modalities", ()):
         return None
     return threat_models(model, config.get("threat"))
 
@@ -139,26 +137,41 @@ class PackedView(nn.Module):
         return self.model(self.packing.unpack(self.low + flat.flatten(1) * self.span))
 
 
+def declare_criterion(model, dataset, text: str | None) -> None:
+    """A multi-label model answers through ``text``'s criterion (``any``, ``label:NAME``) and the data set's
+    labels become its classes; ``--criterion`` on any other model is refused."""
+    if hasattr(model, "set_criterion"):
+        model.set_criterion(text)
+        dataset.criterion = model.criterion
+    elif text:
+        raise UserError(f"--criterion applies to multi-label tasks; {dataset.key} is {dataset.task!r}: leave it out")
+
+
 def for_checks(ctx):
-    """The check context of a multi-input run: the packed view, and the declared criterion (A8)."""
+    """The check context of a multi-label model: the declared criterion (A8) and its label facts (F2); of a
+    multi-input one also the packed view."""
+    model = ctx.model
+    if hasattr(model, "criterion"):
+        ctx.extras["success_criterion"] = model.criterion.description
+        ctx.extras["labels"] = {"criterion": model.criterion.name, "labels": list(model.labels),
+                                "thresholds": [float(t) for t in model.thresholds]}
     if not isinstance(ctx.x, Mapping):
         return ctx
-    model = ctx.model
     view = PackedView(model, {k: v[:1] for k, v in ctx.x.items()})
     ctx.model, ctx.x = view, view.pack(ctx.x)
-    ctx.extras["success_criterion"] = model.criterion.description
-    ctx.extras["multimodal"] = {"criterion": model.criterion.name, "labels": list(model.labels),
-                                "thresholds": [float(t) for t in model.thresholds]}
+    ctx.extras["multimodal"] = ctx.extras["labels"]
     return ctx
 
 
 def run_extras(ctx, rows) -> dict:
     """Manifest additions of a multi-input run: inputs' threat models, criterion, per-label flip rates (F2)."""
-    facts = ctx.extras.get("multimodal")
+    facts = ctx.extras.get("labels")
     if not facts:
         return {}
     criterion = multilabel.parse_criterion(facts["criterion"], tuple(facts["labels"]))
+    record, flips = {**facts, "criterion_description": criterion.description}, multilabel.label_flips(rows, criterion)
+    if "multimodal" not in ctx.extras:
+        return {"multilabel": {**record, "per_label": flips}}
     threats = {t: rows[rows.threat == t].spec.iloc[0] for t in rows.threat.unique()} if "threat" in rows else {}
-    return {"multimodal": {**facts, "criterion_description": criterion.description,
-                           "threats": {t: json.loads(s)["extra"]["threat"] for t, s in threats.items()},
-                           "per_label": multilabel.label_flips(rows, criterion)}}
+    return {"multimodal": {**record, "threats": {t: json.loads(s)["extra"]["threat"] for t, s in threats.items()},
+                           "per_label": flips}}

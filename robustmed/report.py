@@ -23,8 +23,9 @@ def print_bench(report) -> None:
         console.print(expected_table(report))
     else:
         console.print(deterministic_table(report))
-    if "multimodal" in m:
-        console.print(label_table(m["multimodal"]))
+    for key in ("multimodal", "multilabel"):
+        if key in m:
+            console.print(label_table(m[key]))
     for line in balance_lines(report.summary):
         console.print(line, soft_wrap=True)
     print_findings(m.get("findings", []), console, fired_only=True)
@@ -62,7 +63,7 @@ def deterministic_table(report) -> Table:
         table.add_row("worst case" if several else escape(report.config.attack), f"{s['eps'] * 255:.3g}/255",
                       str(s["n"]), _pct(s["clean_accuracy"]), _pct(s["robust_accuracy"]), _ci(s["robust_ci"]),
                       f"{s['attack_time_s']:.1f} s")
-        if several or "multimodal" in report.manifest:  # one row per attack / threat model (F4) under the worst case
+        if several or "multimodal" in report.manifest or "multilabel" in report.manifest:  # one row per attack / threat model (F4) under the worst case
             for name, accuracy in s["per_attack"].items():
                 interval = wilson(round(accuracy * s["n"]), s["n"])
                 table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(interval), "")

@@ -23,7 +23,7 @@ from robustmed.attacks import parse_attack, parse_eps_list
 from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, run_preflight, unreliable
 from robustmed.checks.bpda import bpda, switches
 from robustmed.checks.preflight import CLEAN_PASS
-from robustmed.contracts import adapt_head
+from robustmed.contracts import adapt_head, as_multilabel
 from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
 from robustmed.executors import Executor, get_executor
@@ -153,7 +153,7 @@ class BenchReport:
             "findings": [f for f in self.manifest["findings"] if f["fired"]],
             "results": str(self.run_dir / store.ROWS_FILE),
             "manifest": str(self.run_dir / store.MANIFEST_FILE),
-            **({"multimodal": self.manifest["multimodal"]} if "multimodal" in self.manifest else {}),
+            **{k: self.manifest[k] for k in ("multimodal", "multilabel") if k in self.manifest},
         }
 
 
@@ -172,10 +172,15 @@ def resolve_model(cfg: BenchConfig, device):
         model, prov = load_model_file(cfg.model_file)
         dataset = data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET, cfg.data_root)
         x_all, _ = dataset.split(cfg.split)
-        model, head = adapt_head(model.to(device), to_device(take(x_all, slice(0, 1)), device), dataset.num_classes)
-        prov = {**_pinned_by_weights(prov, model), **({"head": head} if head else {})}
-        return model, dataset, {"model": f"file:{Path(prov['model_file']).name}", "defense": "custom",
-                                "checkpoint": prov}
+        if dataset.multilabel:  # one logit per label, positive above 0 (sigmoid 0.5) unless the model says otherwise
+            model = as_multilabel(model.to(device), to_device(take(x_all, slice(0, 1)), device), dataset.labels)
+        else:
+            model, head = adapt_head(model.to(device), to_device(take(x_all, slice(0, 1)), device),
+                                     dataset.num_classes)
+            prov = {**prov, **({"head": head} if head else {})}
+        multimodal_bench.declare_criterion(model, dataset, cfg.criterion)
+        return model.to(device), dataset, {"model": f"file:{Path(prov['model_file']).name}", "defense": "custom",
+                                           "checkpoint": _pinned_by_weights(prov, model)}
     preset = multimodal_bench.preset_of(cfg)
     if preset is not None:  # MMCAF-Net, IIMGF-Net: named inputs, their own data
         return multimodal_bench.resolve(cfg, preset, device)
@@ -193,10 +198,19 @@ def resolve_model(cfg: BenchConfig, device):
         # a config's defense "none" is also its default, so only the CLI can tell an explicit one (cli.py)
         checkpoints.refuse_mismatch(path, meta, dataset=dataset.key if cfg.dataset else None, model=cfg.model,
                                     defense=None if cfg.defense == "none" else cfg.defense)
+    multimodal_bench.declare_criterion(model, dataset, cfg.criterion)
     prov = {"path": portable_path(path), "sha256": meta["sha256"], "weights_sha256": weights_sha256(model),
-            "val_accuracy": meta.get("val_accuracy"), "test_accuracy": meta.get("test_accuracy"),
+            "val_accuracy": meta.get("val_accuracy"), "test_accuracy": _test_accuracy(model, meta),
             "trained_on": meta.get("dataset")}
     return model, dataset, {"model": meta["model"], "defense": meta["defense"], "checkpoint": prov}
+
+
+def _test_accuracy(model, meta: dict) -> float | None:
+    """The checkpoint's recorded test accuracy under the run's success criterion (check A9 compares)."""
+    criterion = getattr(model, "criterion", None)
+    if criterion is not None:
+        return meta.get("test_accuracy_by_criterion", {}).get(criterion.name)
+    return meta.get("test_accuracy")
 
 
 def _checkpoint_data(cfg: BenchConfig, path, meta: dict):

@@ -60,27 +60,6 @@ def _epoch_data(dataset, limit: int | None, generator: torch.Generator):
     return (x, y) if limit is None else (take(x, slice(0, limit)), y[:limit])
 
 
-@torch.no_grad()
-def label_logits(model, x, batch: int = 128) -> torch.Tensor:
-    """The network's raw per-label logits (N, L), batched, in eval mode."""
-    model.eval()
-    n = len(next(iter(x.values())))
-    return torch.cat([model.network(take(x, slice(s, s + batch))) for s in range(0, n, batch)])
-
-
-def mean_auroc(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(sum(roc_auc_score(labels[:, k].numpy(), logits[:, k].numpy()) for k in range(labels.shape[1]))
-                 / labels.shape[1])
-
-
-def _criteria_accuracy(predicted: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...]) -> dict:
-    hits = predicted == labels
-    return {"any": float(hits.all(1).float().mean()),
-            **{f"label:{n}": float(hits[:, k].float().mean()) for k, n in enumerate(names)}}
-
-
 def _pos_weight(labels: torch.Tensor, recipe: Recipe) -> torch.Tensor | None:
     if recipe.class_weights != "balanced":
         return None
@@ -161,7 +140,7 @@ def train(cfg: TrainConfig) -> dict:
         for epoch in range(epochs):
             loss = _train_epoch(model, optimizer, dataset, recipe, cfg, generator, weight, bar, task)
             scheduler.step()
-            auroc = mean_auroc(label_logits(model, x_val).cpu(), y_val)
+            auroc = multilabel.mean_auroc(multilabel.label_logits(model, x_val).cpu(), y_val)
             history.append({"epoch": epoch, "loss": loss, "val_mean_auroc": auroc})
             if auroc > best[0]:
                 best = (auroc, epoch, copy.deepcopy(model.state_dict()))
@@ -174,13 +153,13 @@ def train(cfg: TrainConfig) -> dict:
 
 def _finish(cfg, preset, dataset, recipe, spec, model, best, history, training_time, epochs, x_val, y_val,
             per_epoch_images: int) -> dict:
-    val_logits = label_logits(model, x_val).cpu()
+    val_logits = multilabel.label_logits(model, x_val).cpu()
     model.thresholds.copy_(multilabel.calibrate_thresholds(val_logits, y_val))
     thresholds = model.thresholds.cpu()
     x_test, y_test = dataset.label_matrix("test")
-    test_pred = (label_logits(model, x_test).cpu() > thresholds).long()
+    test_pred = (multilabel.label_logits(model, x_test).cpu() > thresholds).long()
     val_pred = (val_logits > thresholds).long()
-    by_criterion = _criteria_accuracy(test_pred, y_test, dataset.labels)
+    by_criterion = multilabel.criteria_accuracy(test_pred, y_test, dataset.labels)
     out = checkpoints.destination(cfg.out, preset.name, dataset.key, "none")
     metadata = {
         "model": preset.name, "defense": "none", "defense_version": "1", "dataset": dataset.key,
@@ -189,8 +168,8 @@ def _finish(cfg, preset, dataset, recipe, spec, model, best, history, training_t
         "best_epoch": best[1], "train_images": per_epoch_images,
         "labels": list(dataset.labels), "thresholds": thresholds.tolist(),
         "threshold_rule": "per label, the validation threshold maximising balanced accuracy (Youden's J)",
-        "val_mean_auroc": best[0], "val_accuracy": _criteria_accuracy(val_pred, y_val, dataset.labels)["any"],
-        "test_mean_auroc": mean_auroc(label_logits(model, x_test).cpu(), y_test),
+        "val_mean_auroc": best[0], "val_accuracy": multilabel.criteria_accuracy(val_pred, y_val, dataset.labels)["any"],
+        "test_mean_auroc": multilabel.mean_auroc(multilabel.label_logits(model, x_test).cpu(), y_test),
         "test_accuracy": by_criterion["any"], "test_accuracy_draws": 1, "test_accuracy_by_criterion": by_criterion,
         "test_label_accuracy": multilabel.label_accuracy(test_pred, y_test, dataset.labels),
         "training_time_s": round(training_time, 1), "history": history, "build": spec,

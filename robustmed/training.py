@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from robustmed import checkpoints, data as data_mod
+from robustmed import checkpoints, data as data_mod, multilabel_fit
 from robustmed.attacks.pgd import pgd, project, uniform_start
 from robustmed.defenses import DEFENSES
 from robustmed.defenses.base import parameter_groups
@@ -536,7 +536,10 @@ def train(cfg: TrainConfig) -> dict:
     x_train, y_train = _select(*dataset.split("train"), cfg.limit)
     x_val, y_val = _select(*dataset.split("val"), cfg.limit)
     x_test, y_test = dataset.split("test")
+    val_matrix = _select(*dataset.label_matrix("val"), cfg.limit)[1] if dataset.multilabel else None
     build_spec = {"model": cfg.model, "defense": cfg.defense, "num_classes": [dataset.num_classes]}
+    if dataset.multilabel:  # one logit per label, answered through thresholds (robustmed.multilabel_fit)
+        build_spec = {**build_spec, "num_classes": [len(dataset.labels)], "labels": list(dataset.labels)}
     model = build(**build_spec).to(device)
     seed_model(model, cfg.seed)
     fit_input_statistics(model, x_train.to(device))
@@ -545,7 +548,9 @@ def train(cfg: TrainConfig) -> dict:
     optimizers = make_optimizers(model, recipe, options)
     optimizer = optimizers["main"]
     scheduler = make_scheduler(optimizer, recipe, epochs)
-    weight = class_weights(y_train, dataset.num_classes).to(device) if recipe.class_weights == "balanced" else None
+    # class weights over 2^L joint label vectors would mean nothing: multi-label BCE is unweighted, as MedMNIST's
+    balanced = recipe.class_weights == "balanced" and not dataset.multilabel
+    weight = class_weights(y_train, dataset.num_classes).to(device) if balanced else None
     ctx = StepContext(0, epochs, recipe, generator,
                       {"optimizer": optimizer, "optimizers": optimizers, "options": options, "class_weight": weight})
     robust_subset, val_generator = None, torch.Generator().manual_seed(cfg.seed + 1)
@@ -585,21 +590,28 @@ def train(cfg: TrainConfig) -> dict:
                 bar.advance(task)
             # warm-up epochs are clean training: never selected, so no robust validation either
             selectable = not warm or epoch == epochs - 1
-            scores = _validation(model, x_val, y_val, robust_subset, recipe, select if selectable else "clean",
-                                 val_generator, device)
+            scores = multilabel_fit.scores(model, x_val, val_matrix) if dataset.multilabel else _validation(
+                model, x_val, y_val, robust_subset, recipe, select if selectable else "clean", val_generator, device)
             history.append({"epoch": epoch, "loss": total / len(order), **scores})
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(-scores["val_accuracy"])
             else:
                 scheduler.step()
-            if selectable and _selection_key(scores) > best[0]:
-                best = (_selection_key(scores), epoch, copy.deepcopy(model.state_dict()), scores)
+            key = multilabel_fit.selection_key(scores) if dataset.multilabel else _selection_key(scores)
+            if selectable and key > best[0]:
+                best = (key, epoch, copy.deepcopy(model.state_dict()), scores)
             shown = " ".join(f"{k.replace('_accuracy', '')} {v:.3f}" for k, v in scores.items())
             bar.update(task, description=f"train {cfg.defense} {shown}")
     training_time = time.perf_counter() - started
 
     model.load_state_dict(best[2])
-    test_acc, test_draws = test_accuracy(model, x_test, y_test, device)
+    if dataset.multilabel:
+        tested = multilabel_fit.finish(model, x_val, val_matrix, x_test, dataset.label_matrix("test")[1])
+        warnings = multilabel_fit.warnings(best[3])
+    else:
+        test_acc, test_draws = test_accuracy(model, x_test, y_test, device)
+        tested = {"selection": select, "test_accuracy": test_acc, "test_accuracy_draws": test_draws}
+        warnings = selection_warnings(best[3], dataset.num_classes)
     out = checkpoints.destination(cfg.out, cfg.model, dataset.key, cfg.defense)
     metadata = {
         "model": cfg.model,
@@ -610,7 +622,6 @@ def train(cfg: TrainConfig) -> dict:
         "recipe": asdict(recipe),
         "train_step": info.train_step,
         "train_options": options,
-        "selection": select,
         "seed": cfg.seed,
         "epochs": epochs,
         "batches_per_epoch": batches,
@@ -618,9 +629,8 @@ def train(cfg: TrainConfig) -> dict:
         "train_images": len(x_train),
         **({"init": initialized} if initialized else {}),
         **best[3],
-        "warnings": selection_warnings(best[3], dataset.num_classes),
-        "test_accuracy": test_acc,
-        "test_accuracy_draws": test_draws,
+        "warnings": warnings,
+        **tested,
         "training_time_s": round(training_time, 1),
         "history": history,
         "build": build_spec,

@@ -12,7 +12,7 @@ from robustmed.factory import from_checkpoint
 from robustmed.models.zoo import MODELS
 from robustmed.suites import load_suite
 from robustmed.tables import render
-from robustmed.train_multimodal import label_logits
+from robustmed.multilabel import label_logits
 
 SHIPPED = {"mmcaf-net": "adrenalmnist3d", "iimgf-net": "pneumoniamnist+breastmnist"}
 
@@ -64,7 +64,7 @@ def test_bench_iimgf_images_alone_and_a_target_label(capsys, data_root):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--threat", "image"], "--threat and --criterion apply to multi-input models only"),
+    (["--threat", "image"], "--threat applies to multi-input models only"),
     (["--model", "iimgf-net", "--threat", "tabular"], "threat 'tabular' attacks no input of this model"),
     (["--model", "mmcaf-net", "--defense", "pgd-at"], "is shipped and trained without a defense"),
     (["--model", "mmcaf-net", "--checks", "full"], "--checks full re-attacks single-input models only"),

@@ -1,5 +1,6 @@
-"""MedMNIST task types from the CLI: multi-class (RGB and greyscale, 28 and 64 pixels) and ordinal regression
-train and bench; small MedMNIST-format files stand in for the official ones (the task comes from the name)."""
+"""MedMNIST task types from the CLI: multi-class (RGB and greyscale, 28 and 64 pixels), ordinal regression and
+multi-label train and bench; small MedMNIST-format files stand in for the official ones (the task comes from the
+name)."""
 import json
 
 import numpy as np
@@ -51,3 +52,60 @@ def test_a_checkpoint_trained_on_a_file_says_how_to_find_its_data(tmp_path, caps
     assert main(["bench", "--checkpoint", str(checkpoint), "--attack", "pgd2", "--n", "4",
                  "--data-root", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "r")]) == 2
     assert "was trained on 'bloodmnist': pass --dataset with that file" in capsys.readouterr().err
+
+
+def _multilabel_file(path, labels=14, n=48, seed=0):
+    """A ChestMNIST-format npz: (N, L) binary labels, label k written into image row k, both values in every split."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in (("train", n), ("val", n // 2), ("test", n // 2)):
+        y = (rng.random((count, labels)) < 0.4).astype(np.uint8)
+        y[0], y[1] = 0, 1
+        images = rng.integers(0, 64, (count, 28, 28)).astype(np.uint8)
+        images[:, :labels, :8] += (y * 160).astype(np.uint8)[:, :, None]
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, y
+    np.savez(path, **arrays)
+    return path
+
+
+def test_multilabel_task_trains_and_benches_under_each_criterion(tmp_path, capsys):
+    data = _multilabel_file(tmp_path / "chestmnist.npz")
+    checkpoint = tmp_path / "model.pt"
+    assert main(["train", "--dataset", str(data), "--epochs", "1", "--out", str(checkpoint), "--no-progress",
+                 "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert len(trained["thresholds"]) == 14 and 0 <= trained["val_mean_auroc"] <= 1
+    for criterion, classes in ((None, 2 ** 14), ("label:effusion", 2)):
+        extra = ["--criterion", criterion] if criterion else []
+        assert main(["bench", "--checkpoint", str(checkpoint), "--dataset", str(data), "--attack", "pgd2",
+                     "--n", "12", "--out", str(tmp_path / "r"), "--json", *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        manifest = json.loads(open(report["manifest"]).read())
+        a8 = next(f for f in manifest["findings"] if f["id"] == "A8")
+        assert not a8["fired"] and "multi-label" in a8["reason"]
+        flips = report["multilabel"]["per_label"]
+        assert len(next(iter(next(iter(flips.values())).values()))) == (14 if criterion is None else 1)
+        assert report["multilabel"]["criterion"] == (criterion or "any")
+        assert int(manifest["config"]["n"]) == 12 and len(report["multilabel"]["thresholds"]) == 14
+
+
+def test_a_user_model_with_one_logit_per_label_benches_on_a_multilabel_task(tmp_path, capsys):
+    data = _multilabel_file(tmp_path / "chestmnist.npz")
+    model_file = tmp_path / "net.py"
+    model_file.write_text("import torch\nfrom torch import nn\n\n"
+                          "def build_model():\n    torch.manual_seed(0)\n"
+                          "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 14))\n")
+    assert main(["bench", "--model-file", f"{model_file}:build_model", "--dataset", str(data), "--attack", "pgd2",
+                 "--n", "8", "--out", str(tmp_path / "r"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["multilabel"]["thresholds"] == [0.0] * 14
+
+
+def test_criterion_on_a_single_label_task_is_refused(tmp_path, capsys):
+    data = _medmnist_file(tmp_path / "bloodmnist.npz", (28, 28, 3), 8)
+    checkpoint = tmp_path / "model.pt"
+    assert main(["train", "--dataset", str(data), "--epochs", "1", "--out", str(checkpoint), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "--checkpoint", str(checkpoint), "--dataset", str(data), "--attack", "pgd2", "--n", "4",
+                 "--criterion", "any", "--out", str(tmp_path / "r")]) == 2
+    assert "--criterion applies to multi-label tasks" in capsys.readouterr().err

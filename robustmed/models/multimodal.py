@@ -26,7 +26,8 @@ class Modality:
 
 
 class MultiLabelClassifier(nn.Module):
-    """``network(x)`` → per-label logits z (N, L); ``forward`` → the criterion's logits of z − thresholds."""
+    """``network(x)`` → per-label logits z (N, L); ``forward`` → the criterion's logits of z − thresholds.
+    ``modalities`` names a multi-input network's inputs; a single-input network (one image tensor) has none."""
 
     def __init__(self, network: nn.Module, modalities: tuple[Modality, ...], labels: tuple[str, ...]):
         super().__init__()
