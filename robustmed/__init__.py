@@ -3,7 +3,7 @@
 The public API is imported lazily so that `robustmed list` starts fast.
 """
 __version__ = "0.1.0"
-__all__ = ["load_model", "load_dataset", "benchmark", "Normalized"]
+__all__ = ["evaluate", "load_model", "load_dataset", "benchmark", "Normalized"]
 
 
 def __getattr__(name):
@@ -15,8 +15,12 @@ def __getattr__(name):
         from robustmed.data import load_dataset
 
         return load_dataset
+    if name == "evaluate":
+        from robustmed.api import evaluate
+
+        return evaluate
     if name == "benchmark":
-        from robustmed.harness import benchmark
+        from robustmed.api import benchmark
 
         return benchmark
     if name == "Normalized":

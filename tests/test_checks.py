@@ -179,3 +179,16 @@ def test_a_square_column_that_beats_the_gradient_columns_trips_b8_from_the_rows(
         rows, _ = store.read_run(honest)
         assert not black_box_columns(rows).fired
         assert black_box_columns(rows[~rows.attack.str.startswith("square")]) is None  # nothing to compare
+
+
+def test_every_check_id_in_the_code_is_explained_in_the_docs():
+    """Users never see the evaluation rules robustmed was built from: docs/checks.md must explain every ID."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    documented = set(re.findall(r"(?m)^\| ([A-F]\d{1,2}) \|", (root / "docs" / "checks.md").read_text()))
+    used = {m for folder in ("robustmed", "attacks", "defenses") for path in (root / folder).rglob("*.py")
+            for m in re.findall(r"\b([A-F]\d{1,2})\b", path.read_text())}
+    used -= {"C0"}  # a layer width's name in the IIMGF-Net config, not a check
+    assert used and used <= documented, sorted(used - documented)

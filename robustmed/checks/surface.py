@@ -7,7 +7,7 @@ model, and one forward pass as the attack sees it (gradients on, input requiring
 logits of one pass as the judge sees it, under one frozen realization of the randomness and one
 seed. A pipeline that sends gradient-enabled calls through a differentiable surrogate and
 inference through something else (a purifier or post-processing applied only under ``no_grad``) is
-an attack on a model that is never deployed ([C19], [T20]); every number it yields is void.
+an attack on a model that is never deployed (Carlini et al. 2019; Tramèr et al. 2020); every number it yields is void.
 """
 from __future__ import annotations
 
