@@ -1,12 +1,12 @@
 """Checks on the defense-removed model (:mod:`robustmed.checks.removal`): B11 transfer and D3 ablation.
 
-Both run under ``--checks full`` on the seeded subset. B11 crafts APGD examples on the model without
-its defense and replays them on the deployed one: points the run's white-box attacks left robust but
-a transfer attack breaks mean the defense hides its gradients rather than removing the vulnerability
-(Carlini et al. 2019, "On Evaluating Adversarial Robustness"; RobustBench's Kang2021Stable fell from 71.28 to
-64.20 this way). D3 runs the run's gradient attack on the defense-removed model: without the defense it must succeed, ≈0% robust for an
-undefended network at a budget where such networks collapse; if it does not, the robustness lives
-outside the declared defense or the attack is broken.
+Both run under ``--checks full`` on the seeded subset. B11 crafts APGD examples on the model without its
+defense and replays them on the deployed one: points the run's white-box attacks left robust but a transfer
+attack breaks mean the defense hides its gradients rather than removing the vulnerability (Carlini et al.
+2019, "On Evaluating Adversarial Robustness"; RobustBench's Kang2021Stable fell from 71.28 to 64.20 this way).
+D3 runs the run's gradient attack on the defense-removed model: without the defense it must succeed, ≈0%
+robust for an undefended network at a budget where such networks collapse; if it does not, the robustness
+lives outside the declared defense or the attack is broken.
 """
 from __future__ import annotations
 
