@@ -13,13 +13,14 @@ from robustmed.allocator import tune_malloc
 from robustmed.checks import post_run, run_preflight
 from robustmed.errors import exit_status
 from robustmed.harness import attack_rows
-from robustmed.runner import BenchConfig, _prepare, _validate
+from robustmed.run.bench import BenchConfig, validate
+from robustmed.run.target import prepare
 
 
 def measure(n: int | None) -> dict:
     cfg = BenchConfig(defense="none", attack="pgd100", n=n, progress=False)
-    _validate(cfg)
-    ctx, _, _ = _prepare(cfg)
+    validate(cfg)
+    ctx, _ = prepare(cfg)
     started = time.perf_counter()
     preflight = run_preflight(ctx)
     preflight_s = time.perf_counter() - started

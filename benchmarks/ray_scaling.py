@@ -34,8 +34,8 @@ import torch
 
 from robustmed.allocator import tune_malloc
 from robustmed.errors import exit_status
-from robustmed.executors import get_executor
-from robustmed.runner import BenchConfig, run_benches
+from robustmed.run.executors import get_executor
+from robustmed.run.bench import BenchConfig, run_benches
 
 
 def busy_cpu_s() -> float:

@@ -25,9 +25,9 @@ from robustmed.checks import CheckContext, Finding, unreliable
 from robustmed.contracts import adapt_head, as_multilabel, check_range
 from robustmed.errors import UserError
 from robustmed.harness import select_subset, summarize
-from robustmed.multimodal_bench import declare_criterion, for_checks
 from robustmed.provenance import ENGINE, package_versions, resolve_device, weights_sha256
-from robustmed.runner import BenchConfig, _attack_and_check
+from robustmed.run.bench import BenchConfig, attack_and_check
+from robustmed.run.threats import declare_criterion, for_checks
 from robustmed.tensors import batch_size, take, to_device
 
 @dataclass
@@ -130,7 +130,7 @@ def evaluate(model: torch.nn.Module, x, y: torch.Tensor | None = None, *, attack
                        full_split=facts["full_split"], device=device, seed=seed, batch_size=batch_size,
                        sample_ids=ids)
     ctx = for_checks(ctx)
-    rows, findings, _ = _attack_and_check(cfg, ctx, refuse=True)
+    rows, findings, _ = attack_and_check(cfg, ctx, refuse=True)
     result = Evaluation(summarize(rows), rows, findings, ctx.randomized)
     if out is not None:
         result.run_dir = _store(result, cfg, model, facts, Path(out))

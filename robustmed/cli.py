@@ -165,7 +165,7 @@ def _explicit_defense(args) -> str:
 
 def cmd_bench(args) -> int:
     from robustmed.report import print_bench
-    from robustmed.runner import BenchConfig, run_bench
+    from robustmed.run.bench import BenchConfig, run_bench
 
     _apply_threads(args)
     if args.suite:
@@ -309,7 +309,7 @@ def cmd_regress(args) -> int:
 def cmd_check(args) -> int:
     from robustmed.checks import unreliable
     from robustmed.report import print_findings
-    from robustmed.runner import BenchConfig, run_checks
+    from robustmed.run.bench import BenchConfig, run_checks
 
     _apply_threads(args)
     cfg = BenchConfig(defense=_explicit_defense(args), attack=args.attack, model=args.model, dataset=args.dataset,

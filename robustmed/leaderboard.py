@@ -51,7 +51,7 @@ class Board:
     dataset: str
     norm: str
     eps: float
-    samples: str  # SHA-256 of the sample ids, as the runner stores it
+    samples: str  # SHA-256 of the sample ids, as a bench run stores it
     entries: tuple[Entry, ...]
     sample_sets: int = 1  # how many sample sets this data set and threat model have in the store
 
@@ -70,7 +70,7 @@ def _defense_facts(name: str) -> tuple[int | None, str]:
 
 
 def _sample_set(rows: pd.DataFrame, manifest: dict) -> str:
-    """The run's sample-id digest; recomputed the runner's way for runs stored without it."""
+    """The run's sample-id digest; recomputed the bench run's way for runs stored without it."""
     if "sample_ids_sha256" in manifest:
         return manifest["sample_ids_sha256"]
     ids = manifest.get("sample_ids") or sorted(int(i) for i in rows.sample_id.unique())

@@ -60,7 +60,7 @@ def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
     """
     from dataclasses import fields
 
-    from robustmed.runner import BenchConfig, run_bench, split_attacks
+    from robustmed.run.bench import BenchConfig, run_bench, split_attacks
 
     known = {f.name for f in fields(BenchConfig)}
     for _, manifest in baseline_runs:

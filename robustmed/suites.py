@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustmed.errors import UserError
-from robustmed.runner import BenchConfig
+from robustmed.run.config import BenchConfig
 
 PROTOCOLS = ("adaptive", "paper")
 
@@ -116,7 +116,7 @@ def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defense
     All runs' units go to one executor together (so Ray spreads a whole suite); runs already
     stored are read back and killed ones completed, so rerunning the command finishes a suite.
     """
-    from robustmed.runner import run_benches
+    from robustmed.run.bench import run_benches
 
     plan = suite.configs(randomized_defenses(), device, progress, defenses, executor, address, datasets)
     if not plan:
@@ -128,10 +128,11 @@ def run_suite(suite: Suite, device: str = "auto", progress: bool = True, defense
 
 
 def _shipped(cfg: BenchConfig):
-    from robustmed import data as data_mod, multimodal_bench, multimodal_data
+    from robustmed import data as data_mod, multimodal_data
     from robustmed.factory import shipped_checkpoint
+    from robustmed.run.target import preset_of
 
-    preset = multimodal_bench.preset_of(cfg)
+    preset = preset_of(cfg)
     dataset = multimodal_data.load(preset, cfg.dataset, cfg.data_root) if preset else \
         data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET)
     return shipped_checkpoint(cfg.defense, cfg.model, dataset.key)

@@ -7,7 +7,8 @@ from torch import nn
 
 from conftest import TinyCNN
 from robustmed.attacks import parse_attack
-from robustmed.attacks.amp import autocast_forward, compare_amp, resolve_amp
+from robustmed.attacks.amp import autocast_forward, resolve_amp
+from robustmed.precision import compare_amp
 from robustmed.errors import UserError
 from robustmed.harness import benchmark
 

@@ -112,7 +112,7 @@ def test_binary_cascade_runs_in_the_harness_and_stores_its_configuration(monkeyp
 
 
 def test_bench_runs_aa_on_the_binary_default_data(tmp_path, monkeypatch, data_root):
-    from robustmed.runner import BenchConfig, run_bench
+    from robustmed.run.bench import BenchConfig, run_bench
 
     monkeypatch.setattr(autoattack, "SQUARE_QUERIES", 50)
     model_file = tmp_path / "tiny.py"

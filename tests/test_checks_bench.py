@@ -9,7 +9,7 @@ from robustmed.cli import main
 from robustmed.defenses.rpan import MANNoise
 from robustmed.errors import UserError
 from robustmed.factory import build
-from robustmed.runner import BenchConfig, run_bench
+from robustmed.run.bench import BenchConfig, run_bench
 
 BROKEN = "tests/broken_models.py"
 

@@ -134,7 +134,7 @@ def test_shipped_default_exists():
 
 
 def test_attack_lists_keep_options_with_their_attack():
-    from robustmed.runner import split_attacks
+    from robustmed.run.config import split_attacks
 
     assert split_attacks("pgd10:alpha=1/255,restarts=2,bim10, aa:protocol=paper") == [
         "pgd10:alpha=1/255,restarts=2", "bim10", "aa:protocol=paper"]

@@ -14,7 +14,7 @@ from robustmed import store
 from robustmed.cli import main
 from robustmed.provenance import ENGINE
 from robustmed.regress import compare, rerun
-from robustmed.runner import split_attacks
+from robustmed.run.config import split_attacks
 from robustmed.suites import load_suite, randomized_defenses
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"

@@ -10,7 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from robustmed import store, units
+from robustmed import store
+from robustmed.run import work as units
 from robustmed.checks import CHECKS, unreliable
 from robustmed.checks.registry import NOT_RUN, ran
 from robustmed.cli import main
@@ -58,7 +59,7 @@ def test_real_sigint_in_bench_leaves_no_traceback(tmp_path, data_root):
     """A real SIGINT in a real process: one line on stderr, nothing on stdout, status 130."""
     script = textwrap.dedent("""
         import os, signal, sys
-        from robustmed import units
+        from robustmed.run import work as units
         from robustmed.cli import main
 
         compute = units.compute
@@ -93,7 +94,7 @@ def test_interrupted_is_a_keyboard_interrupt_with_the_counts():
 
 def test_ctrl_c_under_ray_stops_the_session_it_started(tmp_path, data_root, monkeypatch, capsys):
     ray = pytest.importorskip("ray")
-    from robustmed.runner import BenchConfig, run_bench
+    from robustmed.run.bench import BenchConfig, run_bench
 
     init, wait, calls = ray.init, ray.wait, []
     monkeypatch.setattr(ray, "init", lambda **kw: init(num_cpus=1, **kw))  # one actor: units run in order
@@ -121,7 +122,7 @@ def no_attack_work(monkeypatch):
     def started(ctx):
         raise AssertionError("work started despite an unwritable results folder")
 
-    monkeypatch.setattr("robustmed.runner.run_preflight", started)
+    monkeypatch.setattr("robustmed.run.bench.run_preflight", started)
 
 
 def test_results_folder_below_a_file_is_one_line_exit_2(tmp_path, data_root, no_attack_work, capsys):

@@ -4,7 +4,7 @@ a few borderline samples (fp32 kernels differ in summation order)."""
 import pytest
 import torch
 
-from robustmed.attacks.amp import compare_amp
+from robustmed.precision import compare_amp
 from robustmed.factory import load_model
 from robustmed.harness import benchmark
 
@@ -21,7 +21,7 @@ def test_amp_is_judged_in_fp32_and_flagged_when_it_weakens_the_attack(test_split
     """On an H100 (624 images, PGD-20, ε = 4/255) AMP weakened the attack: fp32 18.3% robust, fp16 19.7%,
     bf16 31.1%; compare_amp flagged both. The run itself must complete (every example judged in
     float32) and the flag must follow the measured gap."""
-    from robustmed.attacks.amp import AMP_TOL
+    from robustmed.precision import AMP_TOL
 
     x, y = test_split
     model = load_model("none", device="cuda")

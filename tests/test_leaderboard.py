@@ -26,7 +26,7 @@ def _frame(attack, ids, robust, clean=None, labels=None, **extra):
 
 
 def _store(root, run_id, defense, frames, dataset="pneumoniamnist", norm="Linf", engine=ENGINE, findings=()):
-    """A run written with the store's own helper, its manifest naming the sample set as the runner does."""
+    """A run written with the store's own helper, its manifest naming the sample set as a bench run does."""
     rows = pd.concat(frames, ignore_index=True)
     ids = sorted(int(i) for i in rows.sample_id.unique())
     manifest = {"run_id": run_id, "created": run_id, "defense": defense, "model": "m", "dataset": dataset,

@@ -13,7 +13,7 @@ from robustmed.errors import UserError
 from robustmed.factory import build
 from robustmed.harness import benchmark
 from robustmed.models.zoo import MODELS
-from robustmed.multimodal_bench import TABULAR_SCALE, threat_models
+from robustmed.run.threats import TABULAR_SCALE, threat_models
 
 EPS = 4 / 255
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import untrained_checkpoint
-from robustmed.runner import BenchConfig, run_benches
+from robustmed.run.bench import BenchConfig, run_benches
 from robustmed.suites import load_suite, run_suite
 
 ray = pytest.importorskip("ray")

@@ -17,7 +17,7 @@ KEY = ["attack", "eps", "sample_id"]
 # 1 plan, 2-7 the six units, 8 the run's rows, 9 its manifest) or when a unit's computation starts.
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from robustmed import units
+    from robustmed.run import work as units
     from robustmed.cli import main
 
     kill_at_rename, kill_at_unit = int(sys.argv[1]), int(sys.argv[2])

@@ -7,11 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustmed import store, units
+from robustmed import store
 from robustmed.cli import main
 from robustmed.errors import UserError
-from robustmed.executors import get_executor
-from robustmed.runner import BenchConfig, run_bench
+from robustmed.run import plan as planning, target, work as units
+from robustmed.run.bench import BenchConfig, run_bench
+from robustmed.run.executors import get_executor
 
 TIMING = ["attack_time_s"]  # wall-clock seconds: the one column that may differ between two computations
 
@@ -40,12 +41,12 @@ def computed(monkeypatch):
 
 
 def test_plan_is_attack_major_with_aligned_shards():
-    plan = units.plan("r", "/d", ["pgd2", "bim2"], range(40), 16, {"config": {"eps": "4/255"}})
+    plan = planning.plan("r", "/d", ["pgd2", "bim2"], range(40), 16, {"config": {"eps": "4/255"}})
     assert [(u.index, u.attack, u.sample_ids[0], len(u.sample_ids)) for u in plan] == [
         (0, "pgd2", 0, 16), (1, "pgd2", 16, 16), (2, "pgd2", 32, 8),
         (3, "bim2", 0, 16), (4, "bim2", 16, 16), (5, "bim2", 32, 8)]
     assert len({u.unit_id for u in plan}) == 6
-    assert [u.unit_id for u in plan] == [u.unit_id for u in units.plan("r", "/d", ["pgd2", "bim2"], range(40), 16,
+    assert [u.unit_id for u in plan] == [u.unit_id for u in planning.plan("r", "/d", ["pgd2", "bim2"], range(40), 16,
                                                                        {"config": {"eps": "4/255"}})]
 
 
@@ -88,7 +89,7 @@ def test_shards_change_no_per_sample_result(cfg, data_root):
 def test_local_units_reuse_the_loaded_model_and_a9s_clean_pass(cfg, data_root, monkeypatch):
     """The local executor's units take the planning process's model and check A9's clean pass: one checkpoint
     load and one clean pass for the run, and the same rows as units that load and pass for themselves."""
-    from robustmed import harness, runner
+    from robustmed import harness
     from robustmed.checks import preflight
 
     calls = {"load": 0, "clean": 0}
@@ -99,7 +100,7 @@ def test_local_units_reuse_the_loaded_model_and_a9s_clean_pass(cfg, data_root, m
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(runner, "from_checkpoint", counted("load", runner.from_checkpoint))
+    monkeypatch.setattr(target, "from_checkpoint", counted("load", target.from_checkpoint))
     # every clean pass, A9's (preflight → harness.clean_draws) and the harness's own, goes through this one
     monkeypatch.setattr(harness, "clean_draws_masked", counted("clean", harness.clean_draws_masked))
     shared = run_bench(cfg)
@@ -138,15 +139,14 @@ def test_a_worker_preloads_the_model_its_units_use(cfg, data_root, monkeypatch):
     worker loads the checkpoint once, before the first unit, and the rows are the local executor's."""
     from collections import OrderedDict
 
-    from robustmed import runner
-    from robustmed.runner import run_benches
+    from robustmed.run.bench import run_benches
 
     local = run_bench(replace(cfg, out=cfg.out + "-local"))
     events = []
     monkeypatch.setattr(units, "_LOADED", OrderedDict())
     monkeypatch.setattr(units, "_CLEAN", {})
-    load = runner.from_checkpoint
-    monkeypatch.setattr(runner, "from_checkpoint", lambda *args: events.append("load") or load(*args))
+    load = target.from_checkpoint
+    monkeypatch.setattr(target, "from_checkpoint", lambda *args: events.append("load") or load(*args))
     (remote,) = run_benches([cfg], PreloadingExecutor(events))
     assert events == ["load", "load", "units"]  # the planning process's load, the worker's preload, 6 units
     pd.testing.assert_frame_equal(per_sample(remote.rows), per_sample(local.rows))

@@ -1,4 +1,5 @@
-"""`bench` on the multi-input presets: model and data, ``--threat`` (check F4), ``--criterion`` (A8/F2).
+"""What an attack may change and what counts as a success, per run: threat models over a multi-input model's
+named inputs (``--threat``, check F4) and a multi-label model's success criterion (``--criterion``, A8/F2).
 
 Threats name which inputs an attack may change: ``joint`` (all), a modality kind (``image``, ``tabular``:
 every input of that kind) or one input by name (``xray``); several are separated by commas. Each input
@@ -14,64 +15,15 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from robustmed import checkpoints, multilabel, multimodal_data
+from robustmed import multilabel
 from robustmed.attacks.base import parse_number
 from robustmed.attacks.threat import InputThreat, Packing, ThreatModel
 from robustmed.errors import UserError
-from robustmed.factory import from_checkpoint, shipped_checkpoint
-from robustmed.models.zoo import MODELS
+from robustmed.run.config import split_attacks
+
 
 TABULAR_SCALE = 6.0  # ε of a standardised feature = 6 × the run's ε (the ±3 SD span as the unit range)
 
-
-def preset_of(cfg):
-    """The multi-input preset a bench config names (``--model`` or the checkpoint's metadata), else None."""
-    name = cfg.model
-    if name is None and cfg.checkpoint and not cfg.model_file:
-        name = checkpoints.read_metadata(cfg.checkpoint).get("model")
-    preset = MODELS.get(name) if name else None
-    if getattr(preset, "multimodal", False):
-        return preset
-    if getattr(cfg, "threat", None):
-        raise UserError("--threat applies to multi-input models only (mmcaf-net, iimgf-net)")
-    return None
-
-
-def _statistics_match(model: nn.Module, dataset) -> None:
-    features = getattr(model.network, "features", None)
-    if features is None or dataset.statistics is None:
-        return
-    ours, theirs = features.statistics(), dataset.statistics
-    if any(not torch.allclose(torch.as_tensor(getattr(ours, f)), torch.as_tensor(getattr(theirs, f)), rtol=1e-9)
-           for f in ("mean", "std", "derived_mean", "derived_std")):
-        raise UserError(f"the checkpoint standardises its shape features with other training statistics than "
-                        f"{dataset.key}'s: it was trained on another data set")
-
-
-def resolve(cfg, preset, device):
-    """(model, dataset, provenance) as :func:`robustmed.runner.resolve_model` returns them."""
-    from robustmed.runner import _test_accuracy, portable_path
-
-    if cfg.defense != "none":
-        raise UserError(f"{preset.name} is shipped and trained without a defense; use --defense none")
-    if cfg.checks == "full":
-        raise UserError("--checks full re-attacks single-input models only; multi-input runs take --checks cheap")
-    dataset = multimodal_data.load(preset, cfg.dataset, cfg.data_root)
-    path = cfg.checkpoint or shipped_checkpoint(cfg.defense, preset.name, dataset.key)
-    model, meta = from_checkpoint(path, device)
-    _statistics_match(model, dataset)
-    declare_criterion(model, dataset, cfg.criterion)
-    threat_models(model, cfg.threat)  # a bad --threat fails here, before a run is planned or written
-    prov = {"path": portable_path(path), "sha256": meta["sha256"], "val_accuracy": meta.get("val_accuracy"),
-            "test_accuracy": _test_accuracy(model, meta), "trained_on": meta.get("dataset")}
-    return model, dataset, {"model": meta["model"], "defense": meta["defense"], "checkpoint": prov}
-
-
-def _entries(text: str) -> list[str]:
-    """``image,joint:shape=0.25,volume=2/255`` → [``image``, ``joint:shape=0.25,volume=2/255``]."""
-    from robustmed.runner import split_attacks  # the same rule: a key=value token continues the entry
-
-    return split_attacks(text)
 
 
 def _attacked(name: str, model) -> set[str]:
@@ -86,12 +38,13 @@ def _attacked(name: str, model) -> set[str]:
     return chosen
 
 
+
 def threat_models(model, text: str | None) -> list[ThreatModel]:
     """The ``--threat`` entries as threat models over the model's inputs (default ``joint``)."""
     constraints = model.input_constraints()
     kinds = {m.name: m.kind for m in model.modalities}
     out = []
-    for entry in _entries(text or "joint"):
+    for entry in split_attacks(text or "joint"):  # the same rule: a key=value token continues the entry
         name, _, options = entry.partition(":")
         attacked = _attacked(name.strip(), model)
         given = {}
@@ -108,11 +61,13 @@ def threat_models(model, text: str | None) -> list[ThreatModel]:
     return out
 
 
+
 def bench_threats(model, config: Mapping) -> list[ThreatModel] | None:
     """Threat models of a unit's run, or None for single-input models."""
     if not getattr(model, "modalities", ()):
         return None
     return threat_models(model, config.get("threat"))
+
 
 
 class PackedView(nn.Module):
@@ -137,6 +92,7 @@ class PackedView(nn.Module):
         return self.model(self.packing.unpack(self.low + flat.flatten(1) * self.span))
 
 
+
 def declare_criterion(model, dataset, text: str | None) -> None:
     """A multi-label model answers through ``text``'s criterion (``any``, ``label:NAME``) and the data set's
     labels become its classes; ``--criterion`` on any other model is refused."""
@@ -145,6 +101,7 @@ def declare_criterion(model, dataset, text: str | None) -> None:
         dataset.criterion = model.criterion
     elif text:
         raise UserError(f"--criterion applies to multi-label tasks; {dataset.key} is {dataset.task!r}: leave it out")
+
 
 
 def for_checks(ctx):
@@ -161,6 +118,7 @@ def for_checks(ctx):
     ctx.model, ctx.x = view, view.pack(ctx.x)
     ctx.extras["multimodal"] = ctx.extras["labels"]
     return ctx
+
 
 
 def run_extras(ctx, rows) -> dict:

@@ -1,6 +1,6 @@
 """Executors run work units behind one interface: ``local`` (in-process) and ``ray`` (one warm actor per worker).
 
-Every executor only calls :func:`robustmed.units.run` on each unit; the unit writes its own rows
+Every executor only calls :func:`robustmed.run.work.run` on each unit; the unit writes its own rows
 to the store, so executors differ in where units run, never in what they compute.
 
 >>> get_executor("local").name
@@ -16,7 +16,8 @@ from robustmed import store
 from robustmed.allocator import tune_malloc
 from robustmed.errors import Interrupted, UserError
 from robustmed.progress import listening, progress_bar
-from robustmed.units import Unit, preload, run as run_unit, warm_up
+from robustmed.run.plan import Unit
+from robustmed.run.work import preload, run as run_unit
 
 
 class Executor(Protocol):
@@ -24,7 +25,7 @@ class Executor(Protocol):
 
     def start(self, units: int, load: dict | None = None) -> None:
         """Get workers ready for ``units`` more units of a run whose units load ``load`` (a
-        :func:`robustmed.units.load_spec`); called before the run's pre-flight checks, which it may overlap."""
+        :func:`robustmed.run.plan.load_spec`); called before the run's pre-flight checks, which it may overlap."""
 
     def run(self, units: Sequence[Unit], progress: bool = True) -> None:
         """Complete every unit (each one stored and verified), or raise."""
@@ -88,7 +89,7 @@ class _Worker:
     """A Ray actor per worker slot: its process keeps torch, robustmed and the runs' models and data loaded.
 
     A fresh process's first unit would otherwise pay the imports (seconds) and the model and data
-    loading; the models and data stay cached per process by :func:`robustmed.units.run`, keyed by the
+    loading; the models and data stay cached per process by :func:`robustmed.run.work.run`, keyed by the
     run's config, checkpoint and device.
     """
 
@@ -97,7 +98,6 @@ class _Worker:
 
         torch.set_num_threads(1)  # the worker holds one CPU
         tune_malloc()  # as the robustmed command's own process
-        warm_up()
 
     def preload(self, load: dict) -> str | None:
         """Load a run's model and data ahead of its units; a failure is left for the first unit to raise."""
