@@ -1,7 +1,9 @@
 """Defenses attached to MAIL; importing this package registers every entry.
 
-To add one: copy ``none.py``, give it an ``attach`` (and a training step if it
-needs one), register a :class:`DefenseInfo`, and import the module here.
+A defense is one file: its ``attach``, its training step (registered in
+:data:`robustmed.steps.TRAIN_STEPS`, if it needs its own) and the defense-removed form of each component
+it adds (a ``defense_removed`` method, used by checks B11 and D3). To add one: copy ``none.py``, register a
+:class:`DefenseInfo`, and import the module here.
 """
 from robustmed.defenses.base import DEFENSES, DefenseInfo
 from robustmed.defenses import none  # noqa: F401  (registers)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 
@@ -33,3 +34,27 @@ def swap_class(module: nn.Module, cls: type) -> nn.Module:
 def network_of(model: nn.Module) -> nn.Module:
     """The MAIL network inside a :class:`RobustModel` (the adapter has no weights to defend)."""
     return getattr(model, "network", model)
+
+
+class Scale(nn.Module):
+    """x ⊙ factor (fixed): the mean of a multiplicative noise; a 1-D factor scales channels (dim 1)."""
+
+    def __init__(self, factor: torch.Tensor, channelwise: bool = False):
+        super().__init__()
+        self.register_buffer("factor", factor.detach().clone())
+        self.channelwise = channelwise
+
+    def forward(self, x):
+        factor = self.factor.view(1, -1, *([1] * (x.ndim - 2))) if self.channelwise else self.factor
+        return x * factor
+
+
+class Shift(nn.Module):
+    """x + offset (a fixed tensor): the mean of an additive noise, without any clip."""
+
+    def __init__(self, offset: torch.Tensor):
+        super().__init__()
+        self.register_buffer("offset", offset.detach().clone())
+
+    def forward(self, x):
+        return x + self.offset

@@ -18,7 +18,7 @@ class DefenseInfo:
     """What a reader and the harness must know about a defense (spec/defenses.md §4–§5).
 
     ``attach`` turns a freshly built MAIL model into the defended one; ``train_step``
-    names the training step in :data:`robustmed.training.TRAIN_STEPS` (standard,
+    names the training step in :data:`robustmed.steps.TRAIN_STEPS`, registered in the defense's file (standard,
     PGD-AT, or a defense-specific step) and ``train_options`` are that step's
     defense-specific settings (loss weights, attack mode, [A]/[I] realizations,
     delays, parameter-group decays). ``cpu_recipe`` is the recipe used for ``-mini``

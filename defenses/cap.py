@@ -1,18 +1,23 @@
 """CAP — Contour Attention Preserving defense (Xiang et al., AAAI 2023), spec §4.5.
 
-No architectural change. Training (``cap`` step in :mod:`robustmed.training`) combines a
+No architectural change. Training (the ``cap`` step below) combines a
 TRADES-KL inner attack, attention-only adversarial weight perturbation (AWP) steered by a
 contour-preserving augmentation, and a squared-error hybrid loss. Deterministic at inference.
 """
 from __future__ import annotations
 
+import copy
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustmed.attacks.pgd import project
 from robustmed.defenses._surgery import network_of
 from robustmed.defenses.base import DEFENSES, DefenseInfo, no_change
 from robustmed.models.mail import EMCAM, ChannelAttention
+from robustmed.steps import TRAIN_STEPS, StepContext, delay_epochs
 
 
 def attention_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -85,3 +90,70 @@ DEFENSES.register("cap", DefenseInfo(
     attach=no_change,
     cpu_recipe="cpu-at",
 ))
+
+
+def trades_examples(model, x, ctx: StepContext) -> torch.Tensor:
+    """CAP's inner maximisation: sign ascent on KL(f(x) ‖ f(x_adv)) from x + 0.001·N(0, I), eval mode."""
+    recipe, eps = ctx.recipe, ctx.recipe.train_eps
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        target = F.softmax(model(x), 1)
+    x_adv = project(x + 0.001 * torch.randn(x.shape, generator=ctx.generator).to(x), x, eps)
+    for _ in range(recipe.train_attack_steps):
+        x_adv.requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(model(x_adv), 1), target, reduction="sum")
+        grad, = torch.autograd.grad(kl, x_adv)
+        x_adv = project(x_adv.detach() + recipe.train_attack_step * grad.sign(), x, eps)
+    model.train(was_training)
+    return x_adv.detach()
+
+
+def attention_weight_perturbation(model, x, y, x_aug, options: dict) -> Callable[[], None]:
+    """CAP's AWP restricted to attention weights; returns the function that removes it after the update.
+
+    A proxy takes one SGD step on −CE(x) + β·KL(f(x) ‖ f(x_aug)); each attention layer's change is
+    rescaled to that layer's weight norm and added with weight γ.
+    """
+    proxy = copy.deepcopy(model).train()
+    proxy_params = dict(attention_parameters(proxy))
+    optimizer = torch.optim.SGD(proxy_params.values(), lr=options.get("proxy_lr", 1e-2))
+    out, out_aug = proxy(x), proxy(x_aug)
+    labels = y if y.ndim == 1 else y[:, 0]
+    loss = -F.cross_entropy(out, labels) + options.get("beta", 3.0) * F.kl_div(
+        F.log_softmax(out_aug, 1), F.softmax(out, 1), reduction="batchmean")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    applied = []
+    with torch.no_grad():
+        for name, param in attention_parameters(model):
+            diff = proxy_params[name] - param
+            step = options.get("gamma", 1e-4) * diff / (diff.norm() + 1e-20) * param.norm()
+            param.add_(step)
+            applied.append((param, step))
+
+    def restore() -> None:
+        with torch.no_grad():
+            for param, step in applied:
+                param.sub_(step)
+
+    return restore
+
+
+@TRAIN_STEPS.decorator("cap")
+def cap_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """mean‖p(x) − y_s‖² + β·mean‖p(x_adv) − p(x)‖², y_s = ε·p(x_aug) + (1 − ε)·onehot(y) (not detached)."""
+    options = ctx.extras["options"]
+    labels = y if y.ndim == 1 else y[:, 0]
+    x_aug = contour_augment(x, options.get("threshold", 127))
+    x_adv = trades_examples(model, x, ctx)
+    if ctx.epoch >= delay_epochs(options.get("awp_delay", 0.0), ctx.epochs):
+        ctx.extras.setdefault("after_update", []).append(
+            attention_weight_perturbation(model, x, y, x_aug, options))
+    probs = F.softmax(model(x), 1)
+    smooth = ctx.recipe.train_eps
+    soft_target = smooth * F.softmax(model(x_aug), 1) + (1 - smooth) * F.one_hot(labels, probs.shape[1])
+    natural = (probs - soft_target).pow(2).sum(1).mean()
+    robust = (F.softmax(model(x_adv), 1) - probs).pow(2).sum(1).mean()
+    return natural + options.get("beta", 3.0) * robust

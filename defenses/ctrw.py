@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedParameter
 
-from robustmed.defenses._surgery import network_of
+from robustmed.defenses._surgery import Scale, network_of
 from robustmed.defenses.base import DEFENSES, DefenseInfo
 from robustmed.models.mail import Stem
 from robustmed.randomness import RandomModule
@@ -52,6 +52,10 @@ class TrainableRandomWeight(LazyModuleMixin, RandomModule):
         if self.unit_noise is None:
             self.unit_noise = self.normal(self.sigma.shape, x)
         return x * (self.mu + self.sigma * self.unit_noise)
+
+    def defense_removed(self) -> nn.Module:
+        """Checks B11/D3: x ⊙ μ, the mean of x ⊙ (μ + σ ⊙ ε)."""
+        return Scale(self.mu.detach()[None])
 
 
 def attach(model: nn.Module, bound: float = 2 / 3) -> nn.Module:

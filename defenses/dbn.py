@@ -13,6 +13,7 @@ from torch import nn
 
 from robustmed.defenses._surgery import network_of, replace_modules
 from robustmed.defenses.base import DEFENSES, DefenseInfo
+from robustmed.steps import TRAIN_STEPS, StepContext, adversarial_examples, task_loss
 
 ROUTES = ("clean", "adv")
 
@@ -27,6 +28,10 @@ class DualBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.clean if self.route == "clean" else self.adv)(x)
+
+    def defense_removed(self) -> nn.Module:
+        """Checks B11/D3: BN_clean, the route never trained on adversarial inputs."""
+        return self.clean
 
 
 def dual_norms(model: nn.Module) -> list[DualBatchNorm2d]:
@@ -78,3 +83,14 @@ def _register(route: str) -> None:
 
 for _route in ROUTES:
     _register(_route)
+
+
+@TRAIN_STEPS.decorator("dbn")
+def dbn_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """CE(f(x; BN_clean)) + λ·CE(f(x_adv; BN_adv)); the attack runs through BN_adv in eval mode."""
+    with routed(model, "adv"):
+        x_adv = adversarial_examples(model, x, y, ctx)
+        adv_loss = task_loss(model(x_adv), y, ctx.extras.get("class_weight"))
+    with routed(model, "clean"):
+        clean_loss = task_loss(model(x), y, ctx.extras.get("class_weight"))
+    return clean_loss + ctx.extras["options"].get("adv_weight", 1.0) * adv_loss

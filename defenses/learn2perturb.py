@@ -14,8 +14,10 @@ from torch.nn.parameter import UninitializedParameter
 
 from robustmed.defenses._surgery import network_of
 from robustmed.defenses.base import DEFENSES, DefenseInfo
+from robustmed.defenses.pgd_at import pgd_at_step
 from robustmed.models.mail import ERLA, Stem
 from robustmed.randomness import RandomModule
+from robustmed.steps import TRAIN_STEPS, StepContext, delay_epochs
 
 SIGMA_MIN = 0.01
 
@@ -53,6 +55,10 @@ class PerturbationInjection(LazyModuleMixin, RandomModule):
     @torch.no_grad()
     def after_update(self) -> None:
         self.sigma.clamp_(min=SIGMA_MIN)
+
+    def defense_removed(self) -> nn.Module:
+        """Checks B11/D3: the identity (the injected noise has mean 0)."""
+        return nn.Identity()
 
 
 def injections(model: nn.Module) -> list[PerturbationInjection]:
@@ -93,3 +99,26 @@ DEFENSES.register("l2p", DefenseInfo(
     options={"init": 0.25, "per_sample": False},
     cpu_recipe="cpu-at",
 ))
+
+
+@TRAIN_STEPS.decorator("l2p")
+def l2p_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """σ optimiser steps on R(σ) first, then the 0.5/0.5 PGD-AT loss updates both optimisers."""
+    options = ctx.extras["options"]
+    noise_from = delay_epochs(options.get("noise_delay", 0.0), ctx.epochs)
+    modules = injections(model)
+    if ctx.epoch < noise_from:
+        for module in modules:
+            module.enabled = False
+        try:
+            return pgd_at_step(model, x, y, ctx)  # the graph is built now; noise is back on for inference
+        finally:
+            for module in modules:
+                module.enabled = True
+    noise_optimizer = ctx.extras["optimizers"]["noise_opt"]
+    noise_optimizer.zero_grad(set_to_none=True)
+    regularizer(model, ctx.epoch - noise_from, options.get("gamma", 1e-4)).backward()
+    noise_optimizer.step()
+    for module in modules:
+        module.after_update()
+    return pgd_at_step(model, x, y, ctx)

@@ -40,6 +40,10 @@ class NoisyWeight(RandomModule):
             return F.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
 
+    def defense_removed(self) -> nn.Module:
+        """Checks B11/D3: the plain layer (the weight noise has mean 0)."""
+        return self.layer
+
 
 def attach(model: nn.Module, alpha: float = 0.25, granularity: str = "layer") -> nn.Module:
     replace_modules(network_of(model), lambda m: isinstance(m, (nn.Conv2d, nn.Linear)),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustmed.defenses._surgery import network_of, replace_modules, swap_class
+from robustmed.defenses._surgery import Scale, Shift, network_of, replace_modules, swap_class
 from robustmed.defenses.base import DEFENSES, DefenseInfo
 from robustmed.defenses.rpf import RandomProjectionConv
 from robustmed.models.layers import batch_norm
@@ -62,6 +62,13 @@ class MANNoise(RandomModule):
         noisy = t + self.factor(t)
         clipped = noisy.clamp(0, 1)
         return noisy + (clipped - noisy).detach() if self.straight_through else clipped
+
+    def defense_removed(self) -> nn.Module:
+        """Checks B11/D3: the noise's mean δσ_n² (E[δ(n + n²)]), multiplied or added without the clip."""
+        mean = self.delta.detach() * self.sigma_n ** 2
+        if self.mode == "multiply":
+            return Scale(mean, channelwise=mean.ndim == 1)
+        return Shift(mean)
 
 
 def _reset_calls(network: nn.Module, _inputs) -> None:

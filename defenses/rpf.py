@@ -75,6 +75,22 @@ class RandomProjectionConv(RandomModule):
         return F.conv2d(x, self.full_weight(), self.full_bias(), self.stride, self.padding, self.dilation,
                         self.groups)
 
+    @torch.no_grad()
+    def defense_removed(self) -> nn.Module:
+        """Checks B11/D3: the convolution with its random kernels replaced by their mean, 0."""
+        kept = self.random_weight
+        self.random_weight = torch.zeros(self.random_shape, dtype=self.weight.dtype, device=self.weight.device)
+        try:
+            weight, bias = self.full_weight(), self.full_bias()
+        finally:
+            self.random_weight = kept
+        conv = nn.Conv2d(weight.shape[1] * self.groups, weight.shape[0], self.kernel, self.stride, self.padding,
+                         self.dilation, self.groups, bias=bias is not None).to(weight)
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+        return conv
+
 
 class InputNormalization(nn.Module):
     """Per-channel input standardisation inside the model, fitted on the training split.

@@ -20,20 +20,9 @@ from robustmed.factory import build
 from robustmed.models.zoo import MODELS
 from robustmed.progress import progress_bar
 from robustmed.provenance import git_commit, machine, package_versions
+from robustmed.recipes import RECIPES, Recipe, default_recipe
 from robustmed.tensors import take
-from robustmed.training import RECIPES, Recipe, TrainConfig, augment
-
-RECIPES.register("cpu-mmcaf", Recipe(
-    "cpu-mmcaf", "adam", 2e-3, 30, 32, 1e-4, "cosine", class_weights="balanced",
-    note="CPU budget for mmcaf-net (the paper: SGD, lr 1e-4, weight decay 0.01, batch 4, 50 epochs, pretrained "
-         "PENet): Adam from scratch, batch 32, cosine schedule; random flips of the volume (the shape features are "
-         "flip-invariant, so both modalities stay consistent); class-balanced BCE"))
-RECIPES.register("cpu-iimgf", Recipe(
-    "cpu-iimgf", "adam", 2e-3, 40, 32, 1e-4, "cosine", class_weights="balanced",
-    note="CPU budget for iimgf-net (the paper: AdamW, lr 1e-4, weight decay 1e-4, batch 32, pretrained VMamba): "
-         "Adam from scratch, cosine schedule; a fresh random index pairing of the two training sets every epoch "
-         "(the MAIL authors' pairing), each image shifted by up to 2 px; class-balanced BCE per label"))
-CPU_RECIPES = {"mmcaf-net": "cpu-mmcaf", "iimgf-net": "cpu-iimgf"}
+from robustmed.training import TrainConfig, augment
 
 
 def _flip(volume: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -121,7 +110,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.defense != "none":
         raise UserError(f"{cfg.model} trains without a defense; use --defense none")
     dataset = multimodal_data.load(preset, cfg.dataset, cfg.data_root)
-    recipe = RECIPES.get(cfg.recipe or CPU_RECIPES.get(preset.name, "paper"))
+    recipe = RECIPES.get(cfg.recipe or default_recipe(preset.name, "paper"))
     epochs = cfg.epochs or recipe.epochs
     generator = torch.Generator().manual_seed(cfg.seed)
     spec, model = _build(cfg, preset, dataset)

@@ -1,16 +1,16 @@
-"""Training: seeded, recipe-driven, model selection on validation accuracy, checkpoint + metadata.
+"""Training: seeded, recipe-driven (:mod:`robustmed.recipes`), model selection on validation accuracy,
+checkpoint + metadata.
 
-Steps (spec §4.7): ``standard``; ``pgd-at`` (PGD-AT with per-defense loss weights, attack mode,
-[A]/[I] realizations, predicted-label targets and delays); ``dbn``; ``l2p``; ``cap``. Defenses
-trained adversarially are selected on robust validation accuracy (EOT-PGD for randomized ones).
+Each defense's step is registered in its own file (:data:`robustmed.steps.TRAIN_STEPS`): ``standard``,
+``pgd-at`` (PGD-AT with per-defense loss weights, attack mode, [A]/[I] realizations, predicted-label
+targets and delays), ``dbn``, ``l2p``, ``cap``. Defenses trained adversarially are selected on robust
+validation accuracy (EOT-PGD for randomized ones).
 """
 from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,276 +18,24 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from robustmed import checkpoints, data as data_mod, multilabel_fit
-from robustmed.attacks.pgd import pgd, project, uniform_start
+from robustmed.attacks.pgd import project, uniform_start
 from robustmed.defenses import DEFENSES
 from robustmed.defenses.base import parameter_groups
-from robustmed.defenses.cap import attention_parameters, contour_augment
-from robustmed.defenses.dbn import routed
-from robustmed.defenses.learn2perturb import injections, regularizer
 from robustmed.errors import UserError
 from robustmed.factory import build
 from robustmed.models.zoo import DEFAULT_MODEL
 from robustmed.progress import progress_bar
 from robustmed.provenance import git_commit, machine, package_versions
-from robustmed.randomness import frozen, is_randomized, seed_model
-from robustmed.registry import Registry
+from robustmed.randomness import is_randomized, seed_model
+from robustmed.recipes import RECIPES, Recipe, default_recipe
+from robustmed.steps import TRAIN_STEPS, StepContext, set_mode, standard_step
 from robustmed.tensors import predict, take
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Optimiser and schedule (spec §4.7 presets; ``cpu`` trains the mini model in minutes)."""
-
-    name: str
-    optimizer: str
-    lr: float
-    epochs: int
-    batch_size: int
-    weight_decay: float
-    schedule: str  # "cosine" or "plateau"
-    min_lr: float = 0.0
-    patience: int = 10
-    augment: bool = True
-    # adversarial training and robust model selection (spec §4.7 defaults)
-    train_eps: float = 4 / 255
-    train_attack_steps: int = 10
-    train_attack_step: float = 1 / 255
-    batches_per_epoch: int | None = None  # None: the whole training split every epoch
-    val_attack_steps: int = 10
-    val_eot: int = 4  # gradient samples per step on randomized models
-    val_robust_images: int | None = None  # None: the whole validation split
-    # "balanced": CE weighted by inverse class frequency. MedMNIST's test splits are less skewed than
-    # their training splits (PneumoniaMNIST: 25.8% normal in train, 37.5% in test), so an unweighted
-    # model learns the training prior and loses several points of test accuracy.
-    class_weights: str = "none"
-    warmup_epochs: int = 0  # clean epochs over the whole split before the defense's step (CPU budget only)
-    note: str = ""
-
-
-RECIPES: Registry[Recipe] = Registry("recipe")
-RECIPES.register("cpu", Recipe("cpu", "adam", 2e-3, 8, 128, 1e-4, "cosine", class_weights="balanced"))
-RECIPES.register("cpu-at", Recipe(
-    "cpu-at", "adam", 2e-3, 6, 128, 1e-4, "cosine", train_attack_steps=3, train_attack_step=2 / 255,
-    batches_per_epoch=12, val_robust_images=96, warmup_epochs=2, class_weights="balanced",
-    note="CPU budget, not the spec recipe: two clean warm-up epochs over the whole split (the mini model needs "
-         "two epochs to leave the majority class), then PGD-3 (step 2/255) instead of PGD-10 (step 1/255) on "
-         "12 random batches of 128 per epoch, 6 epochs in all; class-balanced CE as in the cpu recipe; "
-         "selection on robust balanced accuracy (EOT-PGD-10, N = 4 on randomized models) on 96 validation images",
-))
-RECIPES.register("cpu-at-small", replace(
-    RECIPES.get("cpu-at"), name="cpu-at-small", batches_per_epoch=None, warmup_epochs=40,
-    note="cpu-at for splits of a few hundred images (BreastMNIST: 546, 5 batches an epoch): 40 clean warm-up "
-         "epochs (200 steps; cpu-at's two give 10, too few for a model whose weight or feature noise starts at "
-         "full strength to learn around it), then every batch of the split in each adversarial epoch",
-))
-RECIPES.register("paper", Recipe("paper", "sgd", 1e-3, 200, 32, 5e-4, "plateau", min_lr=1e-6, patience=10))
-RECIPES.register("code", Recipe("code", "adam", 1e-4, 200, 32, 0.0, "plateau", min_lr=1e-5, patience=70))
-
-
-@dataclass
-class StepContext:
-    """What a training step may need beyond the batch."""
-
-    epoch: int
-    epochs: int
-    recipe: Recipe
-    generator: torch.Generator
-    extras: dict = field(default_factory=dict)
-
-
-def task_loss(logits, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """CE for one head; the mean of per-head CEs in paired mode (the code's 0.5·CE₁ + 0.5·CE₂)."""
-    if isinstance(logits, tuple):
-        return sum(F.cross_entropy(out, labels[:, i]) for i, out in enumerate(logits)) / len(logits)
-    return F.cross_entropy(logits, labels, weight=weight)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights, normalised so that a balanced data set gets weight 1 everywhere."""
     counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
     return counts.sum() / (num_classes * counts)
-
-
-def standard_step(model, x, y, ctx: StepContext) -> torch.Tensor:
-    return task_loss(model(x), y, ctx.extras.get("class_weight"))
-
-
-def delay_epochs(fraction: float, epochs: int) -> int:
-    """A reference delay given as a fraction of its schedule (e.g. 5/160), scaled to this budget."""
-    return round(fraction * epochs)
-
-
-def attack_labels(model, x, y, options: dict) -> torch.Tensor:
-    """Training-attack targets: ground truth, or the model's clean predictions (PNI/L2P: no label leaking)."""
-    labels = y if y.ndim == 1 else y[:, 0]
-    if options.get("targets") != "predicted":
-        return labels
-    with torch.no_grad():
-        return model(x).argmax(1)
-
-
-@contextmanager
-def attack_phase(model, options: dict):
-    """Mode and realization while crafting training examples (spec §4.7, §5.3).
-
-    Eval mode keeps BN statistics frozen (RPF/CTRW use train mode, as their references do);
-    ``realization="ai"`` holds one fresh draw for the whole attack ([A]); leaving the context
-    unfreezes, so the update forward draws a new one ([I]).
-    """
-    was_training = model.training
-    set_mode(model, options.get("attack_mode", "eval") == "train", options.get("bn_frozen", False))
-    try:
-        with frozen(model) if options.get("realization") == "ai" else nullcontext():
-            yield model
-    finally:
-        set_mode(model, was_training, options.get("bn_frozen", False))
-
-
-def set_mode(model, training: bool, bn_frozen: bool = False) -> None:
-    """``model.train(training)``, but BatchNorm stays in eval mode while ``bn_frozen``.
-
-    PNI's weight noise and RPF's random filters are one realization per batch, so each draw shifts
-    every channel's mean by a draw-specific offset. Batch statistics subtract that offset in training;
-    running statistics at test time cannot, and the mini model then loses 20+ points of clean accuracy
-    (PNI: 85% with batch statistics vs 64% with running ones, same weights). Freezing BN after the
-    warm-up lets the network learn under the statistics it is tested with.
-    """
-    model.train(training)
-    if training and bn_frozen:
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
-def adversarial_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
-    """PGD (uniform start, sign steps, last iterate) at the recipe's training budget."""
-    options, recipe = ctx.extras["options"], ctx.recipe
-    with attack_phase(model, options):
-        labels = attack_labels(model, x, y, options)
-        start = uniform_start(x, recipe.train_eps, ctx.generator)
-        result = pgd(model, x, labels, eps=recipe.train_eps, steps=recipe.train_attack_steps,
-                     step_size=recipe.train_attack_step, start=start, keep_best=False, early_stop=False)
-    return result.x_adv.detach()
-
-
-def pgd_at_step(model, x, y, ctx: StepContext) -> torch.Tensor:
-    """(1 − w)·CE(f(x_adv)) + w·CE(f(x)); w = 0 is Madry's adversarial-only loss (RPF, CTRW, RPAN)."""
-    options = ctx.extras["options"]
-    if ctx.epoch < delay_epochs(options.get("at_delay", 0.0), ctx.epochs):
-        return task_loss(model(x), y, ctx.extras.get("class_weight"))
-    x_adv = adversarial_examples(model, x, y, ctx)
-    weight = ctx.extras.get("class_weight")
-    loss = task_loss(model(x_adv), y, weight)
-    clean_weight = options.get("clean_weight", 0.0)
-    if clean_weight:
-        loss = clean_weight * task_loss(model(x), y, weight) + (1 - clean_weight) * loss
-    return loss
-
-
-def dbn_step(model, x, y, ctx: StepContext) -> torch.Tensor:
-    """CE(f(x; BN_clean)) + λ·CE(f(x_adv; BN_adv)); the attack runs through BN_adv in eval mode."""
-    with routed(model, "adv"):
-        x_adv = adversarial_examples(model, x, y, ctx)
-        adv_loss = task_loss(model(x_adv), y, ctx.extras.get("class_weight"))
-    with routed(model, "clean"):
-        clean_loss = task_loss(model(x), y, ctx.extras.get("class_weight"))
-    return clean_loss + ctx.extras["options"].get("adv_weight", 1.0) * adv_loss
-
-
-def l2p_step(model, x, y, ctx: StepContext) -> torch.Tensor:
-    """σ optimiser steps on R(σ) first, then the 0.5/0.5 PGD-AT loss updates both optimisers."""
-    options = ctx.extras["options"]
-    noise_from = delay_epochs(options.get("noise_delay", 0.0), ctx.epochs)
-    modules = injections(model)
-    if ctx.epoch < noise_from:
-        for module in modules:
-            module.enabled = False
-        try:
-            return pgd_at_step(model, x, y, ctx)  # the graph is built now; noise is back on for inference
-        finally:
-            for module in modules:
-                module.enabled = True
-    noise_optimizer = ctx.extras["optimizers"]["noise_opt"]
-    noise_optimizer.zero_grad(set_to_none=True)
-    regularizer(model, ctx.epoch - noise_from, options.get("gamma", 1e-4)).backward()
-    noise_optimizer.step()
-    for module in modules:
-        module.after_update()
-    return pgd_at_step(model, x, y, ctx)
-
-
-def trades_examples(model, x, ctx: StepContext) -> torch.Tensor:
-    """CAP's inner maximisation: sign ascent on KL(f(x) ‖ f(x_adv)) from x + 0.001·N(0, I), eval mode."""
-    recipe, eps = ctx.recipe, ctx.recipe.train_eps
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        target = F.softmax(model(x), 1)
-    x_adv = project(x + 0.001 * torch.randn(x.shape, generator=ctx.generator).to(x), x, eps)
-    for _ in range(recipe.train_attack_steps):
-        x_adv.requires_grad_(True)
-        kl = F.kl_div(F.log_softmax(model(x_adv), 1), target, reduction="sum")
-        grad, = torch.autograd.grad(kl, x_adv)
-        x_adv = project(x_adv.detach() + recipe.train_attack_step * grad.sign(), x, eps)
-    model.train(was_training)
-    return x_adv.detach()
-
-
-def attention_weight_perturbation(model, x, y, x_aug, options: dict) -> Callable[[], None]:
-    """CAP's AWP restricted to attention weights; returns the function that removes it after the update.
-
-    A proxy takes one SGD step on −CE(x) + β·KL(f(x) ‖ f(x_aug)); each attention layer's change is
-    rescaled to that layer's weight norm and added with weight γ.
-    """
-    proxy = copy.deepcopy(model).train()
-    proxy_params = dict(attention_parameters(proxy))
-    optimizer = torch.optim.SGD(proxy_params.values(), lr=options.get("proxy_lr", 1e-2))
-    out, out_aug = proxy(x), proxy(x_aug)
-    labels = y if y.ndim == 1 else y[:, 0]
-    loss = -F.cross_entropy(out, labels) + options.get("beta", 3.0) * F.kl_div(
-        F.log_softmax(out_aug, 1), F.softmax(out, 1), reduction="batchmean")
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    applied = []
-    with torch.no_grad():
-        for name, param in attention_parameters(model):
-            diff = proxy_params[name] - param
-            step = options.get("gamma", 1e-4) * diff / (diff.norm() + 1e-20) * param.norm()
-            param.add_(step)
-            applied.append((param, step))
-
-    def restore() -> None:
-        with torch.no_grad():
-            for param, step in applied:
-                param.sub_(step)
-
-    return restore
-
-
-def cap_step(model, x, y, ctx: StepContext) -> torch.Tensor:
-    """mean‖p(x) − y_s‖² + β·mean‖p(x_adv) − p(x)‖², y_s = ε·p(x_aug) + (1 − ε)·onehot(y) (not detached)."""
-    options = ctx.extras["options"]
-    labels = y if y.ndim == 1 else y[:, 0]
-    x_aug = contour_augment(x, options.get("threshold", 127))
-    x_adv = trades_examples(model, x, ctx)
-    if ctx.epoch >= delay_epochs(options.get("awp_delay", 0.0), ctx.epochs):
-        ctx.extras.setdefault("after_update", []).append(
-            attention_weight_perturbation(model, x, y, x_aug, options))
-    probs = F.softmax(model(x), 1)
-    smooth = ctx.recipe.train_eps
-    soft_target = smooth * F.softmax(model(x_aug), 1) + (1 - smooth) * F.one_hot(labels, probs.shape[1])
-    natural = (probs - soft_target).pow(2).sum(1).mean()
-    robust = (F.softmax(model(x_adv), 1) - probs).pow(2).sum(1).mean()
-    return natural + options.get("beta", 3.0) * robust
-
-
-TRAIN_STEPS: Registry[Callable] = Registry("training step")
-TRAIN_STEPS.register("standard", standard_step)
-TRAIN_STEPS.register("pgd-at", pgd_at_step)
-TRAIN_STEPS.register("dbn", dbn_step)
-TRAIN_STEPS.register("l2p", l2p_step)
-TRAIN_STEPS.register("cap", cap_step)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -526,7 +274,7 @@ def train(cfg: TrainConfig) -> dict:
     options = info.train_options
     select = options.get("select", "clean")
     dataset = data_mod.load(cfg.dataset, cfg.data_root)
-    recipe = RECIPES.get(cfg.recipe or (info.cpu_recipe if cfg.model.endswith("-mini") else "paper"))
+    recipe = RECIPES.get(cfg.recipe or default_recipe(cfg.model, info.cpu_recipe))
     epochs = cfg.epochs or recipe.epochs
     step = TRAIN_STEPS.get(info.train_step)
     device = torch.device(cfg.device)

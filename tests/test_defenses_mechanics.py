@@ -6,7 +6,9 @@ from torch import nn
 from robustmed.defenses import DEFENSES, cap, ctrw, dbn, learn2perturb, pni, rpan, rpf
 from robustmed.factory import build
 from robustmed.randomness import SeededDropout, frozen, resample, seed_model
-from robustmed.training import RECIPES, attack_phase, eot_pgd, fit_input_statistics, make_optimizers, set_mode
+from robustmed.recipes import RECIPES
+from robustmed.steps import attack_phase, set_mode
+from robustmed.training import eot_pgd, fit_input_statistics, make_optimizers
 
 SMALL = {"widths": (16, 32), "depths": (1, 1)}
 
@@ -171,7 +173,7 @@ def test_cap_contour_augmentation_keeps_the_bright_region_and_smooths_the_dark()
 
 
 def test_cap_weight_perturbation_touches_only_attention_weights():
-    from robustmed.training import attention_weight_perturbation
+    from robustmed.defenses.cap import attention_weight_perturbation
 
     model = _model("cap").train()
     x, y = _x(), torch.tensor([0, 1, 0, 1])

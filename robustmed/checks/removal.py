@@ -1,7 +1,8 @@
 """The defense-removed model of checks B11 and D3: the same weights, the defense's inference-time parts bypassed.
 
-A defense is a set of components attached to MAIL (spec/defenses.md §4–§5); each component class has
-one registered removal, the part it plays at inference replaced by its mean (or by nothing):
+A defense is a set of components attached to MAIL; each component class says how it is removed (its
+``defense_removed`` method, in the defense's file; the generic ones are registered here), the part it plays
+at inference replaced by its mean (or by nothing):
 
 | defense | component | removed |
 |---|---|---|
@@ -25,17 +26,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from torch import nn
 
 from robustmed.attacks.bpda import BPDA
 from robustmed.defenses._surgery import replace_modules
-from robustmed.defenses.ctrw import TrainableRandomWeight
-from robustmed.defenses.dbn import DualBatchNorm2d
-from robustmed.defenses.learn2perturb import PerturbationInjection
-from robustmed.defenses.pni import NoisyWeight
-from robustmed.defenses.rpan import MANNoise
-from robustmed.defenses.rpf import RandomProjectionConv
 from robustmed.randomness import InputNoise, random_modules
 from robustmed.registry import Registry
 
@@ -57,75 +51,6 @@ def removal_for(module: nn.Module) -> Removal | None:
         if name in REMOVALS:
             return REMOVALS.get(name)
     return None
-
-
-class Scale(nn.Module):
-    """x ⊙ factor (fixed): the mean of a multiplicative noise; a 1-D factor scales channels (dim 1)."""
-
-    def __init__(self, factor: torch.Tensor, channelwise: bool = False):
-        super().__init__()
-        self.register_buffer("factor", factor.detach().clone())
-        self.channelwise = channelwise
-
-    def forward(self, x):
-        factor = self.factor.view(1, -1, *([1] * (x.ndim - 2))) if self.channelwise else self.factor
-        return x * factor
-
-
-class Shift(nn.Module):
-    """x + offset (a fixed tensor): the mean of an additive noise, without any clip."""
-
-    def __init__(self, offset: torch.Tensor):
-        super().__init__()
-        self.register_buffer("offset", offset.detach().clone())
-
-    def forward(self, x):
-        return x + self.offset
-
-
-@register_removal(MANNoise)
-def _man(module: MANNoise) -> nn.Module:
-    mean = module.delta.detach() * module.sigma_n ** 2  # E[δ(n + n²)] = δσ_n²
-    if module.mode == "multiply":
-        return Scale(mean, channelwise=mean.ndim == 1)
-    return Shift(mean)
-
-
-@register_removal(RandomProjectionConv)
-@torch.no_grad()
-def _random_projection(module: RandomProjectionConv) -> nn.Module:
-    kept = module.random_weight
-    module.random_weight = torch.zeros(module.random_shape, dtype=module.weight.dtype, device=module.weight.device)
-    try:
-        weight, bias = module.full_weight(), module.full_bias()
-    finally:
-        module.random_weight = kept
-    conv = nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], module.kernel, module.stride, module.padding,
-                     module.dilation, module.groups, bias=bias is not None).to(weight)
-    conv.weight.copy_(weight)
-    if bias is not None:
-        conv.bias.copy_(bias)
-    return conv
-
-
-@register_removal(NoisyWeight)
-def _noisy_weight(module: NoisyWeight) -> nn.Module:
-    return module.layer
-
-
-@register_removal(PerturbationInjection)
-def _injection(module: PerturbationInjection) -> nn.Module:
-    return nn.Identity()
-
-
-@register_removal(TrainableRandomWeight)
-def _random_weight(module: TrainableRandomWeight) -> nn.Module:
-    return Scale(module.mu.detach()[None])
-
-
-@register_removal(DualBatchNorm2d)
-def _dual_bn(module: DualBatchNorm2d) -> nn.Module:
-    return module.clean
 
 
 @register_removal(BPDA)
