@@ -24,7 +24,8 @@ from robustmed import data as data_mod, store
 from robustmed.checks import CheckContext, Finding, unreliable
 from robustmed.contracts import adapt_head, as_multilabel, check_range
 from robustmed.errors import UserError
-from robustmed.harness import select_subset, summarize
+from robustmed.seeds import select_subset
+from robustmed.summary import summarize
 from robustmed.provenance import ENGINE, package_versions, resolve_device, weights_sha256
 from robustmed.run.bench import BenchConfig, attack_and_check
 from robustmed.run.threats import declare_criterion, for_checks

@@ -9,7 +9,8 @@ import json
 from dataclasses import replace
 
 from robustmed.attacks import parse_attack
-from robustmed.harness import attack_rows, select_subset
+from robustmed.harness import attack_rows
+from robustmed.seeds import select_subset
 
 AMP_TOL = 0.01  # 1 point
 

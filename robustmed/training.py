@@ -138,7 +138,7 @@ def test_accuracy(model, x, y, device, draws: int = TEST_DRAWS) -> tuple[float, 
     inference draws (check C4), so the recorded figure is an expectation, not one lucky draw."""
     if not is_randomized(model.eval()):
         return accuracy(model, x, y, device), 1
-    from robustmed.harness import clean_draws
+    from robustmed.judging import clean_draws
 
     seed_model(model, 0)
     _, _, hits = clean_draws(model, x, y, 256, device, draws)
@@ -192,7 +192,7 @@ def clean_scores(model, x, y, device) -> dict:
     if not is_randomized(model.eval()):
         return {"val_accuracy": accuracy(model, x, y, device),
                 "val_balanced_accuracy": balanced_accuracy(model, x, y, device)}
-    from robustmed.harness import clean_draws
+    from robustmed.judging import clean_draws
 
     labels = y if y.ndim == 1 else y[:, 0]
     _, _, hits = clean_draws(model, x, labels, 256, device, VAL_DRAWS)

@@ -133,7 +133,8 @@ def test_aa_is_at_least_as_strong_as_apgd_ce_with_five_restarts_on_the_default_m
     restart for restart, with the harness's seed for the batch)."""
     from robustmed.data import load_dataset
     from robustmed.factory import load_model
-    from robustmed.harness import resolve_spec, sample_seed, seed_digest, select_subset
+    from robustmed.resolve import resolve_spec
+    from robustmed.seeds import sample_seed, seed_digest, select_subset
 
     model = load_model("none")
     x_all, y_all = load_dataset("pneumoniamnist", "test", root=data_root)

@@ -8,7 +8,8 @@ from torch import nn
 
 from conftest import TinyCNN
 from robustmed.attacks.eot import LOSSES, eot_loss_grad, margin_loss
-from robustmed.harness import benchmark, summarize
+from robustmed.harness import benchmark
+from robustmed.summary import summarize
 from robustmed.randomness import InputNoise, frozen, is_randomized, seed_model
 
 

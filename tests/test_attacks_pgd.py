@@ -127,14 +127,15 @@ def test_restarts_without_random_starts_are_refused():
 def test_harness_draws_one_seeded_start_per_restart(tiny_model, batch):
     import json
 
-    from robustmed.harness import _starts, benchmark
+    from robustmed.harness import benchmark
+    from robustmed.seeds import starts
 
     x, y = batch
     spec = parse_attack("pgd2:restarts=3")
-    starts = _starts(spec, x, list(range(8)), EPS, 0, "digest")
-    assert starts.shape == (3, *x.shape) and starts.abs().max() <= EPS
-    assert not torch.equal(starts[0], starts[1])
-    assert torch.equal(starts[0], _starts(parse_attack("pgd2"), x, list(range(8)), EPS, 0, "digest"))
+    drawn = starts(spec, x, list(range(8)), EPS, 0, "digest")
+    assert drawn.shape == (3, *x.shape) and drawn.abs().max() <= EPS
+    assert not torch.equal(drawn[0], drawn[1])
+    assert torch.equal(drawn[0], starts(parse_attack("pgd2"), x, list(range(8)), EPS, 0, "digest"))
     rows = benchmark(tiny_model, x, y, attack="pgd2:restarts=3", eps=EPS, seed=0)
     assert json.loads(rows.spec.iloc[0])["restarts"] == 3 and (rows.linf <= EPS + 1e-6).all()
 
@@ -152,7 +153,7 @@ def test_batch_buckets_are_few_and_pad_at_most_a_quarter_or_an_eighth():
 
 def test_randomized_runs_keep_the_three_bit_grid_their_committed_rows_were_made_with():
     from robustmed.attacks.pgd import padding_bits
-    from robustmed.harness import resolve_spec
+    from robustmed.resolve import resolve_spec
 
     paper = parse_attack("pgd10:protocol=paper")  # the only randomized runs that pad: early exit is on
     assert padding_bits(resolve_spec(paper, randomized=True, num_classes=2)) == 3

@@ -11,7 +11,8 @@ from robustmed.attacks import parse_attack
 from robustmed.attacks.pgd import run_pgd
 from robustmed.checks.invariants import monotone
 from robustmed.errors import UserError
-from robustmed.harness import benchmark, seed_digest
+from robustmed.harness import benchmark
+from robustmed.seeds import seed_digest
 
 EPS = 4 / 255
 EPS_LIST = [0.5 / 255, 1 / 255, 1.5 / 255, 2 / 255, 3 / 255, 4 / 255]
@@ -135,10 +136,10 @@ def test_iteration_sweep_with_several_eps_runs_them_independently(model, batch):
 @pytest.mark.parametrize("attack", ["pgd10", "mim6:restarts=2,random_start=1", "bim5"])
 def test_eps_sweep_in_groups_equals_the_eps_by_eps_sweep(model, batch, attack, monkeypatch, batch_invariant_kernels):
     """Several ε per loop while (samples × ε) fits in a batch: the same rows as one ε at a time, fewer calls."""
-    from robustmed import harness
+    from robustmed import sweep
 
     x, y = batch
-    assert [harness.eps_group(a, 6, 256) for a in (96, 40, 128, 200, 0)] == [2, 6, 2, 1, 6]
+    assert [sweep.eps_group(a, 6, 256) for a in (96, 40, 128, 200, 0)] == [2, 6, 2, 1, 6]
     grouped = benchmark(model, x, y, attack=attack, eps=EPS_LIST, seed=0)
     calls_grouped = len(model.calls)
     model.calls.clear()

@@ -9,7 +9,7 @@ from robustmed import checkpoints
 from robustmed.cli import main
 from robustmed.errors import UserError
 from robustmed.factory import from_checkpoint, load_model, shipped_checkpoint
-from robustmed.harness import clean_pass
+from robustmed.judging import clean_pass
 
 MAJORITY_RATE = 0.625  # PneumoniaMNIST test split: 390 of 624 are pneumonia
 

@@ -353,7 +353,7 @@ def test_model_selection_never_prefers_a_constant_predictor():
 
 def test_validation_judges_a_randomized_model_over_draws():
     """Check C4 at selection time: one draw on 78 validation images swung BreastMNIST epochs by ±0.1."""
-    from robustmed.harness import clean_draws
+    from robustmed.judging import clean_draws
     from robustmed.training import VAL_DRAWS, accuracy, clean_scores
 
     x, y = _x(12, seed=1), torch.tensor([0, 1] * 6)

@@ -7,6 +7,7 @@ import pytest
 import robustmed
 from robustmed.data import load
 from robustmed.errors import UserError
+from robustmed.seeds import select_subset
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_a_data_set_name_gives_the_seeded_subset_bench_uses_and_out_stores_a_run
     model = robustmed.load_model()
     result = robustmed.evaluate(model, "pneumoniamnist", attack="pgd2", n=16, out=str(tmp_path))
     assert not result.randomized and result.summary[0]["n"] == 16
-    assert sorted(result.rows.sample_id.unique()) == sorted(robustmed.harness.select_subset(624, 16, 0))
+    assert sorted(result.rows.sample_id.unique()) == sorted(select_subset(624, 16, 0))
     stored = json.loads((result.run_dir / "manifest.json").read_text())
     assert stored["summary"][0]["robust_accuracy"] == result.summary[0]["robust_accuracy"]
     assert "robust accuracy" in str(result)

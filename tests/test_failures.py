@@ -16,7 +16,7 @@ from robustmed.checks import CHECKS, unreliable
 from robustmed.checks.registry import NOT_RUN, ran
 from robustmed.cli import main
 from robustmed.errors import Interrupted, exit_status
-from robustmed.harness import InvariantError
+from robustmed.judging import InvariantError
 from robustmed.report import findings_table
 
 # 12 samples in batches of 4: three work units of pgd2

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from robustmed import store
-from robustmed.harness import InvariantError, benchmark, check_budget, select_subset, summarize
+from robustmed.harness import benchmark
+from robustmed.judging import check_budget, InvariantError
+from robustmed.seeds import select_subset
+from robustmed.summary import summarize
 from robustmed.stats import wilson
 
 ROW_COLUMNS = {"sample_id", "label", "clean_pred", "clean_correct", "adv_pred", "success", "robust",

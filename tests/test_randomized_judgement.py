@@ -21,7 +21,11 @@ from robustmed.attacks import FAMILIES, autoattack, parse_attack
 from robustmed.attacks.autoattack import run_autoattack
 from robustmed.checks.context import CheckContext
 from robustmed.checks.randomized import null_baseline
-from robustmed.harness import benchmark, judge_draws, resolve_spec, sample_seed, seed_digest, summarize
+from robustmed.harness import benchmark
+from robustmed.judging import judge_draws
+from robustmed.resolve import resolve_spec
+from robustmed.seeds import sample_seed, seed_digest
+from robustmed.summary import summarize
 from robustmed.randomness import RandomModule, seed_model
 
 EPS = 0.03

@@ -16,7 +16,8 @@ import torch
 from robustmed import checkpoints
 from robustmed.defenses import DEFENSES
 from robustmed.factory import from_checkpoint
-from robustmed.harness import benchmark, clean_draws
+from robustmed.harness import benchmark
+from robustmed.judging import clean_draws
 from robustmed.randomness import is_randomized, seed_model
 
 MAJORITY_RATE = {"pneumoniamnist": 0.625}  # data sets whose checkpoints must beat it by 10 points

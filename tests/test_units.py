@@ -89,7 +89,7 @@ def test_shards_change_no_per_sample_result(cfg, data_root):
 def test_local_units_reuse_the_loaded_model_and_a9s_clean_pass(cfg, data_root, monkeypatch):
     """The local executor's units take the planning process's model and check A9's clean pass: one checkpoint
     load and one clean pass for the run, and the same rows as units that load and pass for themselves."""
-    from robustmed import harness
+    from robustmed import judging
     from robustmed.checks import preflight
 
     calls = {"load": 0, "clean": 0}
@@ -101,8 +101,8 @@ def test_local_units_reuse_the_loaded_model_and_a9s_clean_pass(cfg, data_root, m
         return wrapper
 
     monkeypatch.setattr(target, "from_checkpoint", counted("load", target.from_checkpoint))
-    # every clean pass, A9's (preflight → harness.clean_draws) and the harness's own, goes through this one
-    monkeypatch.setattr(harness, "clean_draws_masked", counted("clean", harness.clean_draws_masked))
+    # every clean pass, A9's (preflight → judging.clean_draws) and the harness's own, goes through this one
+    monkeypatch.setattr(judging, "clean_draws_masked", counted("clean", judging.clean_draws_masked))
     shared = run_bench(cfg)
     assert calls == {"load": 1, "clean": 1} and len(shared.manifest["units"]) == 6
     monkeypatch.setattr(units, "share", lambda *args, **kwargs: None)

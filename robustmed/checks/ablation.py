@@ -19,7 +19,8 @@ from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import FLAG, FULL, Finding, register, stops_the_run
 from robustmed.checks.removal import Removed, remove_defense
 from robustmed.checks.subset import Subset, attack_robust, gradient_spec, run_robust, subset
-from robustmed.harness import DEFAULT_DRAWS, judge_draws, resolve_spec
+from robustmed.judging import DEFAULT_DRAWS, judge_draws
+from robustmed.resolve import resolve_spec
 from robustmed.randomness import seed_model
 
 B11 = register("B11", "transfer from the defense-removed model", FLAG, FULL)

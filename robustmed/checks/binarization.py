@@ -24,7 +24,7 @@ from robustmed.attacks.pgd import uniform_start
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import FLAG, FULL, Finding, register
 from robustmed.checks.subset import gradient_spec, subset
-from robustmed.harness import resolve_spec
+from robustmed.resolve import resolve_spec
 from robustmed.randomness import frozen
 
 B16 = register("B16", "attack unit test (binarization)", FLAG, FULL)

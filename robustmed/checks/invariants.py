@@ -17,7 +17,7 @@ from robustmed.attacks.pgd import pgd, uniform_start
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, FULL, Finding, register
 from robustmed.checks.subset import Subset, attack_robust, gradient_spec, run_robust, subset
-from robustmed.harness import summarize
+from robustmed.summary import summarize
 
 B1 = register("B1", "budget and box respected", ERROR)
 B2 = register("B2", "re-verification of the stored examples", ERROR)

@@ -18,7 +18,8 @@ from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, INFO, Finding, register
 from robustmed.checks.sites import measure_sites
 from robustmed.checks.surface import attack_surface
-from robustmed.harness import clean_draws, resolve_spec
+from robustmed.judging import clean_draws
+from robustmed.resolve import resolve_spec
 from robustmed.stats import wilson
 
 A1 = register("A1", "eval mode", ERROR)

@@ -12,7 +12,7 @@ import functools
 from dataclasses import asdict, dataclass, field
 
 from robustmed.errors import UserError
-from robustmed.harness import InvariantError
+from robustmed.judging import InvariantError
 from robustmed.registry import Registry
 
 ERROR, FLAG, INFO = "ERROR", "FLAG", "INFO"

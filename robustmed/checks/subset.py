@@ -9,7 +9,8 @@ import torch
 
 from robustmed.attacks import AttackSpec, parse_attack
 from robustmed.checks.context import CheckContext
-from robustmed.harness import attack_rows, select_subset
+from robustmed.harness import attack_rows
+from robustmed.seeds import select_subset
 
 FULL_SIZE = 64  # samples re-attacked by each costly check
 GRADIENT_FAMILIES = ("pgd", "bim", "mim")

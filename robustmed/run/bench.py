@@ -26,7 +26,9 @@ from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, 
 from robustmed.checks.bpda import bpda, switches
 from robustmed.checks.preflight import CLEAN_PASS
 from robustmed.errors import UserError
-from robustmed.harness import attack_rows, summarize, with_null_baseline
+from robustmed.harness import attack_rows
+from robustmed.resolve import with_null_baseline
+from robustmed.summary import summarize
 from robustmed.progress import status
 from robustmed.provenance import ENGINE, git_commit, machine, package_versions
 from robustmed.randomness import is_randomized

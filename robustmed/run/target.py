@@ -20,7 +20,7 @@ from robustmed.contracts import adapt_head, as_multilabel
 from robustmed.defenses import DEFENSES
 from robustmed.errors import UserError
 from robustmed.factory import from_checkpoint, shipped_checkpoint
-from robustmed.harness import select_subset
+from robustmed.seeds import select_subset
 from robustmed.models.zoo import MODELS
 from robustmed.provenance import resolve_device, weights_sha256
 from robustmed.run.config import BenchConfig

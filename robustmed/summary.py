@@ -1,0 +1,41 @@
+"""A run's figures from its rows, per ε: clean and per-sample worst-case robust accuracy with intervals, per
+attack, balanced accuracy, and the expected figures of randomized models."""
+from __future__ import annotations
+
+import pandas as pd
+
+from robustmed import expected
+from robustmed.balance import class_balance, per_sample
+from robustmed.stats import wilson
+
+
+def summarize(rows: pd.DataFrame) -> list[dict]:
+    """Per ε: clean accuracy and per-sample worst-case robust accuracy over all attacks, with Wilson CIs."""
+    out = []
+    for eps, group in rows.groupby("eps", sort=True):
+        per_sample = group.groupby("sample_id").agg(clean=("clean_correct", "first"), robust=("robust", "all"))
+        n, clean, robust = len(per_sample), int(per_sample.clean.sum()), int(per_sample.robust.sum())
+        out.append({
+            "eps": float(eps), "n": n,
+            "clean_accuracy": clean / n, "clean_ci": wilson(clean, n),
+            "robust_accuracy": robust / n, "robust_ci": wilson(robust, n),
+            "per_attack": {a: float(g.robust.mean()) for a, g in group.groupby("attack")},
+            **_balance(group),
+            **expected.summary(group),
+            "attack_time_s": float(group.groupby("attack").attack_time_s.first().sum()),
+        })
+    return out
+
+
+
+def _balance(group: pd.DataFrame) -> dict:
+    """Clean and worst-case robust balanced accuracy with per-class recall, beside the majority-class rate.
+
+    Randomized models count a sample by its fraction of correct draws (their headline is expected accuracy)."""
+    if "label" not in group:  # rows assembled by hand, without labels: nothing to balance over
+        return {}
+    samples = per_sample(group)
+    clean, robust = class_balance(samples.label, samples.clean), class_balance(samples.label, samples.robust)
+    return {"clean_balanced_accuracy": clean["balanced_accuracy"], "clean_per_class_recall": clean["per_class_recall"],
+            "robust_balanced_accuracy": robust["balanced_accuracy"],
+            "robust_per_class_recall": robust["per_class_recall"], "majority_class_rate": clean["majority_class_rate"]}
