@@ -41,6 +41,16 @@ def _threats(x, threat) -> list:
     return [threat] if isinstance(threat, ThreatModel) else list(threat)
 
 
+def _clean(model, x, y, draws: int, batch_size: int, device, clean_pass: tuple | None) -> Clean:
+    """The clean verdicts every attack starts from: over ``draws`` draws, or the caller's one-draw pass."""
+    if clean_pass is not None and draws == 1 and all(len(t) == len(y) for t in clean_pass):
+        pred, loss, hits = clean_pass
+        mask = hits.clamp(max=1)
+    else:
+        pred, loss, hits, mask = judging.clean_draws_masked(model, x, y, batch_size, device, draws)
+    return Clean(pred, loss, hits, hits == draws, hits > 0, mask)
+
+
 @strict_fp32()
 def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: Sequence[float], *, seed: int = 0,
                 batch_size: int = 256, device="cpu", progress: bool = False,
@@ -71,13 +81,7 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
         num_classes = model(to_device(take(x, slice(0, 1)), device)).shape[-1]
     specs = [resolve_spec(s, randomized=randomized, num_classes=num_classes) for s in specs]
     specs = [with_bpda(s, model) for s in specs]
-    n_clean = max(s.draws for s in specs) if randomized else 1
-    if clean_pass is not None and n_clean == 1 and all(len(t) == len(y) for t in clean_pass):
-        pred, loss, hits = clean_pass
-        mask = hits.clamp(max=1)
-    else:
-        pred, loss, hits, mask = judging.clean_draws_masked(model, x, y, batch_size, device, n_clean)
-    clean = Clean(pred, loss, hits, hits == n_clean, hits > 0, mask)
+    clean = _clean(model, x, y, max(s.draws for s in specs) if randomized else 1, batch_size, device, clean_pass)
     threats = _threats(x, threat)
     frames = []
     with progress_bar(progress) as bar:

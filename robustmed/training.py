@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from robustmed import checkpoints, data as data_mod, multilabel_fit
-from robustmed.attacks.pgd import project, uniform_start
 from robustmed.defenses import DEFENSES
 from robustmed.defenses.base import parameter_groups
 from robustmed.errors import UserError
@@ -26,10 +25,11 @@ from robustmed.factory import build
 from robustmed.models.zoo import DEFAULT_MODEL
 from robustmed.progress import progress_bar
 from robustmed.provenance import git_commit, machine, package_versions
-from robustmed.randomness import is_randomized, seed_model
+from robustmed.randomness import seed_model
 from robustmed.recipes import RECIPES, Recipe, default_recipe
+from robustmed.selection import selection_key, selection_warnings, test_accuracy, validation_scores
 from robustmed.steps import TRAIN_STEPS, StepContext, set_mode, standard_step
-from robustmed.tensors import predict, take
+from robustmed.tensors import take
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -78,73 +78,6 @@ def make_scheduler(optimizer, recipe: Recipe, epochs: int):
                                                       min_lr=recipe.min_lr)
 
 
-def accuracy(model, x, y, device) -> float:
-    model.eval()
-    labels = y if y.ndim == 1 else y[:, 0]
-    return (predict(model, x, device=device) == labels).float().mean().item()
-
-
-def balanced_accuracy(model, x, y, device) -> float:
-    """Mean per-class recall (check F1): the clean criterion for imbalanced medical data."""
-    model.eval()
-    labels = y if y.ndim == 1 else y[:, 0]
-    hits = predict(model, x, device=device) == labels
-    return torch.stack([hits[labels == c].float().mean() for c in labels.unique()]).mean().item()
-
-
-def eot_pgd(model, x, y, *, eps: float, steps: int, step_size: float, eot: int,
-            generator: torch.Generator) -> torch.Tensor:
-    """PGD whose gradient is the mean over ``eot`` separate forward/backward passes (fresh draws each).
-
-    Batch-shared randomness (PNI, L2P, RPF, CTRW) needs separate passes, not batch replication.
-    """
-    x_adv = project(x + uniform_start(x, eps, generator), x, eps)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        grad = sum(torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)[0]
-                   for _ in range(eot))
-        x_adv = project(x_adv.detach() + step_size * grad.sign(), x, eps)
-    return x_adv.detach()
-
-
-def robust_accuracy(model, x, y, recipe: Recipe, generator: torch.Generator, device,
-                    batch: int = 128) -> tuple[float, float]:
-    """(accuracy, balanced accuracy) of single draws on EOT-PGD examples (EOT only for randomized models).
-
-    Selection uses the balanced figure: a model that collapsed to the majority class keeps a robust
-    accuracy equal to the majority rate (nothing to attack), but its robust balanced accuracy is at most 0.5.
-    """
-    model.eval()
-    labels = y if y.ndim == 1 else y[:, 0]
-    eot = recipe.val_eot if is_randomized(model) else 1
-    hits = []
-    for start in range(0, len(labels), batch):
-        xb, yb = take(x, slice(start, start + batch)).to(device), labels[start:start + batch].to(device)
-        x_adv = eot_pgd(model, xb, yb, eps=recipe.train_eps, steps=recipe.val_attack_steps,
-                        step_size=2.5 * recipe.train_eps / recipe.val_attack_steps, eot=eot, generator=generator)
-        with torch.no_grad():
-            hits.append((model(x_adv).argmax(1) == yb).cpu())
-    hits = torch.cat(hits)
-    labels = labels.cpu()
-    balanced = torch.stack([hits[labels == c].float().mean() for c in labels.unique()]).mean().item()
-    return hits.float().mean().item(), balanced
-
-
-TEST_DRAWS = 10
-
-
-def test_accuracy(model, x, y, device, draws: int = TEST_DRAWS) -> tuple[float, int]:
-    """Clean test accuracy as `bench` reports it: for a randomized model the mean over ``draws``
-    inference draws (check C4), so the recorded figure is an expectation, not one lucky draw."""
-    if not is_randomized(model.eval()):
-        return accuracy(model, x, y, device), 1
-    from robustmed.judging import clean_draws
-
-    seed_model(model, 0)
-    _, _, hits = clean_draws(model, x, y, 256, device, draws)
-    return (hits.float() / draws).mean().item(), draws
-
-
 def fit_input_statistics(model, x) -> None:
     """Modules that standardise inputs inside the model (RPF's reference normalisation) learn the
     training split's statistics once, before training, so they are saved with the weights."""
@@ -181,64 +114,6 @@ def _select(x, y, limit):
     return (x, y) if limit is None else (x[:limit], y[:limit])
 
 
-# Clean validation draws of a randomized model (check C4). One draw on BreastMNIST's 78 validation images
-# swung an epoch's balanced accuracy by ±0.1 from one epoch to the next (PNI, RPF), so selection and the
-# LEARNED gate below followed the noise of the draw rather than the weights.
-VAL_DRAWS = 10
-
-
-def clean_scores(model, x, y, device) -> dict:
-    """Clean (accuracy, balanced accuracy); for a randomized model the expectation over VAL_DRAWS draws."""
-    if not is_randomized(model.eval()):
-        return {"val_accuracy": accuracy(model, x, y, device),
-                "val_balanced_accuracy": balanced_accuracy(model, x, y, device)}
-    from robustmed.judging import clean_draws
-
-    labels = y if y.ndim == 1 else y[:, 0]
-    _, _, hits = clean_draws(model, x, labels, 256, device, VAL_DRAWS)
-    rate = hits.float() / VAL_DRAWS
-    return {"val_accuracy": rate.mean().item(), "val_draws": VAL_DRAWS,
-            "val_balanced_accuracy": torch.stack([rate[labels == c].mean() for c in labels.unique()]).mean().item()}
-
-
-def _validation(model, x_val, y_val, robust_subset, recipe, select: str, generator, device) -> dict:
-    scores = clean_scores(model, x_val, y_val, device)
-    if select == "robust":
-        xr, yr = robust_subset
-        scores["robust_val_accuracy"], scores["robust_val_balanced_accuracy"] = robust_accuracy(
-            model, xr, yr, recipe, generator, device)
-    return scores
-
-
-# Clean balanced validation accuracy above which an epoch counts as a classifier. Shipped checkpoints
-# must reach 0.6 balanced on the test split (tests/test_shipped_checkpoints.py); the validation bar sits
-# one standard error above that (about 0.05 with BreastMNIST's 21 malignant validation images), since
-# a near-constant epoch always wins on "robust" balanced accuracy: at 0.55 BreastMNIST's DBN picked an
-# epoch that found 3 of the 21 (clean 0.571, robust 0.430) over real classifiers (clean 0.79, robust
-# 0.31); at 0.6 DBN-adv picked clean 0.602, robust 0.377, and scored 0.578 on the test split. Every
-# shipped PneumoniaMNIST checkpoint selects the same epoch under all three bars (histories replayed).
-LEARNED = 0.65
-
-
-def _selection_key(scores: dict) -> tuple[bool, float, float]:
-    """Robust balanced accuracy first when measured (Rice et al.; balanced, check F1), clean balanced
-    accuracy breaks ties. An epoch that has not left chance (a constant predictor scores 0.5 clean
-    and 0.5 "robust" balanced accuracy, more than any real classifier under attack on a small,
-    hard data set such as BreastMNIST) ranks below every epoch that has."""
-    clean = scores["val_balanced_accuracy"]
-    return clean > LEARNED, scores.get("robust_val_balanced_accuracy", 0.0), clean
-
-
-def selection_warnings(scores: dict, num_classes: int) -> list[str]:
-    """A warning when even the selected epoch has not left chance: its accuracy is the label mix's."""
-    balanced = scores.get("val_balanced_accuracy")
-    if balanced is None or balanced > LEARNED:
-        return []
-    return [f"the selected epoch's balanced validation accuracy is {balanced:.3f} (chance {1 / num_classes:.3f}, "
-            f"a classifier scores above {LEARNED}): it has not learnt to tell the classes apart; "
-            "train for more epochs (--epochs) or start from a clean model (--init)"]
-
-
 def _update(model, loss, optimizers: dict, ctx: StepContext) -> None:
     for optimizer in optimizers.values():
         optimizer.zero_grad(set_to_none=True)
@@ -268,22 +143,49 @@ def _initialize(model: nn.Module, path: str, dataset_key: str) -> dict:
             "copied": len(matched), "of": len(own)}
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train, keep the best validation epoch, save checkpoint + metadata; returns the metadata."""
+@dataclass
+class _Training:
+    """One training run's state, set up once by :func:`_prepare` and advanced one epoch at a time."""
+
+    cfg: TrainConfig
+    info: object
+    dataset: object
+    recipe: Recipe
+    epochs: int
+    device: torch.device
+    generator: torch.Generator
+    train_split: tuple
+    val_split: tuple
+    val_matrix: torch.Tensor | None  # multi-label tasks: the (N, L) validation labels
+    build_spec: dict
+    model: nn.Module
+    initialized: dict | None
+    optimizers: dict
+    scheduler: object
+    ctx: StepContext
+    robust_subset: tuple | None
+    val_generator: torch.Generator
+    per_epoch: int
+    batches: int
+    best: tuple = ((False, -1.0, -1.0), -1, None, {})
+    history: list = field(default_factory=list)
+
+    @property
+    def select(self) -> str:
+        return self.info.train_options.get("select", "clean")
+
+
+def _prepare(cfg: TrainConfig) -> _Training:
+    """Data, model (defense attached, statistics fitted, optionally initialised), optimisers and the fixed
+    robust-validation subset, in the order the seeded streams are consumed."""
     info = DEFENSES.get(cfg.defense)
-    options = info.train_options
-    select = options.get("select", "clean")
     dataset = data_mod.load(cfg.dataset, cfg.data_root)
     recipe = RECIPES.get(cfg.recipe or default_recipe(cfg.model, info.cpu_recipe))
-    epochs = cfg.epochs or recipe.epochs
-    step = TRAIN_STEPS.get(info.train_step)
-    device = torch.device(cfg.device)
+    epochs, device = cfg.epochs or recipe.epochs, torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-
     x_train, y_train = _select(*dataset.split("train"), cfg.limit)
     x_val, y_val = _select(*dataset.split("val"), cfg.limit)
-    x_test, y_test = dataset.split("test")
     val_matrix = _select(*dataset.label_matrix("val"), cfg.limit)[1] if dataset.multilabel else None
     build_spec = {"model": cfg.model, "defense": cfg.defense, "num_classes": [dataset.num_classes]}
     if dataset.multilabel:  # one logit per label, answered through thresholds (robustmed.multilabel_fit)
@@ -293,98 +195,110 @@ def train(cfg: TrainConfig) -> dict:
     fit_input_statistics(model, x_train.to(device))
     _materialize(model, take(x_train, slice(0, 2)).to(device))
     initialized = _initialize(model, cfg.init, dataset.key) if cfg.init else None
-    optimizers = make_optimizers(model, recipe, options)
-    optimizer = optimizers["main"]
-    scheduler = make_scheduler(optimizer, recipe, epochs)
+    optimizers = make_optimizers(model, recipe, info.train_options)
+    scheduler = make_scheduler(optimizers["main"], recipe, epochs)
     # class weights over 2^L joint label vectors would mean nothing: multi-label BCE is unweighted, as MedMNIST's
     balanced = recipe.class_weights == "balanced" and not dataset.multilabel
     weight = class_weights(y_train, dataset.num_classes).to(device) if balanced else None
-    ctx = StepContext(0, epochs, recipe, generator,
-                      {"optimizer": optimizer, "optimizers": optimizers, "options": options, "class_weight": weight})
+    ctx = StepContext(0, epochs, recipe, generator, {"optimizer": optimizers["main"], "optimizers": optimizers,
+                                                     "options": info.train_options, "class_weight": weight})
     robust_subset, val_generator = None, torch.Generator().manual_seed(cfg.seed + 1)
-    if select == "robust":  # a fixed, seeded subset; its own generator leaves the training stream alone
-        count = min(recipe.val_robust_images or len(y_val), len(y_val))
+    if info.train_options.get("select", "clean") == "robust":  # a fixed, seeded subset; its own generator
+        count = min(recipe.val_robust_images or len(y_val), len(y_val))  # leaves the training stream alone
         chosen = torch.randperm(len(y_val), generator=val_generator)[:count]
         robust_subset = (take(x_val, chosen), y_val[chosen])
-
-    best = ((False, -1.0, -1.0), -1, None, {})
-    history = []
-    started = time.perf_counter()
     per_epoch = -(-len(x_train) // recipe.batch_size)
-    batches = min(per_epoch, recipe.batches_per_epoch or per_epoch)
+    return _Training(cfg, info, dataset, recipe, epochs, device, generator, (x_train, y_train), (x_val, y_val),
+                     val_matrix, build_spec, model, initialized, optimizers, scheduler, ctx, robust_subset,
+                     val_generator, per_epoch, min(per_epoch, recipe.batches_per_epoch or per_epoch))
+
+
+def _train_epoch(run: _Training, epoch: int, advance) -> float:
+    """One epoch of the defense's step (clean steps over the whole split while warming up); the mean loss."""
+    recipe, options, ctx = run.recipe, run.info.train_options, run.ctx
+    ctx.epoch = epoch
+    warm = epoch < recipe.warmup_epochs
+    # BN freezing needs statistics learnt first, so it only follows warm-up epochs (CPU recipes)
+    ctx.extras["options"] = {**options, "bn_frozen": bool(options.get("freeze_bn_after_warmup"))
+                             and recipe.warmup_epochs > 0 and not warm}
+    set_mode(run.model, True, ctx.extras["options"]["bn_frozen"])
+    step = standard_step if warm else TRAIN_STEPS.get(run.info.train_step)
+    x_train, y_train = run.train_split
+    order = torch.randperm(len(x_train), generator=run.generator)[:(run.per_epoch if warm else run.batches)
+                                                                   * recipe.batch_size]
+    total = 0.0
+    for start in range(0, len(order), recipe.batch_size):
+        idx = order[start:start + recipe.batch_size]
+        xb, yb = take(x_train, idx).to(run.device), y_train[idx].to(run.device)
+        if recipe.augment:
+            xb = augment(xb, run.generator)
+        loss = step(run.model, xb, yb, ctx)
+        _update(run.model, loss, run.optimizers, ctx)
+        total += loss.item() * len(idx)
+        advance()
+    return total / len(order)
+
+
+def _validate_epoch(run: _Training, epoch: int, loss: float) -> dict:
+    """Score the epoch on validation data, step the schedule, keep it if it is the best selectable one."""
+    warm = epoch < run.recipe.warmup_epochs
+    selectable = not warm or epoch == run.epochs - 1  # warm-up epochs are clean training: never selected
+    if run.dataset.multilabel:
+        scores = multilabel_fit.scores(run.model, run.val_split[0], run.val_matrix)
+    else:
+        scores = validation_scores(run.model, *run.val_split, run.robust_subset, run.recipe,
+                             run.select if selectable else "clean", run.val_generator, run.device)
+    run.history.append({"epoch": epoch, "loss": loss, **scores})
+    if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        run.scheduler.step(-scores["val_accuracy"])
+    else:
+        run.scheduler.step()
+    key = multilabel_fit.selection_key(scores) if run.dataset.multilabel else selection_key(scores)
+    if selectable and key > run.best[0]:
+        run.best = (key, epoch, copy.deepcopy(run.model.state_dict()), scores)
+    return scores
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, keep the best validation epoch, save checkpoint + metadata; returns the metadata."""
+    run = _prepare(cfg)
+    started = time.perf_counter()
     with progress_bar(cfg.progress) as bar:
-        warm_epochs = min(recipe.warmup_epochs, epochs)
+        warm_epochs = min(run.recipe.warmup_epochs, run.epochs)
         task = bar.add_task(f"train {cfg.defense}",
-                            total=warm_epochs * per_epoch + (epochs - warm_epochs) * batches)
-        for epoch in range(epochs):
-            ctx.epoch = epoch
-            warm = epoch < recipe.warmup_epochs
-            # BN freezing needs statistics learnt first, so it only follows warm-up epochs (CPU recipes)
-            ctx.extras["options"] = {**options, "bn_frozen": bool(options.get("freeze_bn_after_warmup"))
-                                     and recipe.warmup_epochs > 0 and not warm}
-            set_mode(model, True, ctx.extras["options"]["bn_frozen"])
-            epoch_step = standard_step if warm else step
-            order = torch.randperm(len(x_train), generator=generator)[:(per_epoch if warm else batches)
-                                                                       * recipe.batch_size]
-            total = 0.0
-            for start in range(0, len(order), recipe.batch_size):
-                idx = order[start:start + recipe.batch_size]
-                xb, yb = take(x_train, idx).to(device), y_train[idx].to(device)
-                if recipe.augment:
-                    xb = augment(xb, generator)
-                loss = epoch_step(model, xb, yb, ctx)
-                _update(model, loss, optimizers, ctx)
-                total += loss.item() * len(idx)
-                bar.advance(task)
-            # warm-up epochs are clean training: never selected, so no robust validation either
-            selectable = not warm or epoch == epochs - 1
-            scores = multilabel_fit.scores(model, x_val, val_matrix) if dataset.multilabel else _validation(
-                model, x_val, y_val, robust_subset, recipe, select if selectable else "clean", val_generator, device)
-            history.append({"epoch": epoch, "loss": total / len(order), **scores})
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(-scores["val_accuracy"])
-            else:
-                scheduler.step()
-            key = multilabel_fit.selection_key(scores) if dataset.multilabel else _selection_key(scores)
-            if selectable and key > best[0]:
-                best = (key, epoch, copy.deepcopy(model.state_dict()), scores)
+                            total=warm_epochs * run.per_epoch + (run.epochs - warm_epochs) * run.batches)
+        for epoch in range(run.epochs):
+            loss = _train_epoch(run, epoch, lambda: bar.advance(task))
+            scores = _validate_epoch(run, epoch, loss)
             shown = " ".join(f"{k.replace('_accuracy', '')} {v:.3f}" for k, v in scores.items())
             bar.update(task, description=f"train {cfg.defense} {shown}")
-    training_time = time.perf_counter() - started
+    return _save(run, time.perf_counter() - started)
 
+
+def _save(run: _Training, training_time: float) -> dict:
+    """The kept epoch's weights tested and written with the metadata sidecar; returns the metadata."""
+    cfg, dataset, model, best = run.cfg, run.dataset, run.model, run.best
     model.load_state_dict(best[2])
+    x_test, y_test = dataset.split("test")
     if dataset.multilabel:
-        tested = multilabel_fit.finish(model, x_val, val_matrix, x_test, dataset.label_matrix("test")[1])
+        tested = multilabel_fit.finish(model, run.val_split[0], run.val_matrix, x_test, dataset.label_matrix("test")[1])
         warnings = multilabel_fit.warnings(best[3])
     else:
-        test_acc, test_draws = test_accuracy(model, x_test, y_test, device)
-        tested = {"selection": select, "test_accuracy": test_acc, "test_accuracy_draws": test_draws}
+        test_acc, test_draws = test_accuracy(model, x_test, y_test, run.device)
+        tested = {"selection": run.select, "test_accuracy": test_acc, "test_accuracy_draws": test_draws}
         warnings = selection_warnings(best[3], dataset.num_classes)
     out = checkpoints.destination(cfg.out, cfg.model, dataset.key, cfg.defense)
     metadata = {
-        "model": cfg.model,
-        "defense": cfg.defense,
-        "defense_version": info.version,
-        "dataset": dataset.key,
-        "dataset_sha256": dataset.sha256,
-        "recipe": asdict(recipe),
-        "train_step": info.train_step,
-        "train_options": options,
-        "seed": cfg.seed,
-        "epochs": epochs,
-        "batches_per_epoch": batches,
-        "best_epoch": best[1],
-        "train_images": len(x_train),
-        **({"init": initialized} if initialized else {}),
+        "model": cfg.model, "defense": cfg.defense, "defense_version": run.info.version, "dataset": dataset.key,
+        "dataset_sha256": dataset.sha256, "recipe": asdict(run.recipe), "train_step": run.info.train_step,
+        "train_options": run.info.train_options, "seed": cfg.seed, "epochs": run.epochs,
+        "batches_per_epoch": run.batches, "best_epoch": best[1], "train_images": len(run.train_split[0]),
+        **({"init": run.initialized} if run.initialized else {}),
         **best[3],
         "warnings": warnings,
         **tested,
-        "training_time_s": round(training_time, 1),
-        "history": history,
-        "build": build_spec,
-        "packages": package_versions(),
-        "git_commit": git_commit(),
-        "machine": machine(device),
+        "training_time_s": round(training_time, 1), "history": run.history, "build": run.build_spec,
+        "packages": package_versions(), "git_commit": git_commit(), "machine": machine(run.device),
     }
     metadata = checkpoints.save(model.state_dict(), out, metadata)
     metadata["checkpoint"] = str(out)

@@ -8,7 +8,8 @@ from robustmed.factory import build
 from robustmed.randomness import SeededDropout, frozen, resample, seed_model
 from robustmed.recipes import RECIPES
 from robustmed.steps import attack_phase, set_mode
-from robustmed.training import eot_pgd, fit_input_statistics, make_optimizers
+from robustmed.selection import eot_pgd
+from robustmed.training import fit_input_statistics, make_optimizers
 
 SMALL = {"widths": (16, 32), "depths": (1, 1)}
 
@@ -334,7 +335,7 @@ def test_eot_pgd_stays_in_the_ball_and_in_range():
 def test_model_selection_never_prefers_a_constant_predictor():
     """BreastMNIST, adversarial training: majority-class epochs scored 0.5 robust balanced accuracy
     and beat every real classifier (about 0.2 under attack); an epoch must first leave chance."""
-    from robustmed.training import _selection_key
+    from robustmed.selection import selection_key as _selection_key
 
     constant = {"val_balanced_accuracy": 0.5, "robust_val_balanced_accuracy": 0.5}
     learned = {"val_balanced_accuracy": 0.69, "robust_val_balanced_accuracy": 0.23}
@@ -354,7 +355,7 @@ def test_model_selection_never_prefers_a_constant_predictor():
 def test_validation_judges_a_randomized_model_over_draws():
     """Check C4 at selection time: one draw on 78 validation images swung BreastMNIST epochs by ±0.1."""
     from robustmed.judging import clean_draws
-    from robustmed.training import VAL_DRAWS, accuracy, clean_scores
+    from robustmed.selection import VAL_DRAWS, accuracy, clean_scores
 
     x, y = _x(12, seed=1), torch.tensor([0, 1] * 6)
     noisy = _model("pni")

@@ -62,6 +62,9 @@ def test_real_sigint_in_bench_leaves_no_traceback(tmp_path, data_root):
         from robustmed.run import work as units
         from robustmed.cli import main
 
+        # a process started with SIGINT ignored (as a background job is) never sees Ctrl-C: this one must
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
         compute = units.compute
 
         def compute_or_sigint(unit, device):
