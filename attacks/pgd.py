@@ -115,9 +115,48 @@ def _better(broke, loss, best_broke, best_loss):
     return (broke & ~best_broke) | ((broke == best_broke) & (loss > best_loss))
 
 
-def _snapshot(best, best_broke, first, best_loss, best_pred, spent) -> AttackResult:
-    return AttackResult(x_adv=best.clone(), success=best_broke.clone(), first_success=first.clone(),
-                        loss=best_loss.clone(), adv_pred=best_pred.clone(), forward_backward=spent)
+@dataclass
+class _Best:
+    """Per sample: the best candidate so far (adversarial first, then higher loss) and the first step that broke it."""
+
+    x: torch.Tensor
+    loss: torch.Tensor
+    broke: torch.Tensor
+    pred: torch.Tensor
+    first: torch.Tensor
+
+    @classmethod
+    def at(cls, current: torch.Tensor) -> "_Best":
+        n, device = len(current), current.device
+        return cls(current.clone(), torch.full((n,), -torch.inf, device=device),
+                   torch.zeros(n, dtype=torch.bool, device=device), torch.zeros(n, dtype=torch.long, device=device),
+                   torch.full((n,), -1, dtype=torch.long, device=device))
+
+    def record(self, active, x_active, losses, broke, preds, step: int, keep_best: bool) -> None:
+        self.first[active[broke & (self.first[active] < 0)]] = step
+        update = _better(broke, losses, self.broke[active], self.loss[active]) if keep_best else \
+            torch.ones_like(broke)
+        chosen = active[update]
+        self.x[chosen] = x_active[update]
+        self.loss[chosen], self.broke[chosen], self.pred[chosen] = losses[update], broke[update], preds[update]
+
+    def result(self, spent: int, copy: bool = True, snapshots: dict | None = None) -> AttackResult:
+        pick = (lambda t: t.clone()) if copy else (lambda t: t)
+        return AttackResult(x_adv=pick(self.x), success=pick(self.broke), first_success=pick(self.first),
+                            loss=pick(self.loss), adv_pred=pick(self.pred), forward_backward=spent,
+                            snapshots=snapshots or {})
+
+
+def _ascend(grad, active, x, current, velocity, *, momentum, step_size, eps, bounds, constrain) -> None:
+    """One signed step of the active samples (MIM: momentum on the L1-normalised gradient), projected around
+    the clean input and onto the box (and the valid values, for packed multi-input samples)."""
+    if momentum:
+        grad = grad / grad.abs().sum(dim=tuple(range(1, grad.ndim)), keepdim=True).clamp_min(1e-12)
+        velocity[active] = momentum * velocity[active] + grad
+        grad = velocity[active]
+    stepped = project(current[active] + _at(step_size, active, x.ndim) * grad.sign(), x[active],
+                      _at(eps, active, x.ndim), bounds)
+    current[active] = stepped if constrain is None else constrain(stepped, x[active])
 
 
 def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *, eps: Budget,
@@ -144,18 +183,13 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     leading bits (never past N).
     """
     x = x.detach()
-    n = len(x)
-    loss_fn = LOSSES[loss]
+    n, loss_fn = len(x), LOSSES[loss]
     if start is None:
         start = uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
     current = project(x + start.to(x), x, eps, bounds)
     if constrain is not None:
         current = constrain(current, x)
-    best = current.clone()
-    best_loss = torch.full((n,), -torch.inf, device=x.device)
-    best_broke = torch.zeros(n, dtype=torch.bool, device=x.device)
-    best_pred = torch.zeros(n, dtype=torch.long, device=x.device)
-    first = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    best = _Best.at(current)
     velocity = torch.zeros_like(x) if momentum else None
     active = torch.arange(n, device=x.device)
     spent, taken = 0, {}
@@ -168,34 +202,23 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
             losses, logits, grad = losses[:m], logits[:m], None if grad is None else grad[:m]
         preds = logits.argmax(1)
         broke = preds != y[active]
-        first[active[broke & (first[active] < 0)]] = step
-        update = _better(broke, losses, best_broke[active], best_loss[active]) if keep_best else \
-            torch.ones_like(broke)
-        chosen = active[update]
-        best[chosen] = x_active[update]
-        best_loss[chosen], best_broke[chosen], best_pred[chosen] = losses[update], broke[update], preds[update]
+        best.record(active, x_active, losses, broke, preds, step, keep_best)
         if step in snapshots:
-            taken[step] = _snapshot(best, best_broke, first, best_loss, best_pred, spent)
+            taken[step] = best.result(spent)
         if step == steps:
             break
         spent += len(active) * max(1, eot)
         keep = ~broke if early_stop else torch.ones_like(broke)
         if nest is not None and early_stop and broke.any():
-            keep &= ~nest.retired(best_broke)[active]
-        active, grad, x_active = active[keep], grad[keep], x_active[keep]
-        if momentum:
-            grad = grad / grad.abs().sum(dim=tuple(range(1, grad.ndim)), keepdim=True).clamp_min(1e-12)
-            velocity[active] = momentum * velocity[active] + grad
-            grad = velocity[active]
-        stepped = project(x_active + _at(step_size, active, x.ndim) * grad.sign(), x[active],
-                          _at(eps, active, x.ndim), bounds)
-        current[active] = stepped if constrain is None else constrain(stepped, x[active])
+            keep &= ~nest.retired(best.broke)[active]
+        active, grad = active[keep], grad[keep]
+        _ascend(grad, active, x, current, velocity, momentum=momentum, step_size=step_size, eps=eps, bounds=bounds,
+                constrain=constrain)
         if len(active) == 0:
             break
     for k in snapshots:  # steps after an early exit of every sample change nothing
-        taken.setdefault(k, _snapshot(best, best_broke, first, best_loss, best_pred, spent))
-    return AttackResult(x_adv=best, success=best_broke, first_success=first, loss=best_loss, adv_pred=best_pred,
-                        forward_backward=spent, snapshots=taken)
+        taken.setdefault(k, best.result(spent))
+    return best.result(spent, copy=False, snapshots=taken)
 
 
 def _merge(total: AttackResult, trial: AttackResult, rows: torch.Tensor) -> None:
