@@ -86,9 +86,9 @@ def _emit(text: str, out: str | None) -> None:
 
 
 def cmd_table(args) -> int:
-    from robustmed.evidence import column_attack
+    from robustmed.reports.evidence import column_attack
     from robustmed.suites import eps_of, load_suite, suite_evaluations
-    from robustmed.tables import render
+    from robustmed.reports.tables import render
 
     suite = load_suite(args.suite)
     evals = suite_evaluations(suite)
@@ -103,7 +103,7 @@ def cmd_table(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from robustmed.attacks import parse_eps_list
-    from robustmed.leaderboard import boards, render_html, render_markdown
+    from robustmed.reports.leaderboard import boards, render_html, render_markdown
     from robustmed.store import load_runs
 
     eps = parse_eps_list(args.eps)[0]
@@ -117,7 +117,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_plot(args) -> int:
     import pandas as pd
 
-    from robustmed.plots import curves, describe, plot
+    from robustmed.reports.plots import curves, describe, plot
     from robustmed.store import load_runs
 
     if not args.out.endswith((".png", ".svg")):
@@ -146,7 +146,7 @@ def cmd_plot(args) -> int:
 def cmd_regress(args) -> int:
     import tempfile
 
-    from robustmed.regress import compare, rerun, verdict
+    from robustmed.reports.regress import compare, rerun, verdict
     from robustmed.store import load_runs
 
     baseline = load_runs(args.baseline)

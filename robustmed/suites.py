@@ -139,7 +139,7 @@ def _shipped(cfg: BenchConfig):
 
 
 def suite_evaluations(suite: Suite):
-    from robustmed.evidence import evaluations
+    from robustmed.reports.evidence import evaluations
     from robustmed.store import load_runs
 
     return evaluations(load_runs(suite.results))

@@ -13,7 +13,7 @@ import pytest
 from robustmed import store
 from robustmed.cli import main
 from robustmed.provenance import ENGINE
-from robustmed.regress import compare, rerun
+from robustmed.reports.regress import compare, rerun
 from robustmed.run.config import split_attacks
 from robustmed.suites import load_suite, randomized_defenses
 

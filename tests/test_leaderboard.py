@@ -8,8 +8,8 @@ import pytest
 
 from robustmed import store
 from robustmed.cli import main
-from robustmed.evidence import WORST, evaluations
-from robustmed.leaderboard import STALE_FLAG, boards, render_html, render_markdown
+from robustmed.reports.evidence import WORST, evaluations
+from robustmed.reports.leaderboard import STALE_FLAG, boards, render_html, render_markdown
 from robustmed.provenance import ENGINE
 from robustmed.stats import wilson
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from robustmed.leaderboard import boards, render_html
+from robustmed.reports.leaderboard import boards, render_html
 from robustmed.store import load_runs
 
 from test_reports import EPS, _rows, _run

@@ -7,11 +7,11 @@ import torch
 
 from robustmed import checkpoints, multimodal_data
 from robustmed.cli import main
-from robustmed.evidence import evaluations
+from robustmed.reports.evidence import evaluations
 from robustmed.factory import from_checkpoint
 from robustmed.models.zoo import MODELS
 from robustmed.suites import load_suite
-from robustmed.tables import render
+from robustmed.reports.tables import render
 from robustmed.multilabel import label_logits
 
 SHIPPED = {"mmcaf-net": "adrenalmnist3d", "iimgf-net": "pneumoniamnist+breastmnist"}

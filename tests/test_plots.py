@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from robustmed.cli import main
-from robustmed.plots import curve_eot, curve_eps, curve_steps, describe, plot
+from robustmed.reports.plots import curve_eot, curve_eps, curve_steps, describe, plot
 
 
 def _rows(first_steps, clean=None, eps=4 / 255, steps=100, eot=1):
@@ -69,7 +69,7 @@ def test_plot_cli_on_committed_golden(tmp_path, capsys):
 
 
 def test_curves_pair_protocols_and_skip_sweep_rows():
-    from robustmed.plots import curves
+    from robustmed.reports.plots import curves
 
     adaptive = _rows([-1, 3, 30, 5]).assign(defense="rpan", model="m", dataset="d", protocol="adaptive",
                                            attack="pgd100:sweep=10+50")
@@ -86,7 +86,7 @@ def test_a_paper_protocol_curve_is_dashed_in_its_defense_colour(tmp_path):
     """Fig. 6 with both protocols: a reader pairs each dashed paper-protocol curve with its solid adaptive one."""
     import matplotlib
 
-    from robustmed.plots import _colours
+    from robustmed.reports.plots import _colours
 
     def curve(defense, protocol):
         c = pd.DataFrame({"x": [10, 100], "accuracy": [0.5, 0.4], "low": [0.4, 0.3], "high": [0.6, 0.5]})
@@ -108,7 +108,7 @@ def test_a_paper_protocol_curve_is_dashed_in_its_defense_colour(tmp_path):
 def test_a_randomized_models_steps_curve_is_its_judged_sweep_rows():
     """B13: on a randomized model the first-success step records one draw's misclassification during the
     attack; the point at k steps comes from the R-draw judgements of the iterates up to k (the sweep's rows)."""
-    from robustmed.plots import curves
+    from robustmed.reports.plots import curves
 
     extra = {"randomized": True}
     long_run = _rows([3, 3, 3, -1]).assign(robust=[True, True, False, True], defense="rpan", model="m", dataset="d",

@@ -10,11 +10,11 @@ import pytest
 
 from robustmed import store
 from robustmed.cli import main
-from robustmed.evidence import WORST, evaluations
-from robustmed.leaderboard import STALE_FLAG, boards, render_html, render_markdown
+from robustmed.reports.evidence import WORST, evaluations
+from robustmed.reports.leaderboard import STALE_FLAG, boards, render_html, render_markdown
 from robustmed.provenance import ENGINE
-from robustmed.regress import compare, mcnemar_exact, verdict
-from robustmed.tables import render
+from robustmed.reports.regress import compare, mcnemar_exact, verdict
+from robustmed.reports.tables import render
 
 EPS = 4 / 255
 
@@ -180,7 +180,7 @@ def test_eps_curves_of_a_randomized_defense_with_both_protocols():
 
     import pandas as pd
 
-    from robustmed.plots import curves
+    from robustmed.reports.plots import curves
     from robustmed.store import read_run
 
     root = Path(__file__).resolve().parent.parent / "results" / "fig6-eps"

@@ -19,7 +19,7 @@ import pandas as pd
 
 from robustmed import expected
 from robustmed.balance import class_balance
-from robustmed.evidence import fired_flags, stale
+from robustmed.reports.evidence import fired_flags, stale
 from robustmed.stats import wilson
 
 STALE_FLAG = "previous engine"
@@ -100,7 +100,7 @@ def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> dict[tuple, li
 def _judged_alike(parts: list) -> list:
     """The (rows, manifest) per attack that enter one worst case. On a randomized model only runs with
     per-draw verdicts count, since a previous engine's one-draw verdicts are a different judgement; a rerun
-    of an attack replaces the earlier one, as in :func:`robustmed.evidence.evaluations`."""
+    of an attack replaces the earlier one, as in :func:`robustmed.reports.evidence.evaluations`."""
     with_draws = [(rows, m) for rows, m in parts if expected.has_draws(rows)]
     latest: dict[str, tuple] = {}
     for rows, manifest in with_draws or parts:

@@ -106,7 +106,7 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
     whichever of the others differ between curves. Attacks are named without their options, so
     a suite's paper-protocol run (``pgd20:protocol=paper``) pairs with its adaptive one, and an
     iteration sweep's rows (``pgd10@pgd100:…``) join their long run's curve."""
-    from robustmed.evidence import column_attack
+    from robustmed.reports.evidence import column_attack
 
     rows = rows.assign(attack=_long_run_names(rows).map(column_attack),
                        protocol=rows.protocol if "protocol" in rows else "adaptive")
@@ -124,7 +124,7 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
 
 def describe(rows: pd.DataFrame, kind: str) -> str:
     """A title that says what was measured: data set(s), attack(s), ε where it is fixed, sample count."""
-    from robustmed.evidence import column_attack
+    from robustmed.reports.evidence import column_attack
 
     rows = without_derived(rows)
     parts = [", ".join(sorted(rows.dataset.unique())) if "dataset" in rows else "",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from robustmed.evidence import NULL, WORST, Evaluation, column_attack
+from robustmed.reports.evidence import NULL, WORST, Evaluation, column_attack
 
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
 
