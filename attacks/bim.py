@@ -1,4 +1,4 @@
-"""BIM / iterative FGSM (Kurakin et al. 2017): PGD without a random start (defenses.md §3.2)."""
+"""BIM / iterative FGSM (Kurakin et al. 2017): PGD without a random start."""
 from __future__ import annotations
 
 from robustmed.attacks.base import FAMILIES, AttackFamily

@@ -1,7 +1,7 @@
 """Expectation over Transformation (Athalye et al. 2018): average ∇ₓL over N separate passes.
 
 Randomized defenses draw one realization per forward, shared by the batch, so the N
-samples are N separate forward+backward passes — never a replicated batch (defenses.md §3.3).
+samples are N separate forward+backward passes — never a replicated batch.
 """
 from __future__ import annotations
 

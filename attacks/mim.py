@@ -1,4 +1,4 @@
-"""MIM / MI-FGSM (Dong et al. 2018): momentum μ = 1 on the L1-normalised gradient (defenses.md §3.2).
+"""MIM / MI-FGSM (Dong et al. 2018): momentum μ = 1 on the L1-normalised gradient.
 
 Steps are projected around the *clean* input, as in PGD; no random start.
 """

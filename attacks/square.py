@@ -1,6 +1,6 @@
 """Square Attack (Andriushchenko et al. 2020), L∞, score-based, via pyautoattack's kernel.
 
-On randomized models each query's margin is averaged over q forward passes (defenses.md §3.2);
+On randomized models each query's margin is averaged over q forward passes;
 q is the spec's ``eot`` field (4 by default on randomized models, 1 otherwise).
 """
 from __future__ import annotations

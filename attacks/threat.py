@@ -1,4 +1,4 @@
-"""Threat models for multi-input models (evaluation spec §7 item 5, check F4; defenses.md §6).
+"""Threat models for multi-input models (check F4).
 
 A model may take a mapping of named inputs. A :class:`ThreatModel` says, per input, whether it
 is attacked, its L∞ ε (absolute or a multiple of the run's ε) and its bounds. Gradient attacks

@@ -15,7 +15,7 @@ def no_change(model: nn.Module, **options) -> nn.Module:
 
 @dataclass(frozen=True)
 class DefenseInfo:
-    """What a reader and the harness must know about a defense (spec/defenses.md §4–§5).
+    """What a reader and the harness must know about a defense (docs/models.md, Defenses).
 
     ``attach`` turns a freshly built MAIL model into the defended one; ``train_step``
     names the training step in :data:`robustmed.steps.TRAIN_STEPS`, registered in the defense's file (standard,
@@ -45,7 +45,7 @@ DEFENSES: Registry[DefenseInfo] = Registry("defense")
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Trainable parameters by optimiser group (spec §6): modules declare theirs in ``param_groups``.
+    """Trainable parameters by optimiser group: modules declare theirs in ``param_groups``.
 
     A module's ``param_groups`` maps its own (direct) parameter names to a group name:
     ``"no_decay"`` (noise scales: PNI α, MAN δ), ``"rp"`` (trainable part of random-projection

@@ -1,4 +1,4 @@
-"""CAP — Contour Attention Preserving defense (Xiang et al., AAAI 2023), spec §4.5.
+"""CAP — Contour Attention Preserving defense (Xiang et al., AAAI 2023).
 
 No architectural change. Training (the ``cap`` step below) combines a
 TRADES-KL inner attack, attention-only adversarial weight perturbation (AWP) steered by a

@@ -1,4 +1,4 @@
-"""CTRW — Constrained Trainable Random Weight (Ma, Dong, Xu, NeurIPS 2023), spec §4.6.
+"""CTRW — Constrained Trainable Random Weight (Ma, Dong, Xu, NeurIPS 2023).
 
 The input of every branch is multiplied element-wise by W = μ + σ ⊙ ε (μ, σ learnable, C×H×W,
 init 1; ε ~ N(0, I) one realization per forward shared by the batch). Before every resampling σ

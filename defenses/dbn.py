@@ -1,4 +1,4 @@
-"""DBN — adversarial training with dual batch normalisation (Han et al., Nat. Commun. 2021), spec §4.2.
+"""DBN — adversarial training with dual batch normalisation (Han et al., Nat. Commun. 2021).
 
 Every BN of MAIL becomes a {clean, adv} pair sharing all conv/linear weights. A deployed model
 has one fixed route (never the reference's oracle routing): ``dbn-clean`` or ``dbn-adv``.

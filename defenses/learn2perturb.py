@@ -1,4 +1,4 @@
-"""Learn2Perturb (Jeddi et al., CVPR 2020), spec §4.3.
+"""Learn2Perturb (Jeddi et al., CVPR 2020).
 
 Perturbation-injection modules add σ ⊙ ε, σ a learnable C×H×W map (init 0.25, clamped ≥ 0.01),
 ε ~ N(0, I) drawn once per forward and shared by the batch, after the stem BN and after every

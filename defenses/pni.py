@@ -1,4 +1,4 @@
-"""PNI — Parametric Noise Injection on weights (He, Rakin, Fan, CVPR 2019), spec §4.1.
+"""PNI — Parametric Noise Injection on weights (He, Rakin, Fan, CVPR 2019).
 
 Every conv and linear layer of MAIL uses w̃ = w + α·ε, ε ~ N(0, std(w)²) drawn once per forward
 (shared by the batch, in training and at test time); α is learnable (init 0.25) and not decayed.

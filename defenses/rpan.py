@@ -1,4 +1,4 @@
-"""RPAN / Robust-MAIL (Dhar et al., KDD'26), spec §2 and §5: two presets.
+"""RPAN / Robust-MAIL (Dhar et al., KDD'26): two presets.
 
 ``rpan`` (spec's ``rpan_paper``, the default): random projection filters (ρ = 0.25) in every
 EMILA and EMSCA MSGDC, multiplicative modulated attention noise (MAN, Eq. 22) on CA, the MFIFA
@@ -79,7 +79,7 @@ def _reset_calls(network: nn.Module, _inputs) -> None:
 
 @contextmanager
 def straight_through(model: nn.Module, enabled: bool = True):
-    """BPDA: treat every MAN clip as the identity in the backward pass (spec §3.3, §5.6)."""
+    """BPDA: treat every MAN clip as the identity in the backward pass."""
     sites = [m for m in model.modules() if isinstance(m, MANNoise)]
     previous = [m.straight_through for m in sites]
     for module in sites:
@@ -188,7 +188,7 @@ DEFENSES.register("rpan", DefenseInfo(
     name="rpan",
     family="random projection + attention noise + adversarial training",
     reference="Dhar, Zaidi, Haghighat. Effective and Robust Multimodal Medical Image Analysis. KDD 2026 "
-              "(Robust-MAIL, paper-reconciled preset rpan_paper, spec §5.2)",
+              "(Robust-MAIL, paper-reconciled preset rpan_paper)",
     description="RPF ρ 0.25 in EMILA/EMSCA MSGDCs, multiplicative MAN on CA, MFIFA bands, EMSCA and A_m; "
                 "PGD-AT with [A]/[I] realizations, PGD loss only",
     randomized=True,
@@ -203,7 +203,7 @@ DEFENSES.register("rpan", DefenseInfo(
 DEFENSES.register("rpan-code", DefenseInfo(
     name="rpan-code",
     family="attention noise (released code, no adversarial training)",
-    reference="Dhar et al. KDD 2026, released Robust-MAIL notebook (spec §2, preset rpan_code)",
+    reference="Dhar et al. KDD 2026, released Robust-MAIL notebook (preset rpan_code)",
     description="additive MAN + clip in CA logits, EMILA map and A_m, u·s³·A_c³ and Ã⁵·A_m, always-on "
                 "dropout, clean training",
     randomized=True,

@@ -1,4 +1,4 @@
-"""RPF — Random Projection Filters (Dong & Xu, CVPR 2023), spec §4.4.
+"""RPF — Random Projection Filters (Dong & Xu, CVPR 2023).
 
 A conv whose output channels are part trainable, part random N(0, 1/k²) kernels with zero bias.
 The random kernels are one realization per forward shared by the batch (frozen for the [A]
@@ -18,7 +18,7 @@ from robustmed.randomness import RandomModule
 
 
 def random_channels(out_channels: int, groups: int, ratio: float) -> torch.Tensor:
-    """Boolean mask of random outputs (spec §5.2a): the last ⌊ρ·F/g⌉ of every group of a grouped conv,
+    """Boolean mask of random outputs: the last ⌊ρ·F/g⌉ of every group of a grouped conv,
     the last ⌊ρ·C⌉ channels of a depthwise one (one output per group), e.g. 4 of 16 at ρ = 0.25."""
     if groups == out_channels:
         groups = 1  # depthwise: count over all channels, not per single-channel group
@@ -96,7 +96,7 @@ class InputNormalization(nn.Module):
     """Per-channel input standardisation inside the model, fitted on the training split.
 
     The RPF reference builds its network with ``normalize=`` (dataset mean/std) applied before the
-    RP stem; MAIL itself has none (spec §1). Without it every draw of random filters adds a
+    RP stem; MAIL itself has none. Without it every draw of random filters adds a
     draw-specific offset (input mean × filter sum) to its channels, which batch statistics remove in
     training but BN's running statistics cannot remove at test time.
     """

@@ -268,7 +268,7 @@ def fetch(name: str, root=None, if_missing: bool = False, url: str | None = None
 
 def paired_split(primary: MedMNISTData, secondary: MedMNISTData, split: str = "test",
                  names: tuple[str, str] = ("image", "image2"), seed: int | None = None):
-    """``paired`` feeding mode (spec §1.5): two data sets paired by index, one head each.
+    """``paired`` feeding mode (the MAIL authors' code): two data sets paired by index, one head each.
 
     The authors' code pairs unrelated data sets this way; ``seed`` draws a fresh random
     pairing (per epoch in training), ``None`` pairs index i with index i. The longer set is

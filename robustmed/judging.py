@@ -16,7 +16,7 @@ BUDGET_TOL = 1e-6
 
 
 
-DEFAULT_DRAWS = 10  # R of defenses.md §3.3: inference draws judging a randomized model
+DEFAULT_DRAWS = 10  # R: inference draws judging a randomized model (docs/randomized.md)
 
 
 

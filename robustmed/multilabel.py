@@ -1,4 +1,4 @@
-"""Multi-label success criteria (evaluation spec checks A8, F2), as logits the single-label harness can attack.
+"""Multi-label success criteria (checks A8, F2), as logits the single-label harness can attack.
 
 A multi-label model gives one logit z_k per label; a label is predicted positive when z_k exceeds its
 threshold t_k, fixed on validation data (:func:`calibrate_thresholds`). With margins m_k = z_k − t_k:

@@ -3,7 +3,7 @@
 * ``volume-shapes`` (MMCAF-Net): AdrenalMNIST3D volumes and, as the tabular record, their shape features
   (:mod:`robustmed.tabular`) standardised with training-split statistics.
 * ``paired`` (IIMGF-Net): two 2D sets paired by index, as the MAIL authors' code pairs unrelated data sets
-  (spec/defenses.md §1.5): the longer split is cut to the shorter one; one binary label per set.
+  (the MAIL authors' code): the longer split is cut to the shorter one; one binary label per set.
 """
 from __future__ import annotations
 

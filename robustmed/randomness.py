@@ -1,4 +1,4 @@
-"""One randomness interface for every randomized model (spec/defenses.md §6).
+"""One randomness interface for every randomized model (docs/models.md, Defenses).
 
 Noise never depends on ``eval()``. A :class:`RandomModule` draws a new realization
 on every forward unless frozen; ``freeze`` holds the current one (the [A] phase of

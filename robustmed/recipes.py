@@ -9,7 +9,7 @@ from robustmed.registry import Registry
 
 @dataclass(frozen=True)
 class Recipe:
-    """Optimiser and schedule (spec §4.7 presets; ``cpu`` trains the mini model in minutes)."""
+    """Optimiser and schedule (the paper's presets; ``cpu`` trains the mini model in minutes)."""
 
     name: str
     optimizer: str
@@ -21,7 +21,7 @@ class Recipe:
     min_lr: float = 0.0
     patience: int = 10
     augment: bool = True
-    # adversarial training and robust model selection (spec §4.7 defaults)
+    # adversarial training and robust model selection (the paper's defaults)
     train_eps: float = 4 / 255
     train_attack_steps: int = 10
     train_attack_step: float = 1 / 255

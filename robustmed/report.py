@@ -107,7 +107,7 @@ _STYLE = {"ERROR": "bold red", "FLAG": "yellow", "INFO": "cyan"}
 
 
 def findings_table(findings: list[dict], fired_only: bool = False) -> Table:
-    """Checks as a table: ID, severity, status and the one-line reason (evaluation spec §4)."""
+    """Checks as a table: ID, severity, status and the one-line reason (docs/checks.md)."""
     from robustmed.checks.registry import ran  # here: robustmed.checks loads torch, which `robustmed list` skips
 
     table = Table(title="checks", title_justify="left")

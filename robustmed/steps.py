@@ -60,7 +60,7 @@ def attack_labels(model, x, y, options: dict) -> torch.Tensor:
 
 @contextmanager
 def attack_phase(model, options: dict):
-    """Mode and realization while crafting training examples (spec §4.7, §5.3).
+    """Mode and realization while crafting training examples.
 
     Eval mode keeps BN statistics frozen (RPF/CTRW use train mode, as their references do);
     ``realization="ai"`` holds one fresh draw for the whole attack ([A]); leaving the context

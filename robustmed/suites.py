@@ -75,7 +75,7 @@ class Suite:
 
 
 def _paper(attack: str) -> str:
-    """The seed paper's released protocol for one attack: single draw, no EOT (defenses.md §2.2)."""
+    """The seed paper's released protocol for one attack: single draw, no EOT."""
     return f"{attack},protocol=paper" if ":" in attack else f"{attack}:protocol=paper"
 
 

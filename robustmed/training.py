@@ -47,7 +47,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, options: dict | None = None):
-    """The network optimiser, with per-defense groups (spec §6): noise scales without weight decay,
+    """The network optimiser, with per-defense groups: noise scales without weight decay,
     the trainable part of random-projection layers with its own decay (``rp_weight_decay``)."""
     options = options or {}
     decays = {"default": recipe.weight_decay, "no_decay": 0.0,

@@ -1,4 +1,4 @@
-"""Mixed precision is opt-in and checked against fp32 (evaluation spec §7 item 9)."""
+"""Mixed precision is opt-in and checked against fp32."""
 import json
 
 import pytest

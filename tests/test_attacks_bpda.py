@@ -1,4 +1,4 @@
-"""BPDA straight-through gradients (defenses.md §3.3, check D1)."""
+"""BPDA straight-through gradients (check D1)."""
 import doctest
 
 import pytest

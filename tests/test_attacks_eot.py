@@ -1,4 +1,4 @@
-"""EOT gradients and multi-draw judgement of randomized models (defenses.md §3.3, checks C2, E1)."""
+"""EOT gradients and multi-draw judgement of randomized models (checks C2, E1)."""
 import json
 
 import pandas as pd

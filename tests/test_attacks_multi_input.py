@@ -1,4 +1,4 @@
-"""Multi-input threat models (evaluation spec §7 item 5, check F4; defenses.md §3.1, §6)."""
+"""Multi-input threat models (check F4)."""
 import json
 
 import pytest

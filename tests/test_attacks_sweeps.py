@@ -1,4 +1,4 @@
-"""Cheap sweeps (evaluation spec §5, §7 item 7): one fixed-α run gives every k ≤ T; ε ascending, warm-started."""
+"""Cheap sweeps: one fixed-α run gives every k ≤ T; ε ascending, warm-started."""
 import json
 
 import numpy as np

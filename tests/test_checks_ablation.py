@@ -11,7 +11,7 @@ from robustmed.randomness import is_randomized
 from test_checks import evaluate
 
 SMALL = {"widths": (16, 32), "depths": (1, 1)}  # every module kind, at a fraction of the cost
-REMOVED = {  # defense → the components bypassed in its removed model (spec/defenses.md §4–§5)
+REMOVED = {  # defense → the components bypassed in its removed model
     "none": set(), "pgd-at": set(), "cap": set(),
     "dbn-clean": {"DualBatchNorm2d"}, "dbn-adv": {"DualBatchNorm2d"},
     "pni": {"NoisyWeight"}, "l2p": {"PerturbationInjection"}, "rpf": {"RandomProjectionConv"},

@@ -1,4 +1,4 @@
-"""Each defense's defining behaviour, pinned exactly under a seed (spec §4–§5)."""
+"""Each defense's defining behaviour, pinned exactly under a seed."""
 import pytest
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""MAIL: shapes, parameter count, building blocks and a gradient check through EMCAM (spec §1)."""
+"""MAIL: shapes, parameter count, building blocks and a gradient check through EMCAM."""
 import pytest
 import torch
 

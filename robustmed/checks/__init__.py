@@ -1,4 +1,4 @@
-"""Evaluation checks as documented flags (evaluation spec §4): each a small function with an ID.
+"""Evaluation checks as documented flags (docs/checks.md): each a small function with an ID.
 
 >>> from robustmed.checks import CHECKS
 >>> CHECKS.get("A3").severity

@@ -1,4 +1,4 @@
-"""Attack-correctness invariants B1–B15 (evaluation spec §4.B).
+"""Attack-correctness invariants B1–B17 (docs/checks.md, B).
 
 The cheap ones read the run's per-sample rows (always on); the costly ones re-attack a seeded
 subset of the run's samples through the harness (``--checks full``). B11 (transfer from the

@@ -1,4 +1,4 @@
-"""Pre-flight checks A1–A10 (evaluation spec §4.A), and D2, cheap probes run before every benchmark.
+"""Pre-flight checks A1–A10 (docs/checks.md, A), and D2, cheap probes run before every benchmark.
 
 They look at the model and the data only; no attack has run yet. The global RNG is restored
 afterwards, so a run's rows are the same with or without the checks.

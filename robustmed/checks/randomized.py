@@ -1,4 +1,4 @@
-"""Randomized (C1–C4) and non-differentiable/dynamic (D1, D4) defenses (evaluation spec §4.C–D).
+"""Randomized (C1–C4) and non-differentiable/dynamic (D1, D4) defenses (docs/checks.md, C and D).
 
 D2 (attack surface) runs before the attack (:mod:`robustmed.checks.surface`); D3 needs the
 defense-removed model (:mod:`robustmed.checks.ablation`).

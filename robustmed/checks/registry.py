@@ -1,6 +1,6 @@
 """Checks as documented flags (AutoAttack's ``checks.py``): an ID, a severity, a one-line reason.
 
-Each rule of the evaluation spec (§4: A pre-flight, B invariants, C randomized, D non-differentiable)
+Each evaluation rule (docs/checks.md: A pre-flight, B invariants, C randomized, D non-differentiable)
 is registered once as a :class:`Check`; running it yields a :class:`Finding` stored with the run.
 ERROR blocks the result, FLAG marks it "potentially unreliable", INFO is only recorded. A check that
 raises on a model (say, one whose forward does not survive the check's surgery) is recorded as not run

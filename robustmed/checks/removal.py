@@ -12,8 +12,8 @@ at inference replaced by its mean (or by nothing):
 | `l2p` | injections σ ⊙ ε | identity (mean 0) |
 | `rpf` | random projection filters | random kernels replaced by their mean, 0 |
 | `ctrw` | x ⊙ (μ + σ ⊙ ε) | x ⊙ μ |
-| `rpan` | RPF as `rpf`; MAN t ⊙ η′ | t ⊙ δσ_n² (E[η′] = δσ_n², §5.2b) |
-| `rpan-code` | MAN clip(t + η′, 0, 1); always-on dropout | t + δσ_n², no clip (§5.6 mean-field); dropout off |
+| `rpan` | RPF as `rpf`; MAN t ⊙ η′ | t ⊙ δσ_n² (E[η′] = δσ_n²) |
+| `rpan-code` | MAN clip(t + η′, 0, 1); always-on dropout | t + δσ_n², no clip (mean-field); dropout off |
 | any | :class:`~robustmed.attacks.bpda.BPDA`, :class:`~robustmed.randomness.InputNoise` | identity |
 
 Whether the weights themselves carry the defense (adversarial training) is the defense's registry

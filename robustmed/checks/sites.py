@@ -6,7 +6,7 @@ exposes each one as a straight-through switch (:mod:`robustmed.checks.bpda`); a
 switch compares the gradient arriving at the op's output with the one it hands to its input. For an
 op the attack can follow, the two agree (straight-through would pass the first on unchanged);
 entries that arrive non-zero and leave as zero are *blocked* (a clip's saturated entries: spec
-defenses.md §2.1, "clipping gives exactly zero input-gradient"), and a low cosine between the two
+the released Robust-MAIL code: "clipping gives exactly zero input-gradient"), and a low cosine between the two
 means the op *shatters* the gradient. Either is obfuscation that a plain gradient attack cannot
 see through, which is why such defenses are attacked with BPDA.
 """

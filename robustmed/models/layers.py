@@ -1,4 +1,4 @@
-"""Building blocks shared by MAIL's modules (Dhar et al., KDD'26, spec §1.3–§1.4, §6)."""
+"""Building blocks shared by MAIL's modules (Dhar et al., KDD'26)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-# Keras defaults the authors' code runs with (spec §1.5): BN momentum 0.99 → 0.01 here, ε 1e-3.
+# Keras defaults the authors' code runs with: BN momentum 0.99 → 0.01 here, ε 1e-3.
 BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
 

@@ -1,6 +1,6 @@
 """MAIL: multi-branch ERLA network with EMCAM fusion (Dhar et al., KDD'26), as the authors' code builds it.
 
-Code-faithful defaults per spec/defenses.md §1.6; paper variants are flags on :class:`MAILConfig`.
+Defaults follow the authors' released code where it differs from the paper (docs/models.md); paper variants are flags on :class:`MAILConfig`.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class MAILConfig:
     groups: int = 16
     ca_reduction: int = 4
     dropout: float = 0.25
-    inference_dropout: bool = False  # the authors' always-on dropout (§1.5); makes MAIL randomized
+    inference_dropout: bool = False  # the authors' always-on dropout; makes MAIL randomized
     ca_sum_pool: bool = True  # code: CA descriptor 2·GMP + GSP; paper: 2·GMP
     code_faithful_m2: bool = True  # code's sequential EMSCA pairing for m = 2
     # Keras' 0.99 running-average momentum (0.01 here) needs the code's long schedule; the CPU preset's
@@ -68,7 +68,7 @@ class MSGDC(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """CA of §1.3: A_c = σ(θ · Dense(ReLU(Dense(d)))), d = 2·GMP (+ GSP in the code)."""
+    """Channel attention: A_c = σ(θ · Dense(ReLU(Dense(d)))), d = 2·GMP (+ GSP in the code)."""
 
     def __init__(self, channels: int, reduction: int, sum_pool: bool):
         super().__init__()
@@ -141,7 +141,7 @@ class EMSCAConv(nn.Module):
 
 
 class EMCAM(nn.Module):
-    """EMCAM = MFIFA (DCT bands) + EMSCA (multi-scale spatial/channel), one A_m gating every branch (§1.4)."""
+    """EMCAM = MFIFA (DCT bands) + EMSCA (multi-scale spatial/channel), one A_m gating every branch."""
 
     def __init__(self, channels: int, branches: int, cfg: MAILConfig):
         super().__init__()

@@ -87,7 +87,7 @@ def _protocol(rows: pd.DataFrame) -> str:
 
 
 def fired_flags(manifest: dict) -> tuple[str, ...]:
-    """IDs of FLAG/ERROR findings a run recorded (checks of spec/evaluation.md §4)."""
+    """IDs of FLAG/ERROR findings a run recorded (docs/checks.md)."""
     return tuple(sorted({f["id"] for f in manifest.get("findings", [])
                          if f.get("fired") and f.get("severity") in ("FLAG", "ERROR")}))
 
