@@ -195,23 +195,15 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from robustmed.models.zoo import DEFAULT_MODEL, MODELS
+    from robustmed.models.zoo import DEFAULT_MODEL
     from robustmed.provenance import resolve_device
-    from robustmed.training import TrainConfig, train
+    from robustmed.trainer import TrainConfig, train
 
     _apply_threads(args)
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
-    multimodal = getattr(MODELS.get(args.model or DEFAULT_MODEL), "multimodal", False)
-    if multimodal:  # MMCAF-Net, IIMGF-Net: their own data, loss and thresholds
-        from robustmed.train_multimodal import train
-    cfg = TrainConfig(defense=args.defense or "none", model=args.model or DEFAULT_MODEL,
-                      dataset=args.dataset or (None if multimodal else "pneumoniamnist"), data_root=args.data_root,
-                      recipe=args.recipe,
-                      epochs=args.epochs, seed=args.seed, device=str(resolve_device(args.device)), out=args.out,
+    cfg = TrainConfig(defense=args.defense or "none", model=args.model or DEFAULT_MODEL, dataset=args.dataset,
+                      data_root=args.data_root, recipe=args.recipe, epochs=args.epochs, seed=args.seed,
+                      device=str(resolve_device(args.device)), out=args.out,
                       progress=not (args.no_progress or args.json), init=args.init)
-    if multimodal and args.init:
-        raise UserError("--init is for the image models; the multi-input models train from scratch")
     meta = train(cfg)
     if args.json:
         print(json.dumps({**{k: meta[k] for k in ("checkpoint", "val_accuracy", "test_accuracy", "sha256",

@@ -14,15 +14,14 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from robustmed import checkpoints, multilabel, multimodal_data, tabular
+from robustmed import checkpoints, multilabel, multilabel_fit, multimodal_data, tabular
 from robustmed.errors import UserError
 from robustmed.factory import build
 from robustmed.models.zoo import MODELS
 from robustmed.progress import progress_bar
-from robustmed.provenance import git_commit, machine, package_versions
 from robustmed.recipes import RECIPES, Recipe, default_recipe
 from robustmed.tensors import take
-from robustmed.training import TrainConfig, augment
+from robustmed.training import TrainConfig, augment, make_optimizer, make_scheduler, provenance
 
 
 def _flip(volume: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -54,15 +53,6 @@ def _pos_weight(labels: torch.Tensor, recipe: Recipe) -> torch.Tensor | None:
         return None
     positives = labels.float().sum(0).clamp_min(1)
     return (len(labels) - positives) / positives
-
-
-def _optimizer(model, recipe: Recipe):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
 
 
 def _build(cfg: TrainConfig, preset, dataset):
@@ -114,8 +104,8 @@ def train(cfg: TrainConfig) -> dict:
     epochs = cfg.epochs or recipe.epochs
     generator = torch.Generator().manual_seed(cfg.seed)
     spec, model = _build(cfg, preset, dataset)
-    optimizer = _optimizer(model, recipe)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=recipe.min_lr)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe, epochs)
     x_val, y_val = dataset.label_matrix("val")
     if cfg.limit is not None:
         x_val, y_val = take(x_val, slice(0, cfg.limit)), y_val[:cfg.limit]
@@ -142,28 +132,19 @@ def train(cfg: TrainConfig) -> dict:
 
 def _finish(cfg, preset, dataset, recipe, spec, model, best, history, training_time, epochs, x_val, y_val,
             per_epoch_images: int) -> dict:
-    val_logits = multilabel.label_logits(model, x_val).cpu()
-    model.thresholds.copy_(multilabel.calibrate_thresholds(val_logits, y_val))
-    thresholds = model.thresholds.cpu()
-    x_test, y_test = dataset.label_matrix("test")
-    test_pred = (multilabel.label_logits(model, x_test).cpu() > thresholds).long()
-    val_pred = (val_logits > thresholds).long()
-    by_criterion = multilabel.criteria_accuracy(test_pred, y_test, dataset.labels)
+    tested = multilabel_fit.finish(model, x_val, y_val, *dataset.label_matrix("test"))
+    val_pred = (multilabel.label_logits(model, x_val) > model.thresholds.cpu()).long()
     out = checkpoints.destination(cfg.out, preset.name, dataset.key, "none")
     metadata = {
         "model": preset.name, "defense": "none", "defense_version": "1", "dataset": dataset.key,
         "dataset_sha256": dataset.sha256, "recipe": asdict(recipe), "train_step": "bce (per label)",
-        "selection": "mean validation AUROC over labels", "seed": cfg.seed, "epochs": epochs,
-        "best_epoch": best[1], "train_images": per_epoch_images,
-        "labels": list(dataset.labels), "thresholds": thresholds.tolist(),
-        "threshold_rule": "per label, the validation threshold maximising balanced accuracy (Youden's J)",
-        "val_mean_auroc": best[0], "val_accuracy": multilabel.criteria_accuracy(val_pred, y_val, dataset.labels)["any"],
-        "test_mean_auroc": multilabel.mean_auroc(multilabel.label_logits(model, x_test).cpu(), y_test),
-        "test_accuracy": by_criterion["any"], "test_accuracy_draws": 1, "test_accuracy_by_criterion": by_criterion,
-        "test_label_accuracy": multilabel.label_accuracy(test_pred, y_test, dataset.labels),
+        "seed": cfg.seed, "epochs": epochs, "best_epoch": best[1], "train_images": per_epoch_images,
+        "val_mean_auroc": best[0],
+        "val_accuracy": multilabel.criteria_accuracy(val_pred, y_val, dataset.labels)[multilabel.ANY],
+        **tested,
         "training_time_s": round(training_time, 1), "history": history, "build": spec,
         **_features_record(dataset),
-        "packages": package_versions(), "git_commit": git_commit(), "machine": machine(torch.device(cfg.device)),
+        **provenance(cfg.device),
     }
     metadata = checkpoints.save(model.state_dict(), out, metadata)
     metadata["checkpoint"] = str(out)

@@ -55,10 +55,10 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, options: dict | None 
     groups = [{"params": params, "weight_decay": decays[name]}
               for name, params in parameter_groups(model).items() if name in decays]
     if recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
-    return optimizer
+        return torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
 
 
 def make_optimizers(model: torch.nn.Module, recipe: Recipe, options: dict | None = None) -> dict:
@@ -98,7 +98,7 @@ def _materialize(model, x) -> None:
 class TrainConfig:
     defense: str = "none"
     model: str = DEFAULT_MODEL
-    dataset: str = data_mod.DEFAULT_DATASET
+    dataset: str | None = None  # default: pneumoniamnist; a multi-input preset's own data set
     data_root: str | None = None
     recipe: str | None = None
     epochs: int | None = None
@@ -108,6 +108,11 @@ class TrainConfig:
     progress: bool = True
     limit: int | None = None  # train on the first N images only (tests)
     init: str | None = None  # start from this checkpoint's matching weights (e.g. the clean model)
+
+
+def provenance(device) -> dict:
+    """What every checkpoint's metadata records about the code and machine that trained it."""
+    return {"packages": package_versions(), "git_commit": git_commit(), "machine": machine(torch.device(device))}
 
 
 def _select(x, y, limit):
@@ -179,7 +184,7 @@ def _prepare(cfg: TrainConfig) -> _Training:
     """Data, model (defense attached, statistics fitted, optionally initialised), optimisers and the fixed
     robust-validation subset, in the order the seeded streams are consumed."""
     info = DEFENSES.get(cfg.defense)
-    dataset = data_mod.load(cfg.dataset, cfg.data_root)
+    dataset = data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET, cfg.data_root)
     recipe = RECIPES.get(cfg.recipe or default_recipe(cfg.model, info.cpu_recipe))
     epochs, device = cfg.epochs or recipe.epochs, torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -298,7 +303,7 @@ def _save(run: _Training, training_time: float) -> dict:
         "warnings": warnings,
         **tested,
         "training_time_s": round(training_time, 1), "history": run.history, "build": run.build_spec,
-        "packages": package_versions(), "git_commit": git_commit(), "machine": machine(run.device),
+        **provenance(run.device),
     }
     metadata = checkpoints.save(model.state_dict(), out, metadata)
     metadata["checkpoint"] = str(out)
