@@ -52,14 +52,12 @@ class Outcome:
         _put(self.x_adv, rows, take(other.x_adv, rows))
 
 
-
 def _put(target: Inputs, rows, values: Inputs) -> None:
     if isinstance(target, Mapping):
         for name in target:
             target[name][rows] = values[name]
     else:
         target[rows] = values
-
 
 
 def _norms(x_adv: Inputs, x: Inputs) -> tuple[torch.Tensor, dict]:
@@ -70,13 +68,11 @@ def _norms(x_adv: Inputs, x: Inputs) -> tuple[torch.Tensor, dict]:
     return torch.stack(list(per_input.values())).amax(0), per_input
 
 
-
 def _changed(x_adv: Inputs, reference: Inputs) -> torch.Tensor:
     """Rows whose example differs from the reference's (an iteration-sweep snapshot vs the final example)."""
     if isinstance(x_adv, Mapping):
         return torch.stack([_changed(x_adv[n], reference[n]) for n in x_adv]).any(0)
     return (x_adv != reference).flatten(1).any(1)
-
 
 
 def judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=None):
@@ -117,7 +113,6 @@ def judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=Non
     return result, hits, hits.clamp(max=1)
 
 
-
 def run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None, on_pass=None):
     """Attack one chunk and judge it (every sweep step's snapshot too).
 
@@ -146,7 +141,6 @@ def run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=Non
     return judged
 
 
-
 def _counted(forward, on_pass):
     def counted(inputs):
         on_pass()
@@ -154,25 +148,33 @@ def _counted(forward, on_pass):
     return counted
 
 
+STEPPED = ("pgd", "bim", "mim")
 
-STEPPED = ("pgd", "bim", "mim")  # families whose passes per chunk are known in advance: (steps + 1) × EOT × restarts
 
+def expected_passes(spec: AttackSpec) -> int | None:
+    """Model passes one chunk costs when no sample leaves early, for attacks whose count is fixed in advance:
+    iterative attacks (steps + 1) × EOT × restarts; Square one averaged query per step plus its final scoring.
+    None for the AutoAttack cascades, whose later stages run only on the samples earlier ones leave."""
+    if spec.family in STEPPED:
+        return (spec.steps + 1) * max(spec.eot, 1) * max(spec.restarts, 1)
+    if spec.family == "square":
+        return (spec.steps + 1) * max(spec.eot, 1) + 1
+    return None
 
 
 def _pass_reporter(spec: AttackSpec, samples: int, meter: Meter | None):
-    """A callback advancing ``meter`` by one pass's share of the chunk, for attacks whose pass count is known."""
-    if meter is None or meter.listener is None or spec.family not in STEPPED:
+    """A callback advancing ``meter`` by one pass's share of the chunk, for attacks whose pass count is known;
+    a chunk that ends early is committed whole, so the bar never overstates the work done."""
+    passes = expected_passes(spec)
+    if meter is None or meter.listener is None or passes is None:
         return None
-    passes = (spec.steps + 1) * max(spec.eot, 1) * max(spec.restarts, 1)
     return lambda: meter.provisional(samples / passes, samples)
-
 
 
 def chunks(mask: torch.Tensor, size: int) -> tuple:
     """Indices where ``mask`` is set, in chunks of ``size``; none when it is empty (every sample broken)."""
     todo = torch.nonzero(mask).flatten()
     return todo.split(size) if len(todo) else ()
-
 
 
 def attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, threat, carried, tick, meter=None):
@@ -203,7 +205,6 @@ def attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, 
     return outcomes
 
 
-
 def nest(outcomes: dict, carried: "Outcome | None", attacked: torch.Tensor) -> None:
     """Randomized models: a sample's result never gets weaker with more steps or a larger ε (checks B5).
 
@@ -219,7 +220,6 @@ def nest(outcomes: dict, carried: "Outcome | None", attacked: torch.Tensor) -> N
         previous = outcome
 
 
-
 def record(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps, mask) -> None:
     linf, per_input = _norms(to_device(result.x_adv, "cpu"), x_chunk)
     outcome.adv_pred[chunk], outcome.success[chunk] = result.adv_pred.cpu(), result.success.cpu() | ~correct
@@ -230,7 +230,6 @@ def record(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps, mask) -
     _put(outcome.x_adv, chunk, to_device(result.x_adv, "cpu"))
 
 
-
 @dataclass
 class Clean:
     pred: torch.Tensor
@@ -239,7 +238,6 @@ class Clean:
     correct: torch.Tensor
     attackable: torch.Tensor
     mask: torch.Tensor
-
 
 
 def frame(spec: AttackSpec, eps: float, outcome: Outcome, clean: Clean, y, sample_ids, seed, threat,

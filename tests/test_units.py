@@ -214,3 +214,24 @@ def test_unit_progress_moves_with_the_attack_steps(pneumonia):
     with listening(seen.append):
         attack_rows(TinyCNN().eval(), x[:32], y[:32], list(range(32)), [parse_attack("pgd10")], [4 / 255])
     assert len(seen) >= 11 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 0.2
+
+
+def test_square_progress_moves_with_its_queries():
+    """Square's bar advances per query on a model it cannot break, and its pass count is exactly the expected one."""
+    import torch
+
+    from robustmed.attacks import parse_attack
+    from robustmed.harness import attack_rows
+    from robustmed.outcomes import expected_passes
+    from robustmed.progress import listening
+    from robustmed.resolve import resolve_spec
+
+    class Unbreakable(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.full((len(x),), 5.0), torch.zeros(len(x))], 1) + 0 * x.flatten(1)[:, :1]
+
+    x, y, seen = torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long), []
+    with listening(seen.append):
+        attack_rows(Unbreakable(), x, y, list(range(8)), [parse_attack("square10")], [4 / 255])
+    assert expected_passes(resolve_spec(parse_attack("square10"), randomized=False, num_classes=2)) == 12
+    assert len(seen) >= 12 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 0.2
