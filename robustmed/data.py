@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -103,6 +104,30 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def md5_file(path: str | os.PathLike) -> str:
     return file_digest(path, "md5")
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What a run and ``train`` read from a data set, whatever its files: a MedMNIST npz (:class:`MedMNISTData`),
+    two paired npz files or volumes with tabular features (:class:`robustmed.multimodal_data.MultimodalData`)."""
+
+    key: str  # names checkpoints and results
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def num_classes(self) -> int: ...  # classes as judged (a multi-label task: its criterion's)
+
+    @property
+    def multilabel(self) -> bool: ...
+
+    def label_matrix(self, split: str) -> tuple: ...  # inputs and the labels as stored
+
+    def split(self, split: str) -> tuple: ...  # inputs and the labels as judged
 
 
 @dataclass

@@ -62,6 +62,11 @@ class MultimodalData:
     def num_classes(self) -> int:
         return self.criterion.num_classes
 
+    @property
+    def multilabel(self) -> bool:
+        """Labels come as a matrix judged through a criterion (always, for the multi-input presets)."""
+        return True
+
     def label_matrix(self, split: str) -> tuple[dict, torch.Tensor]:
         """Named inputs and the (N, L) binary labels of one split (cached)."""
         if split not in data_mod.SPLITS:

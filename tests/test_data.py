@@ -130,3 +130,13 @@ def test_paired_inputs_feed_a_two_head_mail(pneumonia, data_root):
     model.head = None
     out = model({k: v[:5] for k, v in inputs.items()})
     assert len(out) == 2 and out[0].shape == (5, 2) and out[1].shape == (5, 2)
+
+
+def test_every_kind_of_data_set_keeps_the_one_dataset_protocol(data_root):
+    from robustmed import multimodal_data
+    from robustmed.data import Dataset, load
+    from robustmed.models.zoo import MODELS
+
+    assert isinstance(load("pneumoniamnist"), Dataset)
+    paired = multimodal_data.load(MODELS.get("iimgf-net"), None, None)
+    assert isinstance(paired, Dataset) and paired.multilabel
