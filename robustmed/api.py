@@ -24,11 +24,12 @@ from robustmed import data as data_mod, store
 from robustmed.checks import CheckContext, Finding, unreliable
 from robustmed.contracts import adapt_head, as_multilabel, check_range
 from robustmed.errors import UserError
-from robustmed.seeds import select_subset
-from robustmed.summary import summarize
+from robustmed.ordinal import criterion_of
 from robustmed.provenance import ENGINE, package_versions, resolve_device, weights_sha256
 from robustmed.run.bench import BenchConfig, attack_and_check
 from robustmed.run.threats import declare_criterion, for_checks
+from robustmed.seeds import select_subset
+from robustmed.summary import summarize
 from robustmed.tensors import batch_size, take, to_device
 
 @dataclass
@@ -130,6 +131,12 @@ def evaluate(model: torch.nn.Module, x, y: torch.Tensor | None = None, *, attack
     ctx = CheckContext(model, x, y, cfg.eps_values(), cfg.specs(), facts["num_classes"], task=facts["task"],
                        full_split=facts["full_split"], device=device, seed=seed, batch_size=batch_size,
                        sample_ids=ids)
+    grade = criterion_of(criterion, model, x, device)
+    if grade is not None:  # ordinal: success is a move of K grades (robustmed.ordinal)
+        ctx.extras.update(success_criterion=grade.description, grade=grade)
+    elif criterion and not isinstance(x, (str, Path)) and not hasattr(model, "set_criterion"):
+        raise UserError(f"criterion {criterion!r}: on tensors only grade:K applies; give a data set name for the "
+                        "multi-label criteria")
     ctx = for_checks(ctx)
     rows, findings, _ = attack_and_check(cfg, ctx, refuse=True)
     result = Evaluation(summarize(rows), rows, findings, ctx.randomized)

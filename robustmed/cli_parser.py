@@ -59,7 +59,8 @@ def _bench_parser(sub) -> None:
                        help="multi-input models: inputs attacked, comma-separated: joint | image | tabular | an "
                             "input's name; NAME:INPUT=EPS sets an input's ε (e.g. joint:shape=0.25); default joint")
     bench.add_argument("--criterion", default=None,
-                       help="multi-label tasks: success criterion, any (any-label flip, default) | label:NAME")
+                       help="multi-label tasks: any (any-label flip, default) | label:NAME; ordinal tasks: grade:K "
+                            "(the prediction moves at least K grades)")
 
 
 def _train_parser(sub) -> None:

@@ -4,6 +4,7 @@ name)."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from robustmed.cli import main
@@ -109,3 +110,42 @@ def test_criterion_on_a_single_label_task_is_refused(tmp_path, capsys):
     assert main(["bench", "--checkpoint", str(checkpoint), "--dataset", str(data), "--attack", "pgd2", "--n", "4",
                  "--criterion", "any", "--out", str(tmp_path / "r")]) == 2
     assert "--criterion applies to multi-label tasks" in capsys.readouterr().err
+
+
+def test_the_grade_view_flips_exactly_when_the_grade_moves_k_grades():
+    import torch
+
+    from robustmed.ordinal import GradeView
+
+    logits = torch.randn(500, 5, generator=torch.Generator().manual_seed(0))
+    for center in range(5):
+        for k in (1, 2, 3):
+            view = GradeView(lambda x: x, center, k, 5)(logits)
+            far = (logits.argmax(1) - center).abs() >= k
+            assert torch.equal(view.argmax(1) == 1, far)
+
+
+def test_an_ordinal_task_benches_under_grade_k(tmp_path, capsys):
+    data = _medmnist_file(tmp_path / "retinamnist.npz", (28, 28, 3), 5)
+    checkpoint = tmp_path / "model.pt"
+    assert main(["train", "--dataset", str(data), "--epochs", "1", "--out", str(checkpoint), "--no-progress"]) == 0
+    capsys.readouterr()
+    reports = {}
+    for criterion in ("grade:1", "grade:2"):
+        assert main(["bench", "--checkpoint", str(checkpoint), "--dataset", str(data), "--attack", "pgd3", "--n", "12",
+                     "--criterion", criterion, "--out", str(tmp_path / "r"), "--json"]) == 0
+        reports[criterion] = json.loads(capsys.readouterr().out)
+        manifest = json.loads(open(reports[criterion]["manifest"]).read())
+        a8 = next(f for f in manifest["findings"] if f["id"] == "A8")
+        assert not a8["fired"] and f"at least {criterion[-1]} grade" in a8["reason"]
+        rows = pd.read_parquet(reports[criterion]["results"])
+        assert set(rows.label) <= set(range(5)) and rows.adv_pred.isin([-1, *range(5)]).all()
+        assert (rows.adv_pred[rows.robust] == rows.label[rows.robust]).all()  # robust: still within K grades
+    # clean judging is exact: a prediction within 1 grade of the label is within 2
+    assert reports["grade:2"]["clean_accuracy"] >= reports["grade:1"]["clean_accuracy"]
+    assert main(["bench", "--checkpoint", str(checkpoint), "--dataset", str(data), "--attack", "pgd3", "--n", "4",
+                 "--criterion", "grade:5", "--out", str(tmp_path / "r")]) == 2
+    assert "K must be between 1 and 4" in capsys.readouterr().err
+    assert main(["bench", "--checkpoint", str(checkpoint), "--dataset", str(data), "--attack", "pgd3", "--n", "4",
+                 "--criterion", "grade:2", "--checks", "full", "--out", str(tmp_path / "r")]) == 2
+    assert "under --criterion grade:K use --checks cheap" in capsys.readouterr().err

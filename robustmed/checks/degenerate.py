@@ -18,6 +18,8 @@ B17 = register("B17", "the attacks moved some prediction", FLAG)
 ONE_CLASS_SHARE = 0.95  # one answer for this share of the samples is "nearly all"
 CHANCE_MARGIN = 0.05  # balanced accuracy within 5 points of chance is "at chance"
 MIN_SAMPLES = 20  # below this the shares say too little to flag
+BANDS = ("under grade:K a prediction is stored as its band (the true grade, or −1 when K or more grades away), "
+         "so a move within the band is not seen: bench without --criterion to check that the model uses its input")
 
 
 @A11.guard
@@ -25,6 +27,8 @@ def degenerate_classifier(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """A11: the clean predictions are not (nearly) one class, unless the labels are too."""
     if ctx.task.startswith("multi-label"):
         return A11.passed("multi-label task: joint label vectors are judged by the per-label thresholds instead")
+    if ctx.extras.get("grade"):
+        return A11.passed(BANDS)
     clean = per_sample(rows)
     if len(clean) < MIN_SAMPLES:
         return A11.passed(f"{len(clean)} samples: too few to judge", n=len(clean))
@@ -47,6 +51,8 @@ def degenerate_classifier(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
 @B17.guard
 def attacks_moved_something(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B17: with ε > 0 some attack changes some prediction; if none does, robust equals clean by construction."""
+    if ctx.extras.get("grade"):
+        return B17.passed(BANDS)
     attacked = rows[(rows.eps > 0) & ~rows.attack.str.startswith("null")]  # null presents the clean image
     samples = attacked.sample_id.nunique()
     if samples < MIN_SAMPLES:

@@ -26,7 +26,7 @@ from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, 
 from robustmed.checks.bpda import bpda, switches
 from robustmed.checks.preflight import CLEAN_PASS
 from robustmed.errors import UserError
-from robustmed.harness import attack_rows
+from robustmed.ordinal import judged_rows
 from robustmed.resolve import with_null_baseline
 from robustmed.summary import summarize
 from robustmed.progress import status
@@ -117,6 +117,8 @@ def validate(cfg: BenchConfig):
         raise UserError("no attack given; e.g. --attack pgd100")
     if cfg.n is not None and cfg.n < 1:
         raise UserError(f"--n must be positive, got {cfg.n}")
+    if cfg.checks == "full" and (cfg.criterion or "").startswith("grade:"):
+        raise UserError("--checks full re-attacks with an argmax flip; under --criterion grade:K use --checks cheap")
     if cfg.checks not in LEVELS:
         raise UserError(f"--checks must be one of {', '.join(LEVELS)}, got {cfg.checks!r}")
     if cfg.batch_size < 1 or cfg.unit_size() % cfg.batch_size:
@@ -139,7 +141,7 @@ def attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
         refuse_on_errors(preflight)
     with bpda(ctx.model) if ctx.nondiff_ops else nullcontext(0) as straight_through:
         specs = [parse_attack(name) for name in with_null_baseline([s.name for s in ctx.specs], ctx.randomized)]
-        rows = attack_rows(ctx.model, ctx.x, ctx.y, ctx.ids, specs, ctx.eps, seed=cfg.seed,
+        rows = judged_rows(ctx.model, ctx.x, ctx.y, ctx.ids, specs, ctx.eps, ctx.extras.get("grade"), seed=cfg.seed,
                            batch_size=cfg.batch_size, device=ctx.device, progress=cfg.progress,
                            randomized=ctx.randomized, clean_pass=_clean_pass(ctx))
         with status(f"{cfg.checks} checks on the rows", cfg.progress):

@@ -22,6 +22,7 @@ from robustmed.errors import UserError
 from robustmed.factory import from_checkpoint, shipped_checkpoint
 from robustmed.seeds import select_subset
 from robustmed.models.zoo import MODELS
+from robustmed.ordinal import GradeCriterion
 from robustmed.provenance import resolve_device, weights_sha256
 from robustmed.run.config import BenchConfig
 from robustmed.run.threats import declare_criterion, for_checks, threat_models
@@ -191,6 +192,9 @@ def check_context(cfg: BenchConfig, target: Target, ids: np.ndarray, device) -> 
                        registry_accuracy=ckpt.get("test_accuracy") if same_data else None,
                        full_split=len(ids) == batch_size(x_all), device=device, seed=cfg.seed,
                        batch_size=cfg.batch_size, sample_ids=ids)
+    if isinstance(target.dataset.criterion, GradeCriterion):  # ordinal: success is a move of K grades
+        ctx.extras["success_criterion"] = target.dataset.criterion.description
+        ctx.extras["grade"] = target.dataset.criterion
     return for_checks(ctx)
 
 

@@ -19,6 +19,7 @@ from robustmed import multilabel
 from robustmed.attacks.base import parse_number
 from robustmed.attacks.threat import InputThreat, Packing, ThreatModel
 from robustmed.errors import UserError
+from robustmed.ordinal import parse_grade
 from robustmed.run.config import split_attacks
 
 
@@ -95,12 +96,18 @@ class PackedView(nn.Module):
 
 def declare_criterion(model, dataset, text: str | None) -> None:
     """A multi-label model answers through ``text``'s criterion (``any``, ``label:NAME``) and the data set's
-    labels become its classes; ``--criterion`` on any other model is refused."""
+    labels become its classes; an ordinal task takes ``grade:K``; ``--criterion`` on any other task is refused."""
     if hasattr(model, "set_criterion"):
         model.set_criterion(text)
         dataset.criterion = model.criterion
+    elif text and dataset.task.startswith("ordinal"):
+        dataset.criterion = parse_grade(text, dataset.num_classes)
+        if dataset.criterion is None:
+            raise UserError(f"bad success criterion {text!r} for the ordinal task {dataset.key}: use grade:K "
+                            "(the prediction moves at least K grades from the label)")
     elif text:
-        raise UserError(f"--criterion applies to multi-label tasks; {dataset.key} is {dataset.task!r}: leave it out")
+        raise UserError(f"--criterion applies to multi-label tasks (any, label:NAME) and ordinal ones (grade:K); "
+                        f"{dataset.key} is {dataset.task!r}: leave it out")
 
 
 

@@ -16,7 +16,7 @@ from robustmed import store
 from robustmed.attacks import parse_attack, parse_eps_list
 from robustmed.checks.bpda import bpda
 from robustmed.errors import UserError
-from robustmed.harness import attack_rows
+from robustmed.ordinal import criterion_of, judged_rows
 from robustmed.provenance import git_commit, resolve_device
 from robustmed.run.config import BenchConfig
 from robustmed.run.plan import Unit
@@ -104,10 +104,11 @@ def compute(unit: Unit, device) -> pd.DataFrame:
     model, x_all, y_all = _load(unit.job, device)
     ids = np.asarray(unit.sample_ids)
     with bpda(model) if unit.job["bpda"] else nullcontext():
-        return attack_rows(model, take(x_all, ids), y_all[ids], ids, [parse_attack(unit.attack)],
-                           parse_eps_list(config["eps"]), seed=config["seed"], batch_size=config["batch_size"],
-                           device=device, progress=False, randomized=unit.job["randomized"],
-                           threat=bench_threats(model, config), clean_pass=_shared_clean(unit.job, device, ids))
+        return judged_rows(model, take(x_all, ids), y_all[ids], ids, [parse_attack(unit.attack)],
+                           parse_eps_list(config["eps"]), criterion_of(config.get("criterion"), model, x_all, device),
+                           seed=config["seed"], batch_size=config["batch_size"], device=device, progress=False,
+                           randomized=unit.job["randomized"], threat=bench_threats(model, config),
+                           clean_pass=_shared_clean(unit.job, device, ids))
 
 
 
