@@ -171,13 +171,15 @@ def assess(forward, x, y, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
     return hits, margin / max(1, draws)
 
 
-def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed: int = 0) -> AttackResult:
+def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed: int = 0,
+                   on_stage=None) -> AttackResult:
     """The cascade: stage k runs on the samples whose best candidate is still correct in some draw.
 
     A candidate replaces a sample's best when it is correct in fewer of ``draws`` passes (one on a
     deterministic model), or as often with a higher mean margin; ``first_success`` is the stage at
     which the best became wrong in every pass. All stages share ``seed`` (as fra31's AutoAttack
-    does); pyautoattack reseeds the global RNG, so its state is restored afterwards.
+    does); pyautoattack reseeds the global RNG, so its state is restored afterwards. ``on_stage`` hears the
+    share of stages done after each one (later stages run only on survivors, so passes are not known ahead).
     """
     if "cascade" not in spec.extra:  # called directly, not through the harness
         with torch.no_grad():
@@ -200,6 +202,8 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
             chosen = rows[better]
             best[chosen], best_hits[chosen], best_margin[chosen] = candidate[better], hits[better], margin[better]
             stage_of[chosen[hits[better] == 0]] = stage
+            if on_stage is not None:
+                on_stage((stage + 1) / len(spec.extra["cascade"]))
     return score(forward, best, y, stage_of)
 
 
@@ -212,5 +216,5 @@ for _name, _stages, _restarts, _description, _defaults, _amp in (  # FAB's const
     FAMILIES.register(_name, AttackFamily(
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
-        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts), amp=_amp,
+        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts), amp=_amp, reports_stages=True,
     ))

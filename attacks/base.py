@@ -123,6 +123,7 @@ class AttackFamily:
     eps_rows: bool = False  # takes ``eps`` as an ``EpsRows``: several ε in one batch (the default ε sweep)
     amp: bool = True  # may run under autocast (FAB's constants overflow fp16: the AA cascade stays fp32)
     uses_eps: bool = True  # False: the same result at every ε (null), so an ε sweep judges it once
+    reports_stages: bool = False  # takes ``on_stage(fraction)``: a cascade says how many of its stages are done
 
 
 FAMILIES: Registry[AttackFamily] = Registry("attack")

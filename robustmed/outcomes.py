@@ -113,7 +113,8 @@ def judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=Non
     return result, hits, hits.clamp(max=1)
 
 
-def run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None, on_pass=None):
+def run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None, on_pass=None,
+               on_stage=None):
     """Attack one chunk and judge it (every sweep step's snapshot too).
 
     Returns ``{steps: (result, hits)}``: the run's own steps, plus each k of an iteration sweep.
@@ -132,6 +133,8 @@ def run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=Non
     if on_pass is not None:
         forward = _counted(forward, on_pass)
     options = {"threat": threat} if threat is not None else {}
+    if on_stage is not None and family.reports_stages:
+        options["on_stage"] = on_stage
     result = family.run(forward, x_dev, labels, spec=spec, eps=eps, start=to_device(start, device), seed=chunk_seed,
                         **options)
     judged = {spec.steps: judge(model, spec, result, x_dev, labels, eps, threat)}
@@ -171,6 +174,18 @@ def _pass_reporter(spec: AttackSpec, samples: int, meter: Meter | None):
     return lambda: meter.provisional(samples / passes, samples)
 
 
+def _stage_reporter(spec: AttackSpec, samples: int, meter: Meter | None):
+    """A callback advancing ``meter`` to a cascade's share of stages done, for attacks that report stages."""
+    if meter is None or meter.listener is None or not FAMILIES.get(spec.family).reports_stages:
+        return None
+    reported = [0.0]
+
+    def report(fraction: float) -> None:
+        meter.provisional(samples * (fraction - reported[0]), samples)
+        reported[0] = fraction
+    return report
+
+
 def chunks(mask: torch.Tensor, size: int) -> tuple:
     """Indices where ``mask`` is set, in chunks of ``size``; none when it is empty (every sample broken)."""
     todo = torch.nonzero(mask).flatten()
@@ -196,7 +211,8 @@ def attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, 
     for chunk in chunks(todo_mask, batch_size):
         warm = take(carried.x_adv, chunk) if carried is not None and spec.eps_mode == "warm" else None
         judged = run_attack(model, spec, take(x, chunk), y[chunk], ids[chunk.numpy()], eps, seed, device,
-                             threat, warm, on_pass=_pass_reporter(spec, len(chunk), meter))
+                             threat, warm, on_pass=_pass_reporter(spec, len(chunk), meter),
+                             on_stage=_stage_reporter(spec, len(chunk), meter))
         for k, (result, hits, mask) in judged.items():
             record(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps, mask)
         tick(len(chunk))

@@ -235,3 +235,21 @@ def test_square_progress_moves_with_its_queries():
         attack_rows(Unbreakable(), x, y, list(range(8)), [parse_attack("square10")], [4 / 255])
     assert expected_passes(resolve_spec(parse_attack("square10"), randomized=False, num_classes=2)) == 12
     assert len(seen) >= 12 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 0.2
+
+
+def test_autoattack_progress_moves_per_stage():
+    """AutoAttack's bar moves as each stage of its cascade finishes, on a model none of them can break."""
+    import torch
+
+    from robustmed.attacks import parse_attack
+    from robustmed.harness import attack_rows
+    from robustmed.progress import listening
+
+    class Unbreakable(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.full((len(x),), 5.0), torch.zeros(len(x))], 1) + 0 * x.flatten(1)[:, :1]
+
+    x, y, seen = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), []
+    with listening(seen.append):
+        attack_rows(Unbreakable(), x, y, list(range(4)), [parse_attack("aa5")], [4 / 255])
+    assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 1
