@@ -197,7 +197,7 @@ def cmd_check(args) -> int:
 def cmd_train(args) -> int:
     from robustmed.models.zoo import DEFAULT_MODEL
     from robustmed.provenance import resolve_device
-    from robustmed.trainer import TrainConfig, train
+    from robustmed.training import TrainConfig, train
 
     _apply_threads(args)
     cfg = TrainConfig(defense=args.defense or "none", model=args.model or DEFAULT_MODEL, dataset=args.dataset,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,8 @@ from robustmed import data as data_mod
 from robustmed import tabular
 from robustmed.errors import UserError
 from robustmed.multilabel import Criterion, parse_criterion, view_labels
+from robustmed.steps import augment
+from robustmed.tensors import take
 
 
 @dataclass
@@ -74,6 +76,34 @@ class MultimodalData:
         if split not in self._cache:
             self._cache[split] = self.loader(split)
         return self._cache[split]
+
+    def epoch(self, generator: torch.Generator, limit: int | None = None) -> tuple[dict, torch.Tensor]:
+        """(inputs, (N, L) labels) of one training epoch: a fresh random index pairing for paired sets."""
+        if not self.sources:
+            x, y = self.label_matrix("train")
+        else:
+            (x1, y1), (x2, y2) = (s.split("train") for s in self.sources)
+            n = min(len(y1), len(y2))
+            first, second = (torch.randperm(len(t), generator=generator)[:n] for t in (y1, y2))
+            x, y = dict(zip(self.inputs, (x1[first], x2[second]))), torch.stack([y1[first], y2[second]], 1)
+        return (x, y) if limit is None else (take(x, slice(0, limit)), y[:limit])
+
+    def augmented(self, batch: dict, generator: torch.Generator) -> dict:
+        """Volumes flipped along random axes (their shape features are flip-invariant); images shifted."""
+        if self.statistics is not None:
+            name = self.inputs[0]
+            return {**batch, name: _flip(batch[name], generator)}
+        return {name: augment(x, generator) for name, x in batch.items()}
+
+    def training_record(self) -> dict:
+        """What a checkpoint trained on this set records about its tabular features."""
+        if self.statistics is None:
+            return {}
+        stats = self.statistics
+        return {"tabular_features": {
+            "primitives": [{**asdict(f), "train_mean": float(m), "train_std": float(s)}
+                           for f, m, s in zip(tabular.PRIMITIVES, stats.mean, stats.std)],
+            "derived": [asdict(f) for f in tabular.DERIVED]}}
 
     def split(self, split: str = "test") -> tuple[dict, torch.Tensor]:
         inputs, labels = self.label_matrix(split)
@@ -153,3 +183,8 @@ def load(preset, name: str | None = None, root=None) -> MultimodalData:
     if kinds == ("image", "tabular"):
         return volume_shapes(name or preset.default_dataset, root, names)
     return paired(name or preset.default_dataset, root, names)
+
+
+def _flip(volume: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    axes = [2 + a for a in range(3) if torch.rand((), generator=generator) < 0.5]
+    return volume.flip(axes) if axes else volume

@@ -104,5 +104,19 @@ def adversarial_examples(model, x, y, ctx: StepContext) -> torch.Tensor:
     return result.x_adv.detach()
 
 
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random shifts of up to 2 px (replicate padding): cheap, label-preserving for these images."""
+    pad = 2
+    padded = F.pad(x, (pad,) * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+
+
+def bce_step(model, x, y, ctx: StepContext) -> torch.Tensor:
+    """A multi-input preset's loss: BCE per label on the network's logits (weighted per label when balanced)."""
+    return F.binary_cross_entropy_with_logits(model.network(x), y.float(), pos_weight=ctx.extras.get("pos_weight"))
+
+
 TRAIN_STEPS: Registry[Callable] = Registry("training step")
 TRAIN_STEPS.register("standard", standard_step)
+TRAIN_STEPS.register("bce", bce_step)

@@ -13,37 +13,28 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-from robustmed import checkpoints, data as data_mod, multilabel_fit
+from robustmed import checkpoints, data as data_mod, multilabel_fit, multimodal_data
 from robustmed.defenses import DEFENSES
 from robustmed.defenses.base import parameter_groups
 from robustmed.errors import UserError
 from robustmed.factory import build
-from robustmed.models.zoo import DEFAULT_MODEL
+from robustmed.models.zoo import DEFAULT_MODEL, MODELS
 from robustmed.progress import progress_bar
 from robustmed.provenance import git_commit, machine, package_versions
 from robustmed.randomness import seed_model
 from robustmed.recipes import RECIPES, Recipe, default_recipe
 from robustmed.selection import selection_key, selection_warnings, test_accuracy, validation_scores
-from robustmed.steps import TRAIN_STEPS, StepContext, set_mode, standard_step
-from robustmed.tensors import take
+from robustmed.steps import TRAIN_STEPS, StepContext, augment, set_mode, standard_step
+from robustmed.tensors import take, to_device
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights, normalised so that a balanced data set gets weight 1 everywhere."""
     counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
     return counts.sum() / (num_classes * counts)
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to 2 px (replicate padding): cheap, label-preserving for these images."""
-    pad = 2
-    padded = F.pad(x, (pad,) * 4, mode="replicate")
-    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-    return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, options: dict | None = None):
@@ -149,17 +140,51 @@ def _initialize(model: nn.Module, path: str, dataset_key: str) -> dict:
 
 
 @dataclass
+class _Images:
+    """A single-input training split: the same images every epoch, shifted by up to 2 px when the recipe augments."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return len(self.y)
+
+    def epoch(self, generator: torch.Generator) -> tuple:
+        return self.x, self.y
+
+    def augmented(self, batch, generator: torch.Generator):
+        return augment(batch, generator)
+
+
+@dataclass
+class _NamedInputs:
+    """A multi-input preset's training data: a fresh pairing every epoch (paired sets) and its own augmentation."""
+
+    dataset: object
+    limit: int | None
+    size: int
+
+    def epoch(self, generator: torch.Generator) -> tuple:
+        return self.dataset.epoch(generator, self.limit)
+
+    def augmented(self, batch, generator: torch.Generator):
+        return self.dataset.augmented(batch, generator)
+
+
+@dataclass
 class _Training:
     """One training run's state, set up once by :func:`_prepare` and advanced one epoch at a time."""
 
     cfg: TrainConfig
     info: object
+    step: str  # the training step's name in TRAIN_STEPS
     dataset: object
     recipe: Recipe
     epochs: int
     device: torch.device
     generator: torch.Generator
-    train_split: tuple
+    source: object  # _Images or _NamedInputs
     val_split: tuple
     val_matrix: torch.Tensor | None  # multi-label tasks: the (N, L) validation labels
     build_spec: dict
@@ -180,46 +205,88 @@ class _Training:
         return self.info.train_options.get("select", "clean")
 
 
-def _prepare(cfg: TrainConfig) -> _Training:
-    """Data, model (defense attached, statistics fitted, optionally initialised), optimisers and the fixed
-    robust-validation subset, in the order the seeded streams are consumed."""
-    info = DEFENSES.get(cfg.defense)
+def _images(cfg: TrainConfig, device) -> tuple:
+    """An image model's data, its model (defense attached, input statistics fitted, optionally initialised)
+    and its step's loss weights; multi-label tasks answer through per-label thresholds."""
     dataset = data_mod.load(cfg.dataset or data_mod.DEFAULT_DATASET, cfg.data_root)
-    recipe = RECIPES.get(cfg.recipe or default_recipe(cfg.model, info.cpu_recipe))
-    epochs, device = cfg.epochs or recipe.epochs, torch.device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
     x_train, y_train = _select(*dataset.split("train"), cfg.limit)
-    x_val, y_val = _select(*dataset.split("val"), cfg.limit)
+    val_split = _select(*dataset.split("val"), cfg.limit)
     val_matrix = _select(*dataset.label_matrix("val"), cfg.limit)[1] if dataset.multilabel else None
-    build_spec = {"model": cfg.model, "defense": cfg.defense, "num_classes": [dataset.num_classes]}
+    spec = {"model": cfg.model, "defense": cfg.defense, "num_classes": [dataset.num_classes]}
     if dataset.multilabel:  # one logit per label, answered through thresholds (robustmed.multilabel_fit)
-        build_spec = {**build_spec, "num_classes": [len(dataset.labels)], "labels": list(dataset.labels)}
-    model = build(**build_spec).to(device)
+        spec = {**spec, "num_classes": [len(dataset.labels)], "labels": list(dataset.labels)}
+    model = build(**spec).to(device)
     seed_model(model, cfg.seed)
     fit_input_statistics(model, x_train.to(device))
     _materialize(model, take(x_train, slice(0, 2)).to(device))
     initialized = _initialize(model, cfg.init, dataset.key) if cfg.init else None
+    return dataset, _Images(x_train, y_train), val_split, val_matrix, spec, model, initialized
+
+
+def _named_inputs(cfg: TrainConfig, preset) -> tuple:
+    """A multi-input preset's data (its own when ``--dataset`` is not given) and network, one logit per label."""
+    if cfg.defense != "none":
+        raise UserError(f"{cfg.model} trains without a defense; use --defense none")
+    dataset = multimodal_data.load(preset, cfg.dataset, cfg.data_root)
+    spec = {"model": preset.name, "defense": "none", "num_classes": [len(dataset.labels)],
+            "config": {"labels": list(dataset.labels), "image_size": dataset.image_size}}
+    model = build(**spec)
+    if dataset.statistics is not None:
+        model.network.features.set_statistics(dataset.statistics, dataset.image_size)
+    x_val, y_val = dataset.label_matrix("val")
+    val_split = (x_val, y_val) if cfg.limit is None else (take(x_val, slice(0, cfg.limit)), y_val[:cfg.limit])
+    first = dataset.epoch(torch.Generator().manual_seed(cfg.seed), cfg.limit)[1]  # sizes and BCE weights
+    source = _NamedInputs(dataset, cfg.limit, len(first))
+    return dataset, source, val_split, val_split[1], spec, model.to(cfg.device), None, first
+
+
+def _loss_weights(dataset, source, recipe: Recipe, first_labels, device) -> dict:
+    """Class-balanced loss weights when the recipe asks: per class for cross-entropy, per label (positives
+    against negatives) for a multi-input preset's BCE; class weights over 2^L joint label vectors would mean
+    nothing, so an image model's multi-label BCE is unweighted, as MedMNIST's."""
+    if recipe.class_weights != "balanced":
+        return {}
+    if first_labels is not None:
+        positives = first_labels.float().sum(0).clamp_min(1)
+        return {"pos_weight": ((len(first_labels) - positives) / positives).to(device)}
+    if dataset.multilabel:
+        return {}
+    return {"class_weight": class_weights(source.y, dataset.num_classes).to(device)}
+
+
+def _prepare(cfg: TrainConfig) -> _Training:
+    """Data, model, optimisers and the fixed robust-validation subset, in the order the seeded streams are
+    consumed."""
+    info, preset = DEFENSES.get(cfg.defense), MODELS.get(cfg.model)
+    recipe = RECIPES.get(cfg.recipe or default_recipe(cfg.model, info.cpu_recipe))
+    epochs, device = cfg.epochs or recipe.epochs, torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if getattr(preset, "multimodal", False):
+        dataset, source, val_split, val_matrix, spec, model, initialized, first = _named_inputs(cfg, preset)
+        step = "bce"
+    else:
+        (dataset, source, val_split, val_matrix, spec, model, initialized), first = _images(cfg, device), None
+        step = info.train_step
     optimizers = make_optimizers(model, recipe, info.train_options)
     scheduler = make_scheduler(optimizers["main"], recipe, epochs)
-    # class weights over 2^L joint label vectors would mean nothing: multi-label BCE is unweighted, as MedMNIST's
-    balanced = recipe.class_weights == "balanced" and not dataset.multilabel
-    weight = class_weights(y_train, dataset.num_classes).to(device) if balanced else None
     ctx = StepContext(0, epochs, recipe, generator, {"optimizer": optimizers["main"], "optimizers": optimizers,
-                                                     "options": info.train_options, "class_weight": weight})
+                                                     "options": info.train_options,
+                                                     **_loss_weights(dataset, source, recipe, first, device)})
     robust_subset, val_generator = None, torch.Generator().manual_seed(cfg.seed + 1)
     if info.train_options.get("select", "clean") == "robust":  # a fixed, seeded subset; its own generator
-        count = min(recipe.val_robust_images or len(y_val), len(y_val))  # leaves the training stream alone
+        x_val, y_val = val_split  # leaves the training stream alone
+        count = min(recipe.val_robust_images or len(y_val), len(y_val))
         chosen = torch.randperm(len(y_val), generator=val_generator)[:count]
         robust_subset = (take(x_val, chosen), y_val[chosen])
-    per_epoch = -(-len(x_train) // recipe.batch_size)
-    return _Training(cfg, info, dataset, recipe, epochs, device, generator, (x_train, y_train), (x_val, y_val),
-                     val_matrix, build_spec, model, initialized, optimizers, scheduler, ctx, robust_subset,
-                     val_generator, per_epoch, min(per_epoch, recipe.batches_per_epoch or per_epoch))
+    per_epoch = -(-source.size // recipe.batch_size)
+    return _Training(cfg, info, step, dataset, recipe, epochs, device, generator, source, val_split, val_matrix,
+                     spec, model, initialized, optimizers, scheduler, ctx, robust_subset, val_generator, per_epoch,
+                     min(per_epoch, recipe.batches_per_epoch or per_epoch))
 
 
 def _train_epoch(run: _Training, epoch: int, advance) -> float:
-    """One epoch of the defense's step (clean steps over the whole split while warming up); the mean loss."""
+    """One epoch of the training step (clean steps over the whole split while warming up); the mean loss."""
     recipe, options, ctx = run.recipe, run.info.train_options, run.ctx
     ctx.epoch = epoch
     warm = epoch < recipe.warmup_epochs
@@ -227,16 +294,16 @@ def _train_epoch(run: _Training, epoch: int, advance) -> float:
     ctx.extras["options"] = {**options, "bn_frozen": bool(options.get("freeze_bn_after_warmup"))
                              and recipe.warmup_epochs > 0 and not warm}
     set_mode(run.model, True, ctx.extras["options"]["bn_frozen"])
-    step = standard_step if warm else TRAIN_STEPS.get(run.info.train_step)
-    x_train, y_train = run.train_split
-    order = torch.randperm(len(x_train), generator=run.generator)[:(run.per_epoch if warm else run.batches)
-                                                                   * recipe.batch_size]
+    step = standard_step if warm else TRAIN_STEPS.get(run.step)
+    x_train, y_train = run.source.epoch(run.generator)
+    order = torch.randperm(len(y_train), generator=run.generator)[:(run.per_epoch if warm else run.batches)
+                                                                  * recipe.batch_size]
     total = 0.0
     for start in range(0, len(order), recipe.batch_size):
         idx = order[start:start + recipe.batch_size]
-        xb, yb = take(x_train, idx).to(run.device), y_train[idx].to(run.device)
+        xb, yb = to_device(take(x_train, idx), run.device), y_train[idx].to(run.device)
         if recipe.augment:
-            xb = augment(xb, run.generator)
+            xb = run.source.augmented(xb, run.generator)
         loss = step(run.model, xb, yb, ctx)
         _update(run.model, loss, run.optimizers, ctx)
         total += loss.item() * len(idx)
@@ -265,7 +332,12 @@ def _validate_epoch(run: _Training, epoch: int, loss: float) -> dict:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train, keep the best validation epoch, save checkpoint + metadata; returns the metadata."""
+    """Train ``cfg.model`` with ``cfg.defense`` (an image model, or a multi-input preset with its per-label BCE),
+    keep the best validation epoch, save checkpoint + metadata; returns the metadata."""
+    if cfg.epochs is not None and cfg.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.init and getattr(MODELS.get(cfg.model), "multimodal", False):
+        raise UserError("--init is for the image models; the multi-input models train from scratch")
     run = _prepare(cfg)
     started = time.perf_counter()
     with progress_bar(cfg.progress) as bar:
@@ -284,25 +356,25 @@ def _save(run: _Training, training_time: float) -> dict:
     """The kept epoch's weights tested and written with the metadata sidecar; returns the metadata."""
     cfg, dataset, model, best = run.cfg, run.dataset, run.model, run.best
     model.load_state_dict(best[2])
-    x_test, y_test = dataset.split("test")
     if dataset.multilabel:
-        tested = multilabel_fit.finish(model, run.val_split[0], run.val_matrix, x_test, dataset.label_matrix("test")[1])
+        tested = multilabel_fit.finish(model, run.val_split[0], run.val_matrix, *dataset.label_matrix("test"))
         warnings = multilabel_fit.warnings(best[3])
     else:
-        test_acc, test_draws = test_accuracy(model, x_test, y_test, run.device)
+        test_acc, test_draws = test_accuracy(model, *dataset.split("test"), run.device)
         tested = {"selection": run.select, "test_accuracy": test_acc, "test_accuracy_draws": test_draws}
         warnings = selection_warnings(best[3], dataset.num_classes)
-    out = checkpoints.destination(cfg.out, cfg.model, dataset.key, cfg.defense)
+    out = checkpoints.destination(cfg.out, run.build_spec["model"], dataset.key, cfg.defense)
     metadata = {
-        "model": cfg.model, "defense": cfg.defense, "defense_version": run.info.version, "dataset": dataset.key,
-        "dataset_sha256": dataset.sha256, "recipe": asdict(run.recipe), "train_step": run.info.train_step,
-        "train_options": run.info.train_options, "seed": cfg.seed, "epochs": run.epochs,
-        "batches_per_epoch": run.batches, "best_epoch": best[1], "train_images": len(run.train_split[0]),
+        "model": run.build_spec["model"], "defense": cfg.defense, "defense_version": run.info.version,
+        "dataset": dataset.key, "dataset_sha256": dataset.sha256, "recipe": asdict(run.recipe),
+        "train_step": run.step, "train_options": run.info.train_options, "seed": cfg.seed, "epochs": run.epochs,
+        "batches_per_epoch": run.batches, "best_epoch": best[1], "train_images": run.source.size,
         **({"init": run.initialized} if run.initialized else {}),
         **best[3],
         "warnings": warnings,
         **tested,
         "training_time_s": round(training_time, 1), "history": run.history, "build": run.build_spec,
+        **getattr(dataset, "training_record", dict)(),
         **provenance(run.device),
     }
     metadata = checkpoints.save(model.state_dict(), out, metadata)

@@ -78,8 +78,7 @@ def test_refusals_are_one_line_and_exit_2(args, message, capsys, tmp_path, data_
 
 
 def test_train_writes_the_metadata_sidecar_and_thresholds(tmp_path, data_root):
-    from robustmed.train_multimodal import train
-    from robustmed.training import TrainConfig
+    from robustmed.training import TrainConfig, train
 
     meta = train(TrainConfig(model="iimgf-net", dataset=None, epochs=1, limit=24, out=str(tmp_path / "m.pt"),
                              progress=False))
