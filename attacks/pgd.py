@@ -20,14 +20,9 @@ from robustmed.attacks.threat import Packing, ThreatModel
 
 Budget = float | torch.Tensor  # a scalar, or per element of a packed multi-input sample
 
-# Each batch size needs its own oneDNN kernels on the CPU (about 200 primitives for the shipped
-# model's forward and backward). A shrinking batch of 256 passes through up to 28 bucket sizes on
-# the three-bit grid, about 5,600 primitives (48 on the four-bit grid, about 9,600); a smaller cache
-# is cycled, each size's primitives evicted just before the next run needs them. At 4096, PGD-100
-# at 8/255 on 256 images set up 3,700 primitives again on every run and took 11.8-12.1 s of CPU
-# time; 9.8-10.0 s at 16384, which holds every size (peak memory measured the same, 1.1 GB). oneDNN
-# reads this once, at its first primitive, so it applies when robustmed is imported before the
-# first CPU convolution; a value the user set wins.
+# Each batch size of a shrinking batch needs its own oneDNN kernels on the CPU; a cache too small to hold
+# them all sets them up again on every run (the measurements: docs/performance.md, "Kernel cache and padded
+# batch sizes"). oneDNN reads this once, at its first primitive; a value the user set wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 
 
@@ -42,11 +37,8 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
     return noise.mul_(2 * eps).sub_(eps)
 
 
-# Leading bits kept by the padded batch sizes. A new size costs the CPU backend a kernel set-up
-# (about 60 ms on the shipped model: 443 vs 373 ms for a first and a second pass of 200 images);
-# padding costs 1.4 ms a row. On PGD-100 at 4/255 over 256 images, four bits pad the passes by
-# 4.1% where three pad them by 5.4-6.4% (measured) and add 10 sizes: they save 0.3-0.5 s a run
-# and repay their set-up (about 0.6 s, once) within two runs.
+# Leading bits kept by the padded batch sizes: each new size costs a kernel set-up and each padded row a
+# pass, and four bits balance the two on the shipped model (docs/performance.md).
 DETERMINISTIC_BITS = 4
 # A randomized model draws its noise for the padded batch (RPAN's MAN: ``normal(like.shape)``), so
 # its rows depend on the grid: it keeps the three bits its committed paper-protocol rows were made

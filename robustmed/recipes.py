@@ -29,9 +29,8 @@ class Recipe:
     val_attack_steps: int = 10
     val_eot: int = 4  # gradient samples per step on randomized models
     val_robust_images: int | None = None  # None: the whole validation split
-    # "balanced": CE weighted by inverse class frequency. MedMNIST's test splits are less skewed than
-    # their training splits (PneumoniaMNIST: 25.8% normal in train, 37.5% in test), so an unweighted
-    # model learns the training prior and loses several points of test accuracy.
+    # "balanced": CE weighted by inverse class frequency, since MedMNIST's test splits are less skewed than
+    # their training splits and an unweighted model learns the training prior (docs/models.md, Training)
     class_weights: str = "none"
     warmup_epochs: int = 0  # clean epochs over the whole split before the defense's step (CPU budget only)
     note: str = ""
