@@ -23,12 +23,14 @@ from robustmed.harness import attack_rows
 from robustmed.tensors import take
 
 FAR = -1  # the stored prediction of a candidate K or more grades from the true grade
+GRADE = re.compile(r"grade:(\d+)")
 UNREACHABLE = 1e4  # the far logit's gap below the near one where no grade is K away
 
 
 @dataclass(frozen=True)
 class GradeCriterion:
     k: int
+    grades: int  # how many grades the task has
 
     @property
     def name(self) -> str:
@@ -41,14 +43,14 @@ class GradeCriterion:
 
 def parse_grade(text: str | None, num_grades: int) -> GradeCriterion | None:
     """``grade:K`` (1 ≤ K < the number of grades), else None for any other text."""
-    match = re.fullmatch(r"grade:(\d+)", (text or "").strip())
+    match = GRADE.fullmatch((text or "").strip())
     if not match:
         return None
     k = int(match.group(1))
     if not 1 <= k < num_grades:
         raise UserError(f"bad success criterion {text!r}: K must be between 1 and {num_grades - 1} "
                         f"for {num_grades} grades")
-    return GradeCriterion(k)
+    return GradeCriterion(k, num_grades)
 
 
 class GradeView(nn.Module):
@@ -69,8 +71,7 @@ class GradeView(nn.Module):
         return torch.stack([within, logits[:, ~near].amax(1)], 1)
 
 
-def graded_rows(model, x, y, sample_ids, specs, eps_list, criterion: GradeCriterion, *, num_grades: int,
-                **options) -> pd.DataFrame:
+def graded_rows(model, x, y, sample_ids, specs, eps_list, criterion: GradeCriterion, **options) -> pd.DataFrame:
     """:func:`robustmed.harness.attack_rows` under ``grade:K``: each grade's samples through its view, rows back
     in the harness's order (attack, ε, sample), each (attack, ε)'s time summed over the grades."""
     sample_ids = np.asarray(sample_ids)
@@ -78,7 +79,7 @@ def graded_rows(model, x, y, sample_ids, specs, eps_list, criterion: GradeCriter
     frames = []
     for grade in sorted(int(g) for g in torch.unique(y)):
         rows = torch.nonzero(y == grade).flatten()
-        view = GradeView(model, grade, criterion.k, num_grades)
+        view = GradeView(model, grade, criterion.k, criterion.grades)
         frame = attack_rows(view, take(x, rows), torch.zeros(len(rows), dtype=torch.long), sample_ids[rows.numpy()],
                             specs, eps_list, **options)
         frame["label"] = grade
@@ -95,7 +96,7 @@ def graded_rows(model, x, y, sample_ids, specs, eps_list, criterion: GradeCriter
 
 def criterion_of(text: str | None, model, x, device) -> GradeCriterion | None:
     """A unit's ``grade:K`` from its config (other criteria live in the model itself)."""
-    if not re.fullmatch(r"grade:\d+", (text or "").strip()):
+    if not GRADE.fullmatch((text or "").strip()):
         return None
     with torch.no_grad():
         return parse_grade(text, model(take(x, slice(0, 1)).to(device)).shape[-1])
@@ -106,6 +107,4 @@ def judged_rows(model, x, y, sample_ids, specs, eps_list, criterion: GradeCriter
     """The run's rows under its success criterion: an argmax flip (the harness itself), or ``grade:K``."""
     if criterion is None:
         return attack_rows(model, x, y, sample_ids, specs, eps_list, **options)
-    with torch.no_grad():
-        num_grades = model(take(x, slice(0, 1)).to(options.get("device", "cpu"))).shape[-1]
-    return graded_rows(model, x, y, sample_ids, specs, eps_list, criterion, num_grades=num_grades, **options)
+    return graded_rows(model, x, y, sample_ids, specs, eps_list, criterion, **options)

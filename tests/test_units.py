@@ -216,40 +216,37 @@ def test_unit_progress_moves_with_the_attack_steps(pneumonia):
     assert len(seen) >= 11 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 0.2
 
 
-def test_square_progress_moves_with_its_queries():
-    """Square's bar advances per query on a model it cannot break, and its pass count is exactly the expected one."""
+def _progress_on_an_unbreakable_model(attack: str, n: int) -> list[float]:
+    """The shares of work a unit's bar reports while ``attack`` runs on a model with a constant answer."""
     import torch
 
     from robustmed.attacks import parse_attack
     from robustmed.harness import attack_rows
-    from robustmed.outcomes import expected_passes
     from robustmed.progress import listening
-    from robustmed.resolve import resolve_spec
 
     class Unbreakable(torch.nn.Module):
         def forward(self, x):
             return torch.stack([torch.full((len(x),), 5.0), torch.zeros(len(x))], 1) + 0 * x.flatten(1)[:, :1]
 
-    x, y, seen = torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long), []
+    seen = []
     with listening(seen.append):
-        attack_rows(Unbreakable(), x, y, list(range(8)), [parse_attack("square10")], [4 / 255])
+        attack_rows(Unbreakable(), torch.rand(n, 1, 28, 28), torch.zeros(n, dtype=torch.long), list(range(n)),
+                    [parse_attack(attack)], [4 / 255])
+    return seen
+
+
+def test_square_progress_moves_with_its_queries():
+    """Square's bar advances per query on a model it cannot break, and its pass count is exactly the expected one."""
+    from robustmed.attacks import parse_attack
+    from robustmed.outcomes import expected_passes
+    from robustmed.resolve import resolve_spec
+
+    seen = _progress_on_an_unbreakable_model("square10", 8)
     assert expected_passes(resolve_spec(parse_attack("square10"), randomized=False, num_classes=2)) == 12
     assert len(seen) >= 12 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 0.2
 
 
 def test_autoattack_progress_moves_per_stage():
     """AutoAttack's bar moves as each stage of its cascade finishes, on a model none of them can break."""
-    import torch
-
-    from robustmed.attacks import parse_attack
-    from robustmed.harness import attack_rows
-    from robustmed.progress import listening
-
-    class Unbreakable(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([torch.full((len(x),), 5.0), torch.zeros(len(x))], 1) + 0 * x.flatten(1)[:, :1]
-
-    x, y, seen = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), []
-    with listening(seen.append):
-        attack_rows(Unbreakable(), x, y, list(range(4)), [parse_attack("aa5")], [4 / 255])
+    seen = _progress_on_an_unbreakable_model("aa5", 4)
     assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 1

@@ -176,10 +176,10 @@ def _check_classes(model, x, dataset, device) -> None:
                         "one logit per class (or one logit for a binary task, read with the sigmoid convention)")
 
 
-def check_context(cfg: BenchConfig, target: Target, ids: np.ndarray, device) -> CheckContext:
-    """What the checks need to know about this run's samples (A9 compares with the checkpoint's test accuracy);
-    a multi-input model's context is its packed view."""
-    x_all, y_all = target.dataset.split(cfg.split)
+def check_context(cfg: BenchConfig, target: Target, split: tuple, ids: np.ndarray, device) -> CheckContext:
+    """What the checks need to know about this run's samples ``ids`` of ``split`` (A9 compares with the
+    checkpoint's test accuracy); a multi-input model's context is its packed view."""
+    x_all, y_all = split
     _check_classes(target.model, x_all, target.dataset, device)
     info = DEFENSES.get(target.defense) if target.defense in DEFENSES else None
     ckpt = target.provenance["checkpoint"]
@@ -202,5 +202,6 @@ def prepare(cfg: BenchConfig) -> tuple[CheckContext, Target]:
     """The run's Target resolved and its seeded subset drawn, as the checks see it."""
     device = resolve_device(cfg.device)
     target = resolve(cfg, device)
-    ids = select_subset(batch_size(target.dataset.split(cfg.split)[0]), cfg.n, cfg.seed)
-    return check_context(cfg, target, ids, device), target
+    split = target.dataset.split(cfg.split)
+    ids = select_subset(batch_size(split[0]), cfg.n, cfg.seed)
+    return check_context(cfg, target, split, ids, device), target
