@@ -11,6 +11,7 @@ import torch
 from robustmed.attacks import FAMILIES, AttackSpec
 from robustmed.attacks.amp import autocast_forward
 from robustmed.judging import InvariantError, check_budget, check_threat_budget, judge_draws, judge_draws_masked
+from robustmed.passes import PassCounter
 from robustmed.progress import Meter
 from robustmed.randomness import seed_model
 from robustmed.seeds import sample_seed, seed_digest, starts, warm_start
@@ -31,6 +32,7 @@ class Outcome:
     x_adv: Inputs
     norms: dict = field(default_factory=dict)
     mask: torch.Tensor | None = None  # which of the judgement's draws were correct (bits)
+    passes: torch.Tensor | None = None  # (N, 2): forward and backward passes spent at this ε, per sample
 
     @classmethod
     def clean(cls, x, clean_pred, clean_loss, correct, eps: float, names=()) -> "Outcome":
@@ -38,13 +40,15 @@ class Outcome:
         return cls(clean_pred.clone(), ~correct, torch.where(correct, -1, 0), clean_loss.clone(), torch.zeros(n),
                    torch.zeros(n, dtype=torch.long), torch.full((n,), eps, dtype=torch.float64),
                    {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone(),
-                   {name: torch.zeros(n) for name in names}, torch.zeros(n, dtype=torch.long))
+                   {name: torch.zeros(n) for name in names}, torch.zeros(n, dtype=torch.long),
+                   torch.zeros(n, 2, dtype=torch.float64))
 
     def copy_from(self, other: "Outcome", rows: torch.Tensor) -> None:
         """Rows broken at a smaller ε stay broken (nested balls): their example and judgement carry over.
 
         On a randomized model the same holds for a candidate judged wrong in more draws at a smaller
-        ε (or in fewer steps): it is a valid candidate here, so the weaker result never replaces it."""
+        ε (or in fewer steps): it is a valid candidate here, so the weaker result never replaces it.
+        Passes are not carried: they are what this ε spent on the row (none for a row not attacked here)."""
         for key in ("adv_pred", "success", "first", "loss", "linf", "hits", "source_eps", "mask"):
             getattr(self, key)[rows] = getattr(other, key)[rows]
         for name in self.norms:
@@ -114,11 +118,12 @@ def judge(model, spec: AttackSpec, result, x, labels, eps, threat, reference=Non
 
 
 def run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=None, warm=None, on_pass=None,
-               on_stage=None):
+               on_stage=None, counter: PassCounter | None = None):
     """Attack one chunk and judge it (every sweep step's snapshot too).
 
     Returns ``{steps: (result, hits)}``: the run's own steps, plus each k of an iteration sweep.
-    ``warm`` (ε sweep) is the previous ε's example, replacing the first start.
+    ``warm`` (ε sweep) is the previous ε's example, replacing the first start. ``counter`` counts the
+    attack's own model passes (the judgement's are not the attack's).
     """
     digest = seed_digest(spec, eps)
     family = FAMILIES.get(spec.family)
@@ -130,6 +135,8 @@ def run_attack(model, spec: AttackSpec, x, y, ids, eps, seed, device, threat=Non
         start = warm_start(start, warm, x, eps, threat)
     x_dev, labels = to_device(x, device), y.to(device)
     forward = autocast_forward(model, spec.amp, device)
+    if counter is not None:
+        forward = counter.wrap(forward)
     if on_pass is not None:
         forward = _counted(forward, on_pass)
     options = {"threat": threat} if threat is not None else {}
@@ -210,11 +217,13 @@ def attack_eps(model, spec, x, y, ids, eps, clean, *, seed, batch_size, device, 
             outcome.copy_from(carried, done)
     for chunk in chunks(todo_mask, batch_size):
         warm = take(carried.x_adv, chunk) if carried is not None and spec.eps_mode == "warm" else None
+        counter = PassCounter()
         judged = run_attack(model, spec, take(x, chunk), y[chunk], ids[chunk.numpy()], eps, seed, device,
                              threat, warm, on_pass=_pass_reporter(spec, len(chunk), meter),
-                             on_stage=_stage_reporter(spec, len(chunk), meter))
-        for k, (result, hits, mask) in judged.items():
-            record(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps, mask)
+                             on_stage=_stage_reporter(spec, len(chunk), meter), counter=counter)
+        for k, (result, hits, mask) in judged.items():  # a sweep's snapshots carry the long run's passes
+            record(outcomes[k], chunk, result, hits, take(x, chunk), clean.correct[chunk], eps, mask,
+                   counter.per_sample(len(chunk)))
         tick(len(chunk))
     if spec.extra.get("randomized"):
         nest(outcomes, carried, todo_mask)
@@ -236,11 +245,13 @@ def nest(outcomes: dict, carried: "Outcome | None", attacked: torch.Tensor) -> N
         previous = outcome
 
 
-def record(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps, mask) -> None:
+def record(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps, mask, passes: tuple[float, float]) -> None:
+    """One chunk's judged result into the outcome; ``passes``: the chunk's mean forward and backward passes."""
     linf, per_input = _norms(to_device(result.x_adv, "cpu"), x_chunk)
     outcome.adv_pred[chunk], outcome.success[chunk] = result.adv_pred.cpu(), result.success.cpu() | ~correct
     outcome.first[chunk], outcome.loss[chunk], outcome.linf[chunk] = result.first_success.cpu(), result.loss.cpu(), linf
     outcome.hits[chunk], outcome.source_eps[chunk], outcome.mask[chunk] = hits.cpu(), eps, mask.cpu()
+    outcome.passes[chunk] = torch.tensor(passes, dtype=torch.float64)
     for name, norm in per_input.items():
         outcome.norms[name][chunk] = norm
     _put(outcome.x_adv, chunk, to_device(result.x_adv, "cpu"))
@@ -268,6 +279,7 @@ def frame(spec: AttackSpec, eps: float, outcome: Outcome, clean: Clean, y, sampl
         "clean_correct_draws": clean.hits.numpy(), "correct_draws": outcome.hits.numpy(),
         "clean_draw_mask": clean.mask.numpy(), "draw_mask": outcome.mask.numpy(), "draws": spec.draws, "protocol": spec.protocol, "source_eps": outcome.source_eps.numpy(),
         "attack_time_s": seconds,
+        "forward_passes": outcome.passes[:, 0].numpy(), "backward_passes": outcome.passes[:, 1].numpy(),
     })
     if threat is not None:
         frame.insert(frame.columns.get_loc("linf") + 1, "threat", threat.name)

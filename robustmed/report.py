@@ -5,7 +5,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from robustmed.passes import text as passes_text
 from robustmed.stats import wilson
+
+PASSES = "passes/sample"
+COST_CAPTION = ("passes/sample: model forward / backward passes the attacks spent per sample, the same on every "
+                "machine (–: not recorded)")
 
 
 def _pct(value: float) -> str:
@@ -14,6 +19,19 @@ def _pct(value: float) -> str:
 
 def _ci(ci) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} s"
+
+
+def _attack_cost(s: dict, name: str) -> list[str]:
+    """One attack's time and passes per sample at one ε ("–" for runs stored before they were recorded)."""
+    return [_seconds(s.get("per_attack_time_s", {}).get(name)), passes_text(s.get("per_attack_passes", {}).get(name))]
+
+
+def _total_cost(s: dict) -> list[str]:
+    return [_seconds(s.get("attack_time_s")), passes_text(s.get("passes_per_sample"))]
 
 
 def print_bench(report) -> None:
@@ -55,18 +73,18 @@ def _title(report) -> str:
 
 
 def deterministic_table(report) -> Table:
-    table = Table(title=_title(report))
-    for column in ("attack", "ε", "n", "clean acc", "robust acc", "95% CI", "time"):
+    table = Table(title=_title(report), caption=COST_CAPTION)
+    for column in ("attack", "ε", "n", "clean acc", "robust acc", "95% CI", "time", PASSES):
         table.add_column(column, justify="right" if column not in ("attack",) else "left")
     for s in report.summary:
         several = len(s["per_attack"]) > 1
         table.add_row("worst case" if several else escape(report.config.attack), f"{s['eps'] * 255:.3g}/255",
                       str(s["n"]), _pct(s["clean_accuracy"]), _pct(s["robust_accuracy"]), _ci(s["robust_ci"]),
-                      f"{s['attack_time_s']:.1f} s")
+                      *_total_cost(s))
         if several or "multimodal" in report.manifest or "multilabel" in report.manifest:  # one row per attack / threat model (F4) under the worst case
             for name, accuracy in s["per_attack"].items():
                 interval = wilson(round(accuracy * s["n"]), s["n"])
-                table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(interval), "")
+                table.add_row(f"  {escape(name)}", "", "", "", _pct(accuracy), _ci(interval), *_attack_cost(s, name))
     return table
 
 
@@ -76,17 +94,17 @@ def expected_table(report) -> Table:
     draws = report.summary[0]["draws"]
     table = Table(title=f"{_title(report)} · randomized: expected accuracy over {draws} draws per judgement",
                   caption="95% intervals resample samples and draws (two-way bootstrap); null: the clean image "
-                          "judged like a candidate")
-    for column in ("attack", "ε", "n", "expected acc", "95% CI", f"all {draws} draws", "time"):
+                          "judged like a candidate; " + COST_CAPTION)
+    for column in ("attack", "ε", "n", "expected acc", "95% CI", f"all {draws} draws", "time", PASSES):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for s in report.summary:
         table.add_row("clean", f"{s['eps'] * 255:.3g}/255", str(s["n"]), _pct(s["expected_clean_accuracy"]),
-                      _ci(s["expected_clean_ci"]), _pct(s["clean_accuracy"]), "")
+                      _ci(s["expected_clean_ci"]), _pct(s["clean_accuracy"]), "", "")
         table.add_row("worst case", "", "", _pct(s["expected_robust_accuracy"]), _ci(s["expected_robust_ci"]),
-                      _pct(s["robust_accuracy"]), f"{s['attack_time_s']:.1f} s")
+                      _pct(s["robust_accuracy"]), *_total_cost(s))
         for name, value in s["expected_per_attack"].items():
             table.add_row(f"  {escape(name)}", "", "", _pct(value), _ci(s["expected_per_attack_ci"][name]),
-                          _pct(s["per_attack"][name]), "")
+                          _pct(s["per_attack"][name]), *_attack_cost(s, name))
     return table
 
 

@@ -1,10 +1,10 @@
 """A run's figures from its rows, per ε: clean and per-sample worst-case robust accuracy with intervals, per
-attack, balanced accuracy, and the expected figures of randomized models."""
+attack, balanced accuracy, the expected figures of randomized models, and the attacks' time and passes."""
 from __future__ import annotations
 
 import pandas as pd
 
-from robustmed import expected
+from robustmed import expected, passes
 from robustmed.balance import class_balance, per_sample
 from robustmed.stats import wilson
 
@@ -22,7 +22,7 @@ def summarize(rows: pd.DataFrame) -> list[dict]:
             "per_attack": {a: float(g.robust.mean()) for a, g in group.groupby("attack")},
             **_balance(group),
             **expected.summary(group),
-            "attack_time_s": float(group.groupby("attack").attack_time_s.first().sum()),
+            **_cost(group),
         })
     return out
 
@@ -39,3 +39,13 @@ def _balance(group: pd.DataFrame) -> dict:
     return {"clean_balanced_accuracy": clean["balanced_accuracy"], "clean_per_class_recall": clean["per_class_recall"],
             "robust_balanced_accuracy": robust["balanced_accuracy"],
             "robust_per_class_recall": robust["per_class_recall"], "majority_class_rate": clean["majority_class_rate"]}
+
+
+
+def _cost(group: pd.DataFrame) -> dict:
+    """The attacks' time and model passes per sample at one ε, in total (each run once) and per attack;
+    passes are None for rows stored before they were counted."""
+    return {"attack_time_s": passes.total_time(group),
+            "per_attack_time_s": {a: float(g.attack_time_s.iloc[0]) if "attack_time_s" in g else None
+                                  for a, g in group.groupby("attack")},
+            "passes_per_sample": passes.total(group), "per_attack_passes": passes.per_attack(group)}

@@ -10,6 +10,7 @@ from robustmed.attacks import FAMILIES, AttackSpec
 from robustmed.attacks.pgd import EpsRows
 from robustmed.judging import InvariantError, check_budget
 from robustmed.outcomes import Outcome, attack_eps, chunks, frame, record
+from robustmed.passes import PassCounter
 from robustmed.seeds import sample_seed, seed_digest, starts
 from robustmed.tensors import take, to_device
 
@@ -39,7 +40,8 @@ def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size
     row that breaks retires its sample's rows at larger ε. Each ε then gets exactly the ε-by-ε
     sweep's outcome (where the model's numerics do not depend on the batch): a sample broken at some
     ε′ ≤ ε carries the example and judgement of the smallest such ε′ (``source_eps``), any other
-    sample its own row's, whose trajectory is the independent run's.
+    sample its own row's, whose trajectory is the independent run's. The loop's model passes are
+    split evenly over its ε and attacked samples, as its time is.
     """
     levels = len(eps_list)
     family = FAMILIES.get(spec.family)
@@ -58,9 +60,9 @@ def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size
         start = torch.cat(per_eps, dim=1 if spec.restarts > 1 else 0)
         level = torch.arange(levels, device=device).repeat_interleave(m)
         group = torch.arange(m, device=device).repeat(levels)
-        rows = EpsRows(tuple(eps_list), level, group)
-        result = family.run(model, x_chunk[group], labels[group], spec=spec, eps=rows, start=to_device(start, device),
-                            seed=sample_seed(seed, int(chunk_ids[0]), digests[0]))
+        rows, counter = EpsRows(tuple(eps_list), level, group), PassCounter()
+        result = family.run(counter.wrap(model), x_chunk[group], labels[group], spec=spec, eps=rows,
+                            start=to_device(start, device), seed=sample_seed(seed, int(chunk_ids[0]), digests[0]))
         x_adv = result.x_adv.detach()
         for j, eps in enumerate(eps_list):  # B1 per row at its own ε
             check_budget(x_adv[j * m:(j + 1) * m], x_chunk, eps)
@@ -79,7 +81,8 @@ def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size
                           loss=result.loss[r], adv_pred=result.adv_pred[r], snapshots={})
             outcome = outcomes[j][spec.steps]
             hits = (~own.success).long() * spec.draws
-            record(outcome, chunk, own, hits, take(x, chunk), clean.correct[chunk], eps, hits.clamp(max=1))
+            record(outcome, chunk, own, hits, take(x, chunk), clean.correct[chunk], eps, hits.clamp(max=1),
+                   counter.per_sample(m * levels))
             outcome.source_eps[chunk] = source[src[j].cpu()]
         tick(m * levels)
     return outcomes
@@ -89,7 +92,7 @@ def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size
 def grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, *, seed, batch_size, device, bar, task, tick,
                    meter) -> list:
     """The default ε sweep in groups of ε (:func:`eps_group`), one loop per group; a group's time is
-    split evenly over its ε (``attack_time_s``)."""
+    split evenly over its ε (``attack_time_s``), and so are its passes (``forward_passes``, ``backward_passes``)."""
     frames, carried, j = [], None, 0
     while j < len(eps_list):
         attacked = int((clean.attackable if carried is None else clean.attackable & (carried.hits > 0)).sum())

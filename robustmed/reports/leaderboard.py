@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from robustmed import expected
+from robustmed import expected, passes
 from robustmed.balance import class_balance
 from robustmed.reports.evidence import fired_flags, stale
 from robustmed.stats import wilson
@@ -40,8 +40,10 @@ class Entry:
     aa_accuracy: float | None
     randomized: bool
     flags: tuple[str, ...]
-    forward_passes: int | None
+    forward_passes: int | None  # the defense's forward passes per inference (its registry entry), not the attacks'
     family: str
+    attack_time_s: float | None = None  # the combined attacks' time at this ε; None where a run did not store it
+    attack_passes: dict | None = None  # their forward and backward passes per sample (:func:`robustmed.passes.total`)
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,10 @@ def _entry(defense: str, model: str, parts: list) -> Entry:
     picked = _judged_alike(parts)
     rows = pd.concat([part for part, _ in picked], ignore_index=True)
     fig = _randomized(rows) if expected.has_draws(rows) else _deterministic(rows)
-    passes, family = _defense_facts(defense)
+    inference, family = _defense_facts(defense)
     return Entry(defense, model, len(fig["clean"]), float(np.mean(fig["clean"])), _balanced(rows, fig["clean"]),
-                 fig["robust"], fig["ci"], fig["aa"], fig["randomized"], _flags(picked), passes, family)
+                 fig["robust"], fig["ci"], fig["aa"], fig["randomized"], _flags(picked), inference, family,
+                 passes.total_time(rows), passes.total(rows))
 
 
 def boards(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> list[Board]:
@@ -199,15 +202,19 @@ def _row(rank: int, e: Entry) -> list[str]:
     robust = f"{_pct(e.robust_accuracy)} [{_pct(low)}, {_pct(high)}]" + (RANDOMIZED_MARK if e.randomized else "")
     unreliable = ("yes: " + ", ".join(e.flags)) if e.flags else "no"
     return [str(rank), e.defense, e.model, str(e.n), _pct(e.clean_accuracy), _pct(e.balanced_accuracy), robust,
-            _pct(e.aa_accuracy), unreliable, "–" if e.forward_passes is None else str(e.forward_passes), e.family]
+            _pct(e.aa_accuracy), unreliable, "–" if e.forward_passes is None else str(e.forward_passes), e.family,
+            "–" if e.attack_time_s is None else f"{e.attack_time_s:.1f} s", passes.text(e.attack_passes)]
 
 
 HEADER = ["rank", "defense", "model", "n", "clean acc", "balanced clean acc", "robust acc [95% CI]",
-          "AutoAttack robust acc", "potentially unreliable", "forward passes", "family"]
+          "AutoAttack robust acc", "potentially unreliable", "forward passes per inference", "family", "attack time",
+          "attack passes/sample fwd / bwd"]
 CAPTION = ("accuracies in %; robust acc: per-sample worst case over every adaptive attack at this ε (a sample counts "
            "only if correct clean and under each attack), 95% Wilson interval; " + RANDOMIZED_MARK + ": randomized "
            "model, expected accuracy over fresh draws with a bootstrap interval over samples and draws; balanced "
-           "clean acc: mean per-class recall")
+           "clean acc: mean per-class recall; forward passes per inference: the defense's own; attack time and "
+           "attack passes/sample: what the combined attacks spent at this ε, the passes (model forward / backward "
+           "passes per sample) the same on every machine, – where a run did not record them")
 
 
 def render_markdown(items: list[Board], eps: float) -> str:

@@ -65,6 +65,14 @@ class BenchReport:
             return {k: self.summary[0][k] for k in keys}
         return {k: {str(s["eps"]): s[k] for s in self.summary} for k in keys}
 
+    def _cost_json(self, one: bool) -> dict:
+        """The attacks' time and passes per sample, in total and per attack, per ε when there are several;
+        null where a run was stored before they were recorded."""
+        keys = ("attack_time_s", "per_attack_time_s", "passes_per_sample", "per_attack_passes")
+        if one:
+            return {k: self.summary[0].get(k) for k in keys}
+        return {k: {str(s["eps"]): s.get(k) for s in self.summary} for k in keys}
+
     def _balance_json(self, one: bool) -> dict:
         """Balanced accuracy, per-class recall and the majority-class rate, per ε when there are several."""
         keys = ("clean_balanced_accuracy", "clean_per_class_recall", "robust_balanced_accuracy",
@@ -89,6 +97,7 @@ class BenchReport:
             "per_attack": self.summary[0]["per_attack"] if one else {str(s["eps"]): s["per_attack"] for s in self.summary},
             **self._balance_json(one),
             **self._expected_json(one),
+            **self._cost_json(one),
             "wall_time_s": self.manifest["wall_time_s"],
             "reused": self.reused,
             "unreliable": self.manifest["unreliable"],
