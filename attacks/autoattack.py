@@ -17,6 +17,8 @@ import torch
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from pyautoattack.fab_pt import FABAttack_PT
 
+from robustmed.attacks import aa_fast
+from robustmed.attacks.aa_fast import FAST_STAGES, fast_stages
 from robustmed.attacks.base import FAMILIES, AttackFamily, AttackResult, AttackSpec
 from robustmed.attacks.eot import margin_loss
 from robustmed.attacks.square import best_candidates, score, square_kernel
@@ -148,6 +150,10 @@ def _adapter(stages: Callable[[int], list[str]],
              restarts_of: Callable[[int], dict[str, int]]) -> Callable[[AttackSpec, int], AttackSpec]:
     def adapt(spec: AttackSpec, num_classes: int) -> AttackSpec:
         randomized = bool(spec.extra.get("randomized")) and spec.protocol != "paper"
+        if spec.variant == "fast":
+            extra = {**spec.extra, "cascade": fast_stages(num_classes), "kernels": "robustmed apgd, pyautoattack==0.2.0 square"}
+            return replace(spec, extra={**extra, "square_queries": aa_fast.FAST_SQUARE_QUERIES,
+                                        "square_q": SQUARE_Q_RANDOMIZED if randomized else 1})
         cascade = stages(num_classes)
         extra = {**spec.extra, "cascade": cascade, "n_target_classes": min(9, num_classes - 1),
                  "kernels": "pyautoattack==0.2.0"}
@@ -169,6 +175,14 @@ def assess(forward, x, y, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
             hits += logits.argmax(1) == y
             margin += margin_loss(logits, y)
     return hits, margin / max(1, draws)
+
+
+def _stage(name: str, index: int, forward, eps, spec: AttackSpec, seed: int, start, device):
+    """A stage as ``(x, y, rows) → candidates``: the fast cascade's own (each seeded apart), else pyautoattack's."""
+    if spec.variant == "fast":
+        return FAST_STAGES[name](forward, eps, spec, seed + index, start)
+    kernel = STAGES[name](forward, eps, spec, seed, device)
+    return lambda x, y, rows: kernel(x, y)
 
 
 def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed: int = 0,
@@ -195,7 +209,7 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
             rows = torch.nonzero(best_hits > 0).flatten()
             if len(rows) == 0:
                 break
-            candidate = STAGES[name](forward, eps, spec, seed, x.device)(x[rows], y[rows]).detach()
+            candidate = _stage(name, stage, forward, eps, spec, seed, start, x.device)(x[rows], y[rows], rows).detach()
             hits, margin = assess(forward, candidate, y[rows], draws)
             offered = (candidate != x[rows]).flatten(1).any(1)  # FAB hands back the clean image where it fails
             better = offered & ((hits < best_hits[rows]) | ((hits == best_hits[rows]) & (margin > best_margin[rows])))
@@ -207,14 +221,16 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
     return score(forward, best, y, stage_of)
 
 
-for _name, _stages, _restarts, _description, _defaults, _amp in (  # FAB's constants overflow fp16: AA stays fp32
+for _name, _stages, _restarts, _description, _defaults, _amp, _variant in (  # FAB overflows fp16: AA stays fp32
     ("aa", standard_stages, standard_restarts,
-     "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square (adapted to C, check A7)", {}, False),
+     "AutoAttack: early-exit APGD-CE, then on survivors other starts, APGD-T (C ≥ 3), Square-1000; "
+     "aa:canonical: the standard APGD-CE, APGD-T, FAB-T, Square-5000 (adapted to C, check A7)", {}, False, "fast"),
     ("aa-rand", rand_stages, rand_restarts,
-     "AutoAttack rand: APGD-CE + APGD-DLR (C=2: two APGD-CE starts) with EOT 20", {"eot": 20}, True),
+     "AutoAttack rand: APGD-CE + APGD-DLR (C=2: two APGD-CE starts) with EOT 20", {"eot": 20}, True, ""),
 ):
     FAMILIES.register(_name, AttackFamily(
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
         defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts), amp=_amp, reports_stages=True,
+        default_variant=_variant,
     ))

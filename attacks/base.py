@@ -61,6 +61,7 @@ class AttackSpec:
     derived_from: str = ""  # "name#digest" of the long run a sweep row was read from
     eps_mode: str = ""  # multi-ε runs: "sweep" (default: ascending, still-robust only), "warm", "independent"
     amp: str = ""  # "" fp32; "auto" (resolved per device), "bf16" or "fp16": autocast during the attack
+    variant: str = ""  # "" the family's canonical form; "fast": AutoAttack's early-exit cascade (spec version 3)
 
     def step_size(self, eps: float) -> float:
         return self.alpha if self.alpha is not None else FAMILIES.get(self.family).alpha(eps, self.steps)
@@ -82,7 +83,7 @@ class AttackSpec:
         return hashlib.sha256(self.to_json(eps).encode()).hexdigest()[:16]
 
 
-_LATER_DEFAULTS = {"sweep": (), "derived_from": "", "eps_mode": "", "amp": ""}
+_LATER_DEFAULTS = {"sweep": (), "derived_from": "", "eps_mode": "", "amp": "", "variant": ""}
 
 
 @dataclass
@@ -124,6 +125,7 @@ class AttackFamily:
     amp: bool = True  # may run under autocast (FAB's constants overflow fp16: the AA cascade stays fp32)
     uses_eps: bool = True  # False: the same result at every ε (null), so an ε sweep judges it once
     reports_stages: bool = False  # takes ``on_stage(fraction)``: a cascade says how many of its stages are done
+    default_variant: str = ""  # what the bare name means from spec version 3 on (``NAME:canonical``: the "" form)
 
 
 FAMILIES: Registry[AttackFamily] = Registry("attack")
@@ -171,8 +173,15 @@ _OPTION_TYPES = {"alpha": parse_number, "restarts": int, "eot": int, "draws": in
                  "sweep": _sweep, "eps_mode": _choice(*EPS_MODES), "amp": _amp}
 
 
-def parse_attack(text: str) -> AttackSpec:
-    """``pgd100`` or ``pgd100:alpha=1/255,restarts=2`` → an :class:`AttackSpec`."""
+VARIANT_VERSION = "3"  # the spec version from which a family's bare name means its default variant
+
+
+def parse_attack(text: str, as_of: str | None = None) -> AttackSpec:
+    """``pgd100`` or ``pgd100:alpha=1/255,restarts=2`` → an :class:`AttackSpec`.
+
+    ``as_of`` reads the name as the spec version a stored run was made with: under version 2, ``aa``
+    is the canonical cascade, as it was then (``aa:canonical`` names it from version 3 on).
+    """
     match = _SPEC_RE.match(text.strip().lower())
     if not match or match["family"] not in FAMILIES:
         raise UserError(f"unknown attack {text!r}; choices: {', '.join(f'{n}N' for n in FAMILIES.names())} "
@@ -183,10 +192,16 @@ def parse_attack(text: str) -> AttackSpec:
         raise UserError(f"attack {text!r}: the number of steps must be at least 1")
     spec = AttackSpec(name=text.strip().lower(), family=family.name, steps=steps,
                       alpha_rule=family.alpha_rule, **family.defaults)
+    if family.default_variant and (as_of or VARIANT_VERSION) >= VARIANT_VERSION:
+        spec = replace(spec, variant=family.default_variant, version=VARIANT_VERSION)
     for item in filter(None, (match["options"] or "").split(",")):
+        if item == "canonical" and family.default_variant:
+            spec = replace(spec, variant="", version=SPEC_VERSION)
+            continue
         key, _, value = item.partition("=")
         if key not in _OPTION_TYPES or not value:
-            raise UserError(f"attack {text!r}: bad option {item!r}; options: {', '.join(_OPTION_TYPES)}")
+            named = ", canonical" if family.default_variant else ""
+            raise UserError(f"attack {text!r}: bad option {item!r}; options: {', '.join(_OPTION_TYPES)}{named}")
         try:
             spec = replace(spec, **{key: _OPTION_TYPES[key](value)})
         except ValueError:

@@ -46,7 +46,7 @@ def _reference(model, x, y, *, n_iter: int, queries: int, eps: float = EPS):
 
 def _assert_same(model, x, y, steps: int, eps: float = EPS):
     x_ref, y_ref = _reference(model, x, y, n_iter=steps, queries=autoattack.SQUARE_QUERIES, eps=eps)
-    ours = run_autoattack(model, x, y, spec=parse_attack(f"aa{steps}"), eps=eps, seed=SEED)
+    ours = run_autoattack(model, x, y, spec=parse_attack(f"aa{steps}:canonical"), eps=eps, seed=SEED)
     assert torch.equal(ours.success, y_ref != y)
     assert torch.equal(ours.x_adv[ours.success], x_ref[ours.success])
     survivors = ours.x_adv[~ours.success]  # pyautoattack hands back the clean image; robustmed its best candidate
@@ -80,7 +80,7 @@ def test_cascade_matches_pyautoattack_standard():
 ])
 def test_class_count_adaptation(classes, cascade, targets):
     """Below four classes the targeted budget goes to APGD-CE restarts (five in all), stored in the spec."""
-    spec = FAMILIES.get("aa").adapt(parse_attack("aa"), classes)
+    spec = FAMILIES.get("aa").adapt(parse_attack("aa:canonical"), classes)
     assert spec.extra["cascade"] == cascade and spec.extra["n_target_classes"] == targets
     assert spec.extra.get("restarts", {}).get("apgd-ce", 1) == (1 if classes >= 4 else 5)
     assert (spec.extra["square_queries"], spec.extra["square_q"]) == (5000, 1)
@@ -102,12 +102,12 @@ def test_binary_cascade_runs_in_the_harness_and_stores_its_configuration(monkeyp
     x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = model(x).argmax(1)
-    rows = benchmark(model, x, y, attack="aa5", eps=EPS, seed=2)
+    rows = benchmark(model, x, y, attack="aa5:canonical", eps=EPS, seed=2)
     spec = json.loads(rows.spec.iloc[0])
     assert spec["extra"]["cascade"] == ["apgd-ce", "fab-t", "square"]
     assert spec["extra"]["num_classes"] == 2 and spec["extra"]["kernels"] == "pyautoattack==0.2.0"
     assert (rows.linf <= EPS + 1e-6).all() and rows.success.any()
-    again = benchmark(model, x, y, attack="aa5", eps=EPS, seed=2)
+    again = benchmark(model, x, y, attack="aa5:canonical", eps=EPS, seed=2)
     assert again.success.tolist() == rows.success.tolist()  # seeded kernels reproduce
 
 
@@ -120,9 +120,9 @@ def test_bench_runs_aa_on_the_binary_default_data(tmp_path, monkeypatch, data_ro
         "import torch\nfrom torch import nn\n\n\ndef build():\n    torch.manual_seed(0)\n"
         "    return nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),\n"
         "                         nn.Linear(16, 2)).eval()\n")
-    report = run_bench(BenchConfig(model_file=f"{model_file}:build", attack="aa5", n=8, progress=False,
+    report = run_bench(BenchConfig(model_file=f"{model_file}:build", attack="aa5:canonical", n=8, progress=False,
                                    data_root=str(data_root), out=str(tmp_path / "runs")))
-    assert report.manifest["attacks"]["aa5"]["extra"]["cascade"] == ["apgd-ce", "fab-t", "square"]
+    assert report.manifest["attacks"]["aa5:canonical"]["extra"]["cascade"] == ["apgd-ce", "fab-t", "square"]
     assert len(report.rows) == 8 and (report.rows.robust <= report.rows.clean_correct).all()
 
 
@@ -150,3 +150,52 @@ def test_aa_is_at_least_as_strong_as_apgd_ce_with_five_restarts_on_the_default_m
         broken = torch.zeros(len(y), dtype=torch.bool)
         broken[attacked] = model(reference.perturb(x[attacked], y[attacked])).argmax(1) != y[attacked]
     assert broken.any() and not (robust & broken).any()
+
+
+def test_aa_names_the_fast_cascade_and_aa_canonical_the_standard_one():
+    """From spec version 3 the bare name is the early-exit cascade; ``aa:canonical`` (and ``aa`` read as of
+    version 2, as stored runs are) is the standard cascade with the digest it always had."""
+    fast, canonical, stored = parse_attack("aa"), parse_attack("aa:canonical"), parse_attack("aa", "2")
+    assert (fast.variant, fast.version) == ("fast", "3") and (canonical.variant, canonical.version) == ("", "2")
+    assert stored.name == "aa" and stored.digest(EPS) != fast.digest(EPS)
+    assert stored.to_json(EPS) == canonical.to_json(EPS).replace('"aa:canonical"', '"aa"')
+    assert FAMILIES.get("aa").adapt(fast, 2).extra["cascade"] == [
+        "apgd-ce", "apgd-ce@clean", "apgd-ce@random", "apgd-ce@random", "square"]
+    assert "apgd-t" in FAMILIES.get("aa").adapt(fast, 10).extra["cascade"]
+    with pytest.raises(Exception, match="canonical"):
+        parse_attack("aa:quick")
+
+
+def test_a_stored_run_reruns_as_the_spec_version_it_was_made_with():
+    """Committed Table 3 runs stored ``aa`` at version 2: `regress` reruns them as the canonical cascade."""
+    from robustmed.reports.regress import stored_spec_version
+    from robustmed.run.config import BenchConfig, run_id_for
+
+    stored = {"attacks": {"pgd10": {"family": "pgd", "version": "2"}, "aa": {"family": "aa", "version": "2"}}}
+    assert stored_spec_version(stored) == "2"
+    assert stored_spec_version({"attacks": {"aa": {"family": "aa", "version": "3"}}}) is None
+    assert stored_spec_version({"attacks": {"pgd10": {"family": "pgd", "version": "2"}}}) is None
+    now, then = BenchConfig(attack="pgd10,aa"), BenchConfig(attack="pgd10,aa", spec_version="2")
+    assert [s.variant for s in then.specs()] == ["", ""] and now.specs()[1].variant == "fast"
+    assert run_id_for(now, "none", None, "d") != run_id_for(then, "none", None, "d")
+    assert run_id_for(BenchConfig(attack="pgd10"), "none", None, "d") == run_id_for(
+        BenchConfig(attack="pgd10", spec_version=None), "none", None, "d")
+
+
+def test_fast_cascade_is_as_strong_as_pyautoattacks_standard_cascade_at_small_budgets(monkeypatch):
+    """Same budgets (10 APGD steps, 100 Square queries): every sample pyautoattack's AutoAttack breaks on the
+    10-class conformance batch, the fast cascade breaks too, spending fewer model passes."""
+    from robustmed.attacks import aa_fast
+    from robustmed.passes import PassCounter
+
+    monkeypatch.setattr(aa_fast, "FAST_SQUARE_QUERIES", 100)
+    model, x, y = _ten_class_batch(24)
+    reference, counter = PassCounter(), PassCounter()
+    x_ref, y_ref = _reference(reference.wrap(model), x, y, n_iter=10, queries=100, eps=0.02)
+    spec = FAMILIES.get("aa").adapt(parse_attack("aa10"), 10)
+    assert spec.extra["square_queries"] == 100
+    ours = run_autoattack(counter.wrap(model), x, y, spec=spec, eps=0.02, seed=SEED)
+    theirs = y_ref != y
+    assert 0 < theirs.sum() < len(y) and not (theirs & ~ours.success).any()
+    assert (ours.x_adv - x).abs().max() <= 0.02 + 1e-6
+    assert counter.forward < reference.forward / 2 and counter.backward < reference.backward / 2

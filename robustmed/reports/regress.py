@@ -11,6 +11,9 @@ from math import comb
 
 import pandas as pd
 
+from robustmed.attacks import FAMILIES
+from robustmed.attacks.base import SPEC_VERSION
+
 KEY = ["defense", "model", "dataset", "protocol", "attack", "eps", "sample_id"]
 
 
@@ -51,6 +54,15 @@ def _frame(runs) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).drop_duplicates(KEY, keep="last")
 
 
+def stored_spec_version(manifest: dict) -> str | None:
+    """The spec version to read a stored run's attack names as: the one its specs were stored with, when every
+    one of them predates the current grammar (``aa`` then named the canonical cascade); else the current one."""
+    versions = {spec.get("version", SPEC_VERSION) for spec in manifest.get("attacks", {}).values()}
+    return SPEC_VERSION if versions == {SPEC_VERSION} and any(
+        FAMILIES.get(spec["family"]).default_variant for spec in manifest["attacks"].values()
+        if spec["family"] in FAMILIES) else None
+
+
 def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
     """Run each golden run's stored configuration again, into ``out``.
 
@@ -65,6 +77,7 @@ def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
     known = {f.name for f in fields(BenchConfig)}
     for _, manifest in baseline_runs:
         config = {k: v for k, v in manifest["config"].items() if k in known}
+        config.setdefault("spec_version", stored_spec_version(manifest))
         if attacks is not None:
             config["attack"] = ",".join(a for a in split_attacks(config["attack"]) if a in attacks)
         run_bench(BenchConfig(**{**config, "out": out, "progress": False, "device": device}))

@@ -149,7 +149,8 @@ def attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
     if refuse:
         refuse_on_errors(preflight)
     with bpda(ctx.model) if ctx.nondiff_ops else nullcontext(0) as straight_through:
-        specs = [parse_attack(name) for name in with_null_baseline([s.name for s in ctx.specs], ctx.randomized)]
+        names = with_null_baseline([s.name for s in ctx.specs], ctx.randomized)
+        specs = [parse_attack(name, cfg.spec_version) for name in names]
         rows = judged_rows(ctx.model, ctx.x, ctx.y, ctx.ids, specs, ctx.eps, ctx.extras.get("grade"), seed=cfg.seed,
                            batch_size=cfg.batch_size, device=ctx.device, progress=cfg.progress,
                            randomized=ctx.randomized, clean_pass=_clean_pass(ctx))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from robustmed import data as data_mod, store
 from robustmed.attacks import parse_attack, parse_eps_list
+from robustmed.attacks.base import SPEC_VERSION
 from robustmed.errors import UserError
 from robustmed.provenance import ENGINE
 
@@ -63,9 +64,10 @@ class BenchConfig:
     threat: str | None = None  # multi-input models: inputs attacked (joint, image, tabular, an input's name)
     criterion: str | None = None  # multi-label models: success criterion (any, label:NAME)
     fresh: bool = False  # recompute even when a run with this id is stored
+    spec_version: str | None = None  # read attack names as this spec version did (a stored run's rerun)
 
     def specs(self):
-        return [parse_attack(a) for a in split_attacks(self.attack)]
+        return [parse_attack(a, self.spec_version) for a in split_attacks(self.attack)]
 
     def eps_values(self) -> tuple[float, ...]:
         return parse_eps_list(self.eps)
@@ -84,7 +86,7 @@ def identity(cfg: BenchConfig) -> dict:
     """The config fields that decide the rows (everything but :data:`EXECUTION`); the multi-input fields
     only when set, so single-input runs keep their ids."""
     return {k: v for k, v in asdict(cfg).items()
-            if k not in EXECUTION and not (k in ("threat", "criterion") and v is None)}
+            if k not in EXECUTION and not (k in ("threat", "criterion", "spec_version") and v is None)}
 
 
 
@@ -92,6 +94,8 @@ def run_id_for(cfg: BenchConfig, defense: str, checkpoint_sha256: str | None, da
     """``<defense>-<attacks>-<hash>``: the same config, checkpoint and data always name the same run."""
     key = {**identity(cfg), "checkpoint_sha256": checkpoint_sha256, "dataset_sha256": dataset_sha256,
            "engine": ENGINE}
+    if versions := sorted({s.version for s in cfg.specs()} - {SPEC_VERSION}):
+        key["spec_versions"] = versions  # a name whose meaning moved (aa) never reads back the older run
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     safe_attack = cfg.attack.replace(",", "+").replace(":", "_").replace("=", "").replace("/", "-")[:60]
     return f"{defense}-{safe_attack}-{tag}"

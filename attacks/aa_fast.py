@@ -1,0 +1,87 @@
+"""The stages of AutoAttack's fast cascade (``aa``; ``aa:canonical`` is the standard one in ``autoattack.py``).
+
+Every stage runs robustmed's shrinking-batch APGD (``apgd.py``) or Square on the samples earlier
+stages left, so a pass is spent only where a verdict can still change. What each stage is for:
+the first APGD-CE run from the harness's seeded start breaks nearly every breakable sample; the
+survivors get starts the first run did not try (the clean image, fresh seeded random points),
+targeted runs where the class count gives targets, and a gradient-free Square run last, as a
+check against gradient masking. The order and budgets follow the measured yield of each stage
+(docs/performance.md, "AutoAttack at PGD-100 cost").
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from robustmed.attacks.apgd import apgd, targeted_loss
+from robustmed.attacks.base import AttackSpec
+from robustmed.attacks.pgd import padding_bits
+from robustmed.attacks.square import best_candidates, square_kernel
+
+FAST_TARGETS = 3  # targeted runs (C ≥ 3) aim at the clean prediction's runners-up, most likely first
+FAST_RANDOM_STARTS = 2
+FAST_SQUARE_QUERIES = 1000
+
+Stage = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, y, rows) → candidates
+
+
+def fast_stages(num_classes: int) -> list[str]:
+    """Untargeted CE from the seeded start, then (survivors only) the clean start, targeted runs where C ≥ 3,
+    further seeded random starts, Square."""
+    targeted = ["apgd-t"] if num_classes >= 3 else []
+    return ["apgd-ce", "apgd-ce@clean", *targeted, *["apgd-ce@random"] * FAST_RANDOM_STARTS, "square"]
+
+
+def _random_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    return noise.to(x.device).mul_(2 * eps).sub_(eps)
+
+
+def _apgd_stage(start_mode: str) -> Callable[..., Stage]:
+    def build(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
+        def attack(x, y, rows):
+            begin = {"given": None if start is None else start[rows], "clean": None,
+                     "random": _random_start(x, eps, seed)}[start_mode]
+            return apgd(forward, x, y, eps=eps, steps=spec.steps, loss="ce", start=begin, eot=max(1, spec.eot),
+                        bucket_bits=padding_bits(spec)).x_adv
+        return attack
+    return build
+
+
+def _targeted(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
+    """APGD on the targeted margin (DLR-scaled when C ≥ 4) towards each runner-up in turn, survivors only."""
+    def attack(x, y, rows):
+        with torch.no_grad():
+            logits = forward(x)
+        ranked, candidate = logits.sort(dim=1, descending=True)[1], x.clone()
+        open_rows = torch.ones(len(y), dtype=torch.bool, device=y.device)
+        dlr = logits.shape[1] >= 4
+        for rank in range(1, min(FAST_TARGETS, logits.shape[1] - 1) + 1):
+            todo = torch.nonzero(open_rows).flatten()
+            if len(todo) == 0:
+                break
+            target = torch.where(ranked[todo, 0] == y[todo], ranked[todo, rank], ranked[todo, 0])
+            result = apgd(forward, x[todo], y[todo], eps=eps, steps=spec.steps, loss=targeted_loss(target, dlr),
+                          eot=max(1, spec.eot), bucket_bits=padding_bits(spec))
+            candidate[todo] = result.x_adv
+            open_rows[todo[result.success]] = False
+        return candidate
+    return attack
+
+
+def _square(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
+    def attack(x, y, rows):
+        kernel = square_kernel(forward, eps, queries=spec.extra["square_queries"], seed=seed,
+                               q=spec.extra["square_q"], device=x.device)
+        return best_candidates(kernel, x, y)
+    return attack
+
+
+FAST_STAGES: dict[str, Callable[..., Stage]] = {
+    "apgd-ce": _apgd_stage("given"),
+    "apgd-ce@clean": _apgd_stage("clean"),
+    "apgd-ce@random": _apgd_stage("random"),
+    "apgd-t": _targeted,
+    "square": _square,
+}
