@@ -109,9 +109,11 @@ def _checkpoint(s: _State, rows: torch.Tensor, window: int) -> None:
 
 def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *, eps: float,
          steps: int, loss: str | Callable = "ce", start: torch.Tensor | None = None, eot: int = 1,
-         early_stop: bool = True, bucket_bits: int = DETERMINISTIC_BITS) -> ApgdResult:
+         early_stop: bool = True, bucket_bits: int = DETERMINISTIC_BITS,
+         group: torch.Tensor | None = None) -> ApgdResult:
     """APGD from ``x + start`` (zeros: the clean image) for ``steps`` steps; with ``early_stop`` a sample
-    leaves the batch at the step it breaks (judged on the EOT-averaged logits)."""
+    leaves the batch at the step it breaks (judged on the EOT-averaged logits). ``group`` names the sample
+    each row attacks when one sample runs from several starts at once: a broken row retires its group."""
     x, n = x.detach(), len(x)
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     current = project(x + (torch.zeros_like(x) if start is None else start.to(x)), x, eps)
@@ -134,6 +136,8 @@ def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
         if k == steps:
             break
         keep = ~broke if early_stop else torch.ones_like(broke)
+        if group is not None and early_stop:
+            keep &= ~torch.isin(group[active], group[result.success])
         active = active[keep]
         if len(active) == 0:
             break

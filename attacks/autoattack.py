@@ -151,7 +151,9 @@ def _adapter(stages: Callable[[int], list[str]],
     def adapt(spec: AttackSpec, num_classes: int) -> AttackSpec:
         randomized = bool(spec.extra.get("randomized")) and spec.protocol != "paper"
         if spec.variant == "fast":
-            extra = {**spec.extra, "cascade": fast_stages(num_classes), "kernels": "robustmed apgd, pyautoattack==0.2.0 square"}
+            extra = {**spec.extra, "cascade": fast_stages(num_classes),
+                     "kernels": "robustmed apgd, pyautoattack==0.2.0 square",
+                     "n_target_classes": min(aa_fast.FAST_TARGETS, num_classes - 1) if num_classes >= 3 else 0}
             return replace(spec, extra={**extra, "square_queries": aa_fast.FAST_SQUARE_QUERIES,
                                         "square_q": SQUARE_Q_RANDOMIZED if randomized else 1})
         cascade = stages(num_classes)

@@ -58,3 +58,20 @@ def test_as_strong_as_pyautoattacks_kernel_from_the_same_start():
     start = EPS * t / t.abs().flatten(1).amax(1).view(-1, 1, 1, 1)
     ours = apgd(model, x, y, eps=EPS, steps=50, start=start).success
     assert theirs.sum() > 0 and bool((ours | ~theirs).all()), (ours.sum(), theirs.sum())
+
+
+def test_a_sample_run_from_several_starts_at_once_leaves_with_its_first_broken_row():
+    """``group``: rows of one sample retire together, so later rows spend nothing once a start has broken it."""
+    model, x, y = _batch(24)
+    starts = torch.cat([torch.zeros_like(x), (torch.rand(x.shape, generator=torch.Generator().manual_seed(2),
+                                                         dtype=x.dtype) * 2 - 1) * EPS])
+    group = torch.arange(len(y)).repeat(2)
+    together = apgd(model, x.repeat(2, 1, 1, 1), y.repeat(2), eps=EPS, steps=30, start=starts, group=group)
+    apart = apgd(model, x.repeat(2, 1, 1, 1), y.repeat(2), eps=EPS, steps=30, start=starts)
+    broken = together.success.view(2, -1).any(0)
+    assert torch.equal(broken, apart.success.view(2, -1).any(0)) and 0 < broken.sum() < len(y)
+    both = apart.success.view(2, -1).all(0)
+    steps = apart.first.view(2, -1)
+    later = both & (steps[0] != steps[1])  # broken from both starts, one start sooner
+    assert later.any() and not together.success.view(2, -1).all(0)[later].any()  # the slower row stopped
+    assert together.passes <= apart.passes
