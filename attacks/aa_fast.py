@@ -41,7 +41,7 @@ def _random_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
 def _first_run(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
     def attack(x, y, rows):
         return apgd(forward, x, y, eps=eps, steps=spec.steps, loss="ce", start=None if start is None else start[rows],
-                    eot=max(1, spec.eot), bucket_bits=padding_bits(spec)).x_adv
+                    eot=max(1, spec.eot), bucket_bits=padding_bits(spec), norm=spec.norm).x_adv
     return attack
 
 
@@ -53,7 +53,8 @@ def _restarts(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Ten
         starts = torch.cat([torch.zeros_like(x), *(_random_start(x, eps, seed + r) for r in range(1, k))])
         group = torch.arange(m, device=y.device).repeat(k)
         result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps,
-                      loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group)
+                      loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
+                      norm=spec.norm)
         score = torch.where(result.success, torch.inf, result.loss).view(k, m)
         return result.x_adv.view(k, m, *x.shape[1:])[score.argmax(0), torch.arange(m, device=y.device)]
     return attack
@@ -73,7 +74,7 @@ def _targeted(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Ten
                 break
             target = torch.where(ranked[todo, 0] == y[todo], ranked[todo, rank], ranked[todo, 0])
             result = apgd(forward, x[todo], y[todo], eps=eps, steps=spec.steps, loss=targeted_loss(target, dlr),
-                          eot=max(1, spec.eot), bucket_bits=padding_bits(spec))
+                          eot=max(1, spec.eot), bucket_bits=padding_bits(spec), norm=spec.norm)
             candidate[todo] = result.x_adv
             open_rows[todo[result.success]] = False
         return candidate
@@ -83,7 +84,7 @@ def _targeted(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Ten
 def _square(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
     def attack(x, y, rows):
         kernel = square_kernel(forward, eps, queries=spec.extra["square_queries"], seed=seed,
-                               q=spec.extra["square_q"], device=x.device)
+                               q=spec.extra["square_q"], device=x.device, norm=spec.norm)
         return best_candidates(kernel, x, y)
     return attack
 

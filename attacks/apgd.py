@@ -1,4 +1,4 @@
-"""APGD (Croce & Hein 2020, Alg. 1), L∞, with a shrinking batch: robustmed's own loop.
+"""APGD (Croce & Hein 2020, Alg. 1), L∞ or L2, with a shrinking batch: robustmed's own loop.
 
 The step-size schedule is per sample (halved at the paper's checkpoints when the loss stopped
 rising, the iterate then reset to the sample's best point), so a sample can leave the batch the
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from robustmed.attacks.eot import eot_loss_grad, margin_loss
-from robustmed.attacks.pgd import DETERMINISTIC_BITS, _padded, padded_size, project
+from robustmed.attacks.pgd import DETERMINISTIC_BITS, PROJECTIONS, _padded, l2_step, padded_size
 
 MOMENTUM = 0.75  # α of the paper's heavy-ball step
 RHO = 0.75  # a window in which the loss rose in at most this share of steps halves the step
@@ -84,10 +84,12 @@ class _State:
     halved_at_check: torch.Tensor
 
 
-def _step(s: _State, rows: torch.Tensor, x: torch.Tensor, eps: float, first: bool) -> torch.Tensor:
-    """The heavy-ball step of the rows, projected onto the ε-ball and the box."""
+def _step(s: _State, rows: torch.Tensor, x: torch.Tensor, eps: float, first: bool, norm: str) -> torch.Tensor:
+    """The heavy-ball step of the rows (signed for L∞, along the L2-normalised gradient for L2), projected onto
+    the ε-ball and the box."""
     here, step = s.current[rows], s.step[rows].view(-1, *([1] * (x.ndim - 1)))
-    z = project(here + step * s.grad[rows].sign(), x[rows], eps)
+    project = PROJECTIONS[norm]
+    z = project(here + step * (s.grad[rows].sign() if norm == "Linf" else l2_step(s.grad[rows])), x[rows], eps)
     if first:
         return z
     moved = here + MOMENTUM * (z - here) + (1 - MOMENTUM) * (here - s.previous[rows])
@@ -110,13 +112,13 @@ def _checkpoint(s: _State, rows: torch.Tensor, window: int) -> None:
 def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *, eps: float,
          steps: int, loss: str | Callable = "ce", start: torch.Tensor | None = None, eot: int = 1,
          early_stop: bool = True, bucket_bits: int = DETERMINISTIC_BITS,
-         group: torch.Tensor | None = None) -> ApgdResult:
+         group: torch.Tensor | None = None, norm: str = "Linf") -> ApgdResult:
     """APGD from ``x + start`` (zeros: the clean image) for ``steps`` steps; with ``early_stop`` a sample
     leaves the batch at the step it breaks (judged on the EOT-averaged logits). ``group`` names the sample
     each row attacks when one sample runs from several starts at once: a broken row retires its group."""
     x, n = x.detach(), len(x)
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
-    current = project(x + (torch.zeros_like(x) if start is None else start.to(x)), x, eps)
+    current = PROJECTIONS[norm](x + (torch.zeros_like(x) if start is None else start.to(x)), x, eps)
     result = ApgdResult(current.clone(), torch.zeros(n, dtype=torch.bool, device=x.device),
                         torch.full((n,), -torch.inf, dtype=x.dtype, device=x.device), torch.full((n,), -1, dtype=torch.long,
                                                                                    device=x.device), 0)
@@ -144,7 +146,7 @@ def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
         if k in checks:
             _checkpoint(s, active, k - last_check)
             last_check = k
-        stepped = _step(s, active, x, eps, first=k == 0)
+        stepped = _step(s, active, x, eps, first=k == 0, norm=norm)
         s.previous[active] = s.current[active]
         s.current[active] = stepped
     return result

@@ -83,7 +83,7 @@ def _kernel_candidates(kernel, x, y, restarts: int, targets: int = 0):
 
 def _apgd(kind: type, loss: str, stage: str) -> Callable:
     def build(forward, eps, spec: AttackSpec, seed: int, device):
-        kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm="Linf",
+        kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm=spec.norm,
                       eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG)
         kernel.loss = loss
         restarts = spec.extra.get("restarts", {}).get(stage, 1)
@@ -93,7 +93,7 @@ def _apgd(kind: type, loss: str, stage: str) -> Callable:
 
 def _apgd_targeted(kind: type) -> Callable:
     def build(forward, eps, spec: AttackSpec, seed: int, device):
-        kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm="Linf",
+        kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm=spec.norm,
                       eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG,
                       n_target_classes=spec.extra["n_target_classes"])
         return lambda x, y: _kernel_candidates(kernel, x, y, 1, kernel.n_target_classes)
@@ -101,7 +101,7 @@ def _apgd_targeted(kind: type) -> Callable:
 
 
 def _fab_targeted(forward, eps, spec: AttackSpec, seed: int, device):
-    kernel = FABAttack_PT(forward, n_restarts=1, n_iter=spec.steps, eps=eps, seed=seed, norm="Linf",
+    kernel = FABAttack_PT(forward, n_restarts=1, n_iter=spec.steps, eps=eps, seed=seed, norm=spec.norm,
                           verbose=False, device=device, targeted=True,
                           n_target_classes=spec.extra["n_target_classes"])
     return kernel.perturb  # a minimum-norm attack: where it fails it has no bounded point to offer
@@ -109,7 +109,7 @@ def _fab_targeted(forward, eps, spec: AttackSpec, seed: int, device):
 
 def _square(forward, eps, spec: AttackSpec, seed: int, device):
     kernel = square_kernel(forward, eps, queries=spec.extra["square_queries"], seed=seed,
-                           q=spec.extra["square_q"], device=device)
+                           q=spec.extra["square_q"], device=device, norm=spec.norm)
     return lambda x, y: best_candidates(kernel, x, y)
 
 
@@ -234,5 +234,5 @@ for _name, _stages, _restarts, _description, _defaults, _amp, _variant in (  # F
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
         defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts), amp=_amp, reports_stages=True,
-        default_variant=_variant,
+        default_variant=_variant, norms=("Linf", "L2"),
     ))

@@ -126,6 +126,7 @@ class AttackFamily:
     uses_eps: bool = True  # False: the same result at every ε (null), so an ε sweep judges it once
     reports_stages: bool = False  # takes ``on_stage(fraction)``: a cascade says how many of its stages are done
     default_variant: str = ""  # what the bare name means from spec version 3 on (``NAME:canonical``: the "" form)
+    norms: tuple[str, ...] = ("Linf",)  # threat models it attacks in (``norm=l2``)
 
 
 FAMILIES: Registry[AttackFamily] = Registry("attack")
@@ -157,6 +158,15 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+def _norm(value: str) -> str:
+    if value not in NORMS:
+        raise ValueError(value)
+    return NORMS[value]
+
+
 def _amp(value: str) -> str:
     value = {"1": "auto", "true": "auto", "yes": "auto", "0": "", "false": "", "no": ""}.get(value, value)
     return _choice("", "auto", "bf16", "fp16")(value)
@@ -170,7 +180,7 @@ _OPTION_TYPES = {"alpha": parse_number, "restarts": int, "eot": int, "draws": in
                  "random_start": lambda v: v.lower() in ("1", "true", "yes"),
                  "keep_best": lambda v: v.lower() in ("1", "true", "yes"),
                  "early_stop": lambda v: v.lower() in ("1", "true", "yes"),
-                 "sweep": _sweep, "eps_mode": _choice(*EPS_MODES), "amp": _amp}
+                 "sweep": _sweep, "eps_mode": _choice(*EPS_MODES), "amp": _amp, "norm": _norm}
 
 
 VARIANT_VERSION = "3"  # the spec version from which a family's bare name means its default variant
@@ -219,7 +229,11 @@ def parse_attack(text: str, as_of: str | None = None) -> AttackSpec:
 
 
 def _check_sweep_and_amp(spec: AttackSpec, family: AttackFamily, text: str) -> AttackSpec:
-    """An iteration sweep needs a fixed-step loop, one start and k ≤ steps; its long run's row always comes."""
+    """An iteration sweep needs a fixed-step loop, one start and k ≤ steps; its long run's row always comes.
+    The family must attack in the spec's norm."""
+    if spec.norm not in family.norms:
+        raise UserError(f"attack {text!r}: {family.name} attacks in {', '.join(family.norms)} only, not "
+                        f"{spec.norm}; use pgd, bim, aa or square for L2")
     if spec.amp and not family.amp:
         raise UserError(f"attack {text!r}: amp is not available for {family.name} (it stays fp32)")
     if not spec.sweep:

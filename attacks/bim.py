@@ -11,7 +11,7 @@ def _bim_alpha(eps: float, steps: int) -> float:
 
 FAMILIES.register("bim", AttackFamily(
     name="bim",
-    description="L∞ BIM: PGD from the clean input, sign steps, best iterate kept (Kurakin et al. 2017)",
+    description="BIM: PGD from the clean input, best iterate kept (Kurakin et al. 2017)",
     run=run_pgd,
     default_steps=10,
     alpha=_bim_alpha,
@@ -23,4 +23,5 @@ FAMILIES.register("bim", AttackFamily(
     warm_start=True,
     mapping_inputs=True,
     eps_rows=True,
+    norms=("Linf", "L2"),
 ))

@@ -17,6 +17,7 @@ import torch
 from robustmed.attacks.base import FAMILIES, AttackFamily, AttackResult, AttackSpec
 from robustmed.attacks.eot import LOSSES, eot_loss_grad
 from robustmed.attacks.threat import Packing, ThreatModel
+from robustmed.errors import UserError
 
 Budget = float | torch.Tensor  # a scalar, or per element of a packed multi-input sample
 
@@ -30,6 +31,24 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: Budget, bounds: tuple[Bud
     """Onto the ε-ball around the clean input, then onto the bounds (same float ops as torchattacks)."""
     delta = torch.clamp(x_adv - x, min=-eps, max=eps)
     return torch.clamp(x + delta, min=bounds[0], max=bounds[1])
+
+
+def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: Budget, bounds: tuple[Budget, Budget] = (0, 1)) -> torch.Tensor:
+    """Onto the L2 ball around the clean input (δ scaled by min(1, ε/‖δ‖₂)), then onto the bounds (torchattacks'
+    PGDL2 order and float ops)."""
+    delta = x_adv - x
+    norms = delta.flatten(1).norm(p=2, dim=1)
+    radius = eps.flatten() if isinstance(eps, torch.Tensor) else eps
+    factor = torch.min(radius / norms, torch.ones_like(norms))
+    return torch.clamp(x + delta * factor.view(-1, *([1] * (x.ndim - 1))), min=bounds[0], max=bounds[1])
+
+
+def l2_step(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient scaled to unit L2 norm per sample (the 1e-10 guard as torchattacks' PGDL2)."""
+    return grad / (grad.flatten(1).norm(p=2, dim=1) + 1e-10).view(-1, *([1] * (grad.ndim - 1)))
+
+
+PROJECTIONS = {"Linf": project, "L2": project_l2}
 
 
 def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -139,15 +158,18 @@ class _Best:
                             snapshots=snapshots or {})
 
 
-def _ascend(grad, active, x, current, velocity, *, momentum, step_size, eps, bounds, constrain) -> None:
-    """One signed step of the active samples (MIM: momentum on the L1-normalised gradient), projected around
-    the clean input and onto the box (and the valid values, for packed multi-input samples)."""
+def _ascend(grad, active, x, current, velocity, *, momentum, step_size, eps, bounds, constrain,
+            norm: str = "Linf") -> None:
+    """One step of the active samples, signed (L∞; MIM: momentum on the L1-normalised gradient) or along the
+    L2-normalised gradient (L2), projected around the clean input and onto the box (and the valid values, for
+    packed multi-input samples)."""
     if momentum:
         grad = grad / grad.abs().sum(dim=tuple(range(1, grad.ndim)), keepdim=True).clamp_min(1e-12)
         velocity[active] = momentum * velocity[active] + grad
         grad = velocity[active]
-    stepped = project(current[active] + _at(step_size, active, x.ndim) * grad.sign(), x[active],
-                      _at(eps, active, x.ndim), bounds)
+    direction = grad.sign() if norm == "Linf" else l2_step(grad)
+    stepped = PROJECTIONS[norm](current[active] + _at(step_size, active, x.ndim) * direction, x[active],
+                                _at(eps, active, x.ndim), bounds)
     current[active] = stepped if constrain is None else constrain(stepped, x[active])
 
 
@@ -156,8 +178,8 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
         momentum: float = 0.0, keep_best: bool = True, early_stop: bool = True, eot: int = 1,
         loss: str = "ce", generator: torch.Generator | None = None, bounds: tuple[Budget, Budget] = (0, 1),
         snapshots: tuple[int, ...] = (), constrain: Callable | None = None,
-        nest: EpsRows | None = None, bucket_bits: int = DETERMINISTIC_BITS) -> AttackResult:
-    """Sign-gradient ascent on ``loss`` (ce | margin) within ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1].
+        nest: EpsRows | None = None, bucket_bits: int = DETERMINISTIC_BITS, norm: str = "Linf") -> AttackResult:
+    """Sign-gradient ascent on ``loss`` (ce | margin) within ‖δ‖∞ ≤ ε and x + δ ∈ [0, 1] (L2: PGDL2's steps).
 
     ``start`` is the initial perturbation (per-sample seeded by the harness); without it a
     uniform start is drawn from ``generator`` when ``random_start`` is set (BIM: no start).
@@ -178,7 +200,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     n, loss_fn = len(x), LOSSES[loss]
     if start is None:
         start = uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
-    current = project(x + start.to(x), x, eps, bounds)
+    current = PROJECTIONS[norm](x + start.to(x), x, eps, bounds)
     if constrain is not None:
         current = constrain(current, x)
     best = _Best.at(current)
@@ -205,7 +227,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
             keep &= ~nest.retired(best.broke)[active]
         active, grad = active[keep], grad[keep]
         _ascend(grad, active, x, current, velocity, momentum=momentum, step_size=step_size, eps=eps, bounds=bounds,
-                constrain=constrain)
+                constrain=constrain, norm=norm)
         if len(active) == 0:
             break
     for k in snapshots:  # steps after an early exit of every sample change nothing
@@ -246,6 +268,8 @@ def run_pgd(forward, x, y, *, spec: AttackSpec, eps: float | EpsRows, start=None
 
 
 def _run_packed(forward, x, y, *, spec, eps, start, seed, threat) -> AttackResult:
+    if spec.norm != "Linf":
+        raise UserError(f"{spec.name}: multi-input models are attacked in L∞ only; drop norm={spec.norm.lower()}")
     packing = Packing(x, threat, eps)
     flat_start = None if start is None else packing.pack(start)
     result = _run_flat(packing.forward(forward), packing.pack(x), y, spec=spec, eps=packing.eps, start=flat_start,
@@ -266,7 +290,7 @@ def _run_flat(forward, x, y, *, spec: AttackSpec, eps: Budget, start, seed: int,
                    momentum=spec.momentum, keep_best=spec.keep_best, early_stop=spec.early_stop,
                    eot=max(1, spec.eot), loss=spec.loss, generator=torch.Generator().manual_seed(seed),
                    bounds=bounds, snapshots=tuple(spec.sweep), constrain=constrain,
-                   bucket_bits=padding_bits(spec))
+                   bucket_bits=padding_bits(spec), norm=spec.norm)
     total = pgd(forward, x, y, start=starts[0], eps=eps, step_size=step_size, nest=nest, **options)
     for restart_start in starts[1:]:
         open_rows = ~total.success if nest is None else ~total.success & ~nest.retired(total.success)
@@ -291,7 +315,8 @@ def _pgd_alpha(eps: float, steps: int) -> float:
 
 FAMILIES.register("pgd", AttackFamily(
     name="pgd",
-    description="L∞ PGD, uniform random start, sign steps, best iterate kept (Madry et al. 2018)",
+    description="PGD, uniform random start, sign steps (L2: normalised-gradient steps), best iterate kept "
+                "(Madry et al. 2018)",
     run=run_pgd,
     default_steps=10,
     alpha=_pgd_alpha,
@@ -302,4 +327,5 @@ FAMILIES.register("pgd", AttackFamily(
     warm_start=True,
     mapping_inputs=True,
     eps_rows=True,
+    norms=("Linf", "L2"),
 ))

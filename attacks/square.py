@@ -26,9 +26,9 @@ class AveragedSquare(SquareAttack):
         return torch.stack([m for m, _ in pairs]).mean(0), torch.stack([l for _, l in pairs]).mean(0)
 
 
-def square_kernel(forward, eps: float, *, queries: int, seed: int, q: int, device) -> AveragedSquare:
+def square_kernel(forward, eps: float, *, queries: int, seed: int, q: int, device, norm: str = "Linf") -> AveragedSquare:
     """The kernel exactly as AutoAttack's standard version configures it (p_init 0.8, no rescaling)."""
-    return AveragedSquare(forward, q=q, p_init=.8, n_queries=queries, eps=eps, norm="Linf", n_restarts=1,
+    return AveragedSquare(forward, q=q, p_init=.8, n_queries=queries, eps=eps, norm=norm, n_restarts=1,
                           seed=seed, verbose=False, device=device, resc_schedule=False)
 
 
@@ -58,7 +58,8 @@ def score(forward, x_adv: torch.Tensor, y: torch.Tensor, stage: torch.Tensor) ->
 def run_square(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed: int = 0) -> AttackResult:
     """Registry entry point: every sample's best point; pyautoattack reseeds the global RNG, so its
     state is restored afterwards."""
-    kernel = square_kernel(forward, eps, queries=spec.steps, seed=seed, q=max(1, spec.eot), device=x.device)
+    kernel = square_kernel(forward, eps, queries=spec.steps, seed=seed, q=max(1, spec.eot), device=x.device,
+                           norm=spec.norm)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         x_adv = best_candidates(kernel, x, y)
     result = score(forward, x_adv.detach(), y, torch.zeros_like(y))
@@ -68,10 +69,11 @@ def run_square(forward, x, y, *, spec: AttackSpec, eps: float, start=None, seed:
 
 FAMILIES.register("square", AttackFamily(
     name="square",
-    description="L∞ Square Attack, steps = queries (Andriushchenko et al. 2020); margin averaged over q=eot passes",
+    description="Square Attack (L∞ or L2), steps = queries (Andriushchenko et al. 2020); margin averaged over q=eot passes",
     run=run_square,
     default_steps=5000,
     alpha=lambda eps, steps: 0.8,
     alpha_rule="p_init=0.8 (square size schedule, no gradient step)",
     randomized_eot=4,
+    norms=("Linf", "L2"),
 ))

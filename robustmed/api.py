@@ -23,6 +23,7 @@ import torch
 from robustmed import data as data_mod, store
 from robustmed.checks import CheckContext, Finding, unreliable
 from robustmed.contracts import adapt_head, as_multilabel, check_range
+from robustmed.corruption_summary import summarize_corruptions
 from robustmed.errors import UserError
 from robustmed.ordinal import criterion_of
 from robustmed.provenance import ENGINE, package_versions, resolve_device, weights_sha256
@@ -43,6 +44,7 @@ class Evaluation:
     findings: list[Finding] = field(repr=False)
     randomized: bool
     run_dir: Path | None = None
+    corruptions: dict | None = None  # the corruption track's figures (robustmed.corruption_summary), if it ran
 
     @property
     def unreliable(self) -> bool:
@@ -55,7 +57,10 @@ class Evaluation:
 
     @property
     def headline(self) -> float:
-        """The worst case at the first ε: expected robust accuracy on a randomized model, else robust accuracy."""
+        """The worst case at the first ε: expected robust accuracy on a randomized model, else robust accuracy;
+        with the corruption track alone, the mean accuracy over its corruptions and severities."""
+        if not self.summary:
+            return self.corruptions["mean"]["accuracy"]
         first = self.summary[0]
         return first.get("expected_robust_accuracy", first["robust_accuracy"])
 
@@ -67,6 +72,11 @@ class Evaluation:
             lines.append(f"ε = {s['eps'] * 255:.3g}/255, n = {s['n']}: {'expected ' if self.randomized else ''}robust "
                          f"accuracy {100 * s[key]:.1f}% [{100 * low:.1f}, {100 * high:.1f}] (worst case over "
                          f"{', '.join(sorted(s['per_attack']))})")
+        if self.corruptions:
+            c = self.corruptions["mean"]
+            lines.append(f"corruptions ({self.corruptions['corruption_set']} set), n = {self.corruptions['n']}: mean "
+                         f"accuracy {100 * c['accuracy']:.1f}%, balanced error {100 * c['balanced_error']:.1f}% "
+                         f"({100 * c['balanced_error_increase']:+.1f} points over clean)")
         lines += [f"check {f.id} fired: {f.reason}" for f in self.fired]
         return "\n".join(lines)
 
@@ -87,6 +97,7 @@ def _from_data_set(model, name: str, split: str, n: int | None, seed: int, data_
     x_all, y_all = dataset.split(split)  # after the criterion: a multi-label task's classes follow it
     ids = select_subset(batch_size(x_all), n, seed)
     facts = {"dataset": dataset.key, "dataset_sha256": dataset.sha256, "task": dataset.task,
+             "corruption_set": dataset.name,
              "num_classes": dataset.num_classes, "full_split": len(ids) == batch_size(x_all)}
     return model, take(x_all, ids), y_all[ids], ids, facts
 
@@ -137,9 +148,10 @@ def evaluate(model: torch.nn.Module, x, y: torch.Tensor | None = None, *, attack
     elif criterion and not isinstance(x, (str, Path)) and not hasattr(model, "set_criterion"):
         raise UserError(f"criterion {criterion!r}: on tensors only grade:K applies; give a data set name for the "
                         "multi-label criteria")
+    ctx.extras["corruption_set"] = facts.get("corruption_set")  # a data set's MedMNIST-C set; tensors: generic
     ctx = for_checks(ctx)
     rows, findings, _ = attack_and_check(cfg, ctx, refuse=True)
-    result = Evaluation(summarize(rows), rows, findings, ctx.randomized)
+    result = Evaluation(summarize(rows), rows, findings, ctx.randomized, corruptions=summarize_corruptions(rows))
     if out is not None:
         result.run_dir = _store(result, cfg, model, facts, Path(out))
     return result
@@ -159,6 +171,7 @@ def _store(result: Evaluation, cfg: BenchConfig, model, facts: dict, root: Path)
                 "model": type(model).__name__, "defense": "custom", "dataset": facts["dataset"],
                 "dataset_sha256": facts["dataset_sha256"], "engine": ENGINE,
                 "sample_ids": [int(i) for i in result.rows.sample_id.unique()], "summary": result.summary,
+                **({"corruption_summary": result.corruptions} if result.corruptions else {}),
                 "findings": [f.to_json() for f in result.findings], "unreliable": result.unreliable,
                 "packages": package_versions()}
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from robustmed.attacks import AttackSpec, parse_attack
 from robustmed.attacks.amp import strict_fp32
 from robustmed.attacks.threat import ThreatModel
 from robustmed.contracts import adapt_head, check_range
+from robustmed.corruption_track import corruption_rows
 from robustmed.errors import UserError
 from robustmed.outcomes import Clean, attack_eps, frame
 from robustmed.progress import Meter, progress_bar
@@ -29,6 +30,7 @@ from robustmed.randomness import is_randomized, seed_model
 from robustmed.resolve import prepare_spec, resolve_spec, sweep_spec, with_bpda, with_null_baseline
 from robustmed.sweep import grouped_sweep, groups_ok
 from robustmed.tensors import Inputs, take, to_device
+from robustmed.tracks import CORRUPTIONS
 
 
 def _threats(x, threat) -> list:
@@ -55,7 +57,7 @@ def _clean(model, x, y, draws: int, batch_size: int, device, clean_pass: tuple |
 def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: Sequence[float], *, seed: int = 0,
                 batch_size: int = 256, device="cpu", progress: bool = False,
                 randomized: bool = False, threat: ThreatModel | Sequence[ThreatModel] | None = None,
-                clean_pass: tuple | None = None) -> pd.DataFrame:
+                clean_pass: tuple | None = None, corruption_set: str | None = None) -> pd.DataFrame:
     """Per-sample rows for every attack × ε; only clean-correct samples are attacked.
 
     ``randomized`` declares the model randomized (the defense registry's flag); randomness is
@@ -79,8 +81,7 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
         seed_model(model, seed)
     with torch.no_grad():
         num_classes = model(to_device(take(x, slice(0, 1)), device)).shape[-1]
-    specs = [resolve_spec(s, randomized=randomized, num_classes=num_classes) for s in specs]
-    specs = [with_bpda(s, model) for s in specs]
+    specs = [with_bpda(resolve_spec(s, randomized=randomized, num_classes=num_classes), model) for s in specs]
     clean = _clean(model, x, y, max(s.draws for s in specs) if randomized else 1, batch_size, device, clean_pass)
     threats = _threats(x, threat)
     frames = []
@@ -92,6 +93,10 @@ def attack_rows(model, x, y, sample_ids, specs: Sequence[AttackSpec], eps_list: 
             bar.advance(task, n)
             meter.commit(n)
         for spec, threat_model in ((s, t) for s in specs for t in threats):
+            if spec.family == CORRUPTIONS:  # every sample, no ε, its own rows; corruption_set: a MedMNIST name
+                frames.append(corruption_rows(model, spec, x, y, sample_ids, clean, seed=seed, batch_size=batch_size,
+                              device=device, dataset=corruption_set, tick=tick, share=total / len(specs) / len(threats)))
+                continue
             spec = prepare_spec(spec, threat_model, len(eps_list), device)
             if groups_ok(spec, threat_model, len(eps_list)):
                 frames += grouped_sweep(model, spec, x, y, sample_ids, eps_list, clean, seed=seed,

@@ -29,18 +29,21 @@ class InvariantError(RuntimeError):
 
 
 
-def check_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds: tuple[float, float] = (0.0, 1.0)) -> float:
-    """B1: ‖x_adv − x‖∞ ≤ ε, x_adv within the bounds ([0, 1]), no NaN — on every run. Returns the largest norm."""
+def check_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float, bounds: tuple[float, float] = (0.0, 1.0),
+                 norm: str = "Linf") -> float:
+    """B1: ‖x_adv − x‖ ≤ ε in the attack's norm (L∞ or L2, per sample), x_adv within the bounds ([0, 1]), no NaN —
+    on every run. Returns the largest norm."""
     if not torch.isfinite(x_adv).all():
         raise InvariantError("B1: adversarial examples contain NaN or inf")
     low, high = bounds
     if len(x_adv) and (x_adv.min() < low or x_adv.max() > high):
         raise InvariantError(f"B1: adversarial examples leave [{low:g}, {high:g}] "
                              f"(min {x_adv.min():.4g}, max {x_adv.max():.4g})")
-    norm = (x_adv - x).abs().amax().item() if len(x) else 0.0
-    if norm > eps * (1 + BUDGET_TOL) + BUDGET_TOL:
-        raise InvariantError(f"B1: ‖δ‖∞ = {norm:.6g} exceeds ε = {eps:.6g}")
-    return norm
+    delta = (x_adv - x).flatten(1)
+    size = (delta.abs().amax() if norm == "Linf" else delta.norm(p=2, dim=1).amax()).item() if len(x) else 0.0
+    if size > eps * (1 + BUDGET_TOL) + BUDGET_TOL:
+        raise InvariantError(f"B1: ‖δ‖{'∞' if norm == 'Linf' else '₂'} = {size:.6g} exceeds ε = {eps:.6g}")
+    return size
 
 
 

@@ -39,8 +39,10 @@ def print_bench(report) -> None:
     console = Console()
     if report.summary and "expected_robust_accuracy" in report.summary[0]:
         console.print(expected_table(report))
-    else:
+    elif report.summary:
         console.print(deterministic_table(report))
+    if m.get("corruption_summary"):  # its own table: corruptions are never pooled with the attacks
+        console.print(corruption_table(m["corruption_summary"], _title(report)))
     for key in ("multimodal", "multilabel"):
         if key in m:
             console.print(label_table(m[key]))
@@ -78,7 +80,7 @@ def deterministic_table(report) -> Table:
         table.add_column(column, justify="right" if column not in ("attack",) else "left")
     for s in report.summary:
         several = len(s["per_attack"]) > 1
-        table.add_row("worst case" if several else escape(report.config.attack), f"{s['eps'] * 255:.3g}/255",
+        table.add_row("worst case" if several else escape(next(iter(s["per_attack"]))), f"{s['eps'] * 255:.3g}/255",
                       str(s["n"]), _pct(s["clean_accuracy"]), _pct(s["robust_accuracy"]), _ci(s["robust_ci"]),
                       *_total_cost(s))
         if several or "multimodal" in report.manifest or "multilabel" in report.manifest:  # one row per attack / threat model (F4) under the worst case
@@ -106,6 +108,39 @@ def expected_table(report) -> Table:
             table.add_row(f"  {escape(name)}", "", "", _pct(value), _ci(s["expected_per_attack_ci"][name]),
                           _pct(s["per_attack"][name]), *_attack_cost(s, name))
     return table
+
+
+CORRUPTION_CAPTION = ("numbered columns: accuracy (%) at that severity; mean: over severities (and, last row, over "
+                      "corruptions); BE: balanced error, 1 − mean per-class recall, averaged over severities; ΔBE: its "
+                      "increase over clean, in points (MedMNIST-C's metrics, not divided by its AlexNet reference); "
+                      "95% intervals: Wilson for clean accuracy, else a bootstrap resampling samples within each class")
+
+
+def corruption_table(c: dict, title: str) -> Table:
+    """The corruption track: accuracy per corruption and severity, its mean, BE and ΔBE with intervals."""
+    expected = c["draws"] > 1
+    table = Table(title=f"{title} · corruptions ({c['corruption_set']} set, n = {c['n']}"
+                        + (f", expected accuracy over {c['draws']} draws" if expected else "") + ")",
+                  caption=CORRUPTION_CAPTION)
+    levels = [str(s) for s in c["severities"]]
+    for column in ("corruption", *levels, "mean acc [95% CI]", "BE", "ΔBE [95% CI]"):
+        table.add_column(column, justify="left" if column == "corruption" else "right")
+    clean, mean = c["clean"], c["mean"]
+    table.add_row("clean", *([""] * len(levels)), f"{_pct(clean['accuracy'])} {_ci(clean['accuracy_ci'])}",
+                  _pct(clean["balanced_error"]), "")
+    for name in c.get("order", sorted(c["per_corruption"])):  # the set's own order (JSON sorts the keys)
+        f = c["per_corruption"][name]
+        table.add_row(escape(name), *(f"{100 * a:.1f}" for a in f["accuracy"]),
+                      f"{_pct(f['mean_accuracy'])} {_ci(f['mean_accuracy_ci'])}", _pct(f["mean_balanced_error"]),
+                      f"{_points(f['balanced_error_increase'])} {_ci(f['balanced_error_increase_ci'])}")
+    table.add_row("mean", *([""] * len(levels)), f"{_pct(mean['accuracy'])} {_ci(mean['accuracy_ci'])}",
+                  _pct(mean["balanced_error"]),
+                  f"{_points(mean['balanced_error_increase'])} {_ci(mean['balanced_error_increase_ci'])}")
+    return table
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
 
 
 def label_table(facts: dict) -> Table:

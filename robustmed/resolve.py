@@ -10,6 +10,7 @@ from robustmed.attacks import FAMILIES, AttackSpec, parse_attack
 from robustmed.attacks.amp import resolve_amp
 from robustmed.errors import UserError
 from robustmed.judging import DEFAULT_DRAWS
+from robustmed.tracks import CORRUPTIONS
 
 
 def resolve_spec(spec: AttackSpec, *, randomized: bool, num_classes: int) -> AttackSpec:
@@ -82,8 +83,10 @@ def sweep_spec(spec: AttackSpec, k: int, eps: float) -> AttackSpec:
 
 def with_null_baseline(attacks: Sequence[str], randomized: bool) -> list[str]:
     """Randomized models: the attacks plus ``null`` (the clean image judged like a candidate), the
-    baseline an attack column must beat (check C5); deterministic models: the attacks as given."""
+    baseline an attack column must beat (check C5); deterministic models, and runs of the corruption track
+    alone (no attack column to compare), the attacks as given."""
     attacks = list(attacks)
-    if randomized and not any(parse_attack(a).family == "null" for a in attacks):
+    families = {parse_attack(a).family for a in attacks}
+    if randomized and "null" not in families and families - {CORRUPTIONS}:
         attacks.append("null")
     return attacks

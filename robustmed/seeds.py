@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from robustmed.attacks import AttackSpec
+from robustmed.attacks.pgd import project_l2
 from robustmed.attacks.threat import ThreatModel
 from robustmed.tensors import Inputs
 
@@ -29,15 +30,28 @@ def seed_digest(spec: AttackSpec, eps: float) -> str:
 
 
 
-def seeded_starts(x: Inputs, sample_ids: Sequence[int], eps, seed: int, digest: str) -> Inputs:
-    """Uniform random starts in the ε-ball, one generator per sample.
+def seeded_starts(x: Inputs, sample_ids: Sequence[int], eps, seed: int, digest: str, norm: str = "Linf") -> Inputs:
+    """Uniform random starts in the ε-ball, one generator per sample (L2: a uniformly random direction at a
+    uniformly random radius, torchattacks' PGDL2 start).
 
     For a mapping of inputs ``eps`` maps each name to its budget (0: frozen, start 0); the
     inputs draw in that order from the sample's one generator.
     """
     if not isinstance(x, Mapping):
+        if norm == "L2":
+            return _l2_starts(x, sample_ids, eps, seed, digest)
         return _mapping_starts({"x": x}, sample_ids, {"x": eps}, seed, digest)["x"]
     return _mapping_starts(x, sample_ids, eps, seed, digest)
+
+
+def _l2_starts(x: torch.Tensor, sample_ids, eps: float, seed: int, digest: str) -> torch.Tensor:
+    starts = torch.zeros_like(x, device="cpu")
+    for row, sid in enumerate(sample_ids):
+        gen = torch.Generator().manual_seed(sample_seed(seed, int(sid), digest))
+        direction = torch.randn(x.shape[1:], generator=gen)
+        radius = torch.rand(1, generator=gen)
+        starts[row] = direction * (radius * eps / direction.norm(p=2).clamp_min(1e-12))
+    return starts
 
 
 
@@ -74,14 +88,17 @@ def starts(spec: AttackSpec, x, ids, eps, seed, digest, threat: ThreatModel | No
         return {k: torch.zeros_like(v) for k, v in x.items()} if isinstance(x, Mapping) else torch.zeros_like(x)
     budget = threat.budgets(eps) if threat is not None else eps
     if spec.restarts == 1:
-        return seeded_starts(x, ids, budget, seed, digest)
-    return _stack([seeded_starts(x, ids, budget, seed, digest if r == 0 else f"{digest}/restart{r}")
+        return seeded_starts(x, ids, budget, seed, digest, spec.norm)
+    return _stack([seeded_starts(x, ids, budget, seed, digest if r == 0 else f"{digest}/restart{r}", spec.norm)
                    for r in range(spec.restarts)])
 
 
 
-def warm_start(start: Inputs, previous: Inputs, x: Inputs, eps: float, threat: ThreatModel | None) -> Inputs:
+def warm_start(start: Inputs, previous: Inputs, x: Inputs, eps: float, threat: ThreatModel | None,
+               norm: str = "Linf") -> Inputs:
     """The previous ε's example, projected into the new ball: it replaces the (first) start."""
+    if norm == "L2" and not isinstance(x, Mapping):
+        return _replace_first(start, project_l2(previous, x, eps) - x, x)
     if isinstance(x, Mapping):
         budgets = threat.budgets(eps)
         delta = {n: torch.clamp(previous[n] - x[n], -budgets[n], budgets[n]) for n in x}

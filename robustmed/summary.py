@@ -7,12 +7,16 @@ import pandas as pd
 from robustmed import expected, passes
 from robustmed.balance import class_balance, per_sample
 from robustmed.stats import wilson
+from robustmed.tracks import adversarial
 
 
 def summarize(rows: pd.DataFrame) -> list[dict]:
-    """Per ε: clean accuracy and per-sample worst-case robust accuracy over all attacks, with Wilson CIs."""
+    """Per ε: clean accuracy and per-sample worst-case robust accuracy over all attacks, with Wilson CIs.
+
+    The corruption track's rows never enter it (:mod:`robustmed.corruption_summary` has their figures): a run
+    with no attack but ``corruptions`` has no per-ε summary."""
     out = []
-    for eps, group in rows.groupby("eps", sort=True):
+    for eps, group in adversarial(rows).groupby("eps", sort=True):
         per_sample = group.groupby("sample_id").agg(clean=("clean_correct", "first"), robust=("robust", "all"))
         n, clean, robust = len(per_sample), int(per_sample.clean.sum()), int(per_sample.robust.sum())
         out.append({

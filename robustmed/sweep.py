@@ -65,7 +65,7 @@ def _sweep_together(model, spec, x, y, ids, eps_list, clean, *, seed, batch_size
                             start=to_device(start, device), seed=sample_seed(seed, int(chunk_ids[0]), digests[0]))
         x_adv = result.x_adv.detach()
         for j, eps in enumerate(eps_list):  # B1 per row at its own ε
-            check_budget(x_adv[j * m:(j + 1) * m], x_chunk, eps)
+            check_budget(x_adv[j * m:(j + 1) * m], x_chunk, eps, norm=spec.norm)
         broke = result.success.view(levels, m)
         first_broken = torch.where(broke.any(0), broke.long().argmax(0), levels)
         src = torch.minimum(first_broken[None, :], torch.arange(levels, device=device)[:, None])  # (levels, m)

@@ -11,7 +11,7 @@ from robustmed.harness import attack_rows
 
 # C5 (attacks beat the null attack), A11 (not a constant classifier) and B17 (the attacks moved something)
 # are robustmed's own additions
-SPEC_IDS = {f"A{i}" for i in range(1, 12)} | {f"B{i}" for i in range(1, 18)} | {f"C{i}" for i in range(1, 6)} | \
+SPEC_IDS = {f"A{i}" for i in range(1, 12)} | {f"B{i}" for i in range(1, 19)} | {f"C{i}" for i in range(1, 6)} | \
     {f"D{i}" for i in range(1, 5)}
 
 

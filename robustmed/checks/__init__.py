@@ -7,7 +7,7 @@
 from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import CHECKS, ERROR, FLAG, INFO, Check, Finding, blocking, unreliable
 # imported for their side effect: each module registers its checks
-from robustmed.checks import ablation, binarization, degenerate, invariants, preflight, randomized  # noqa: F401
+from robustmed.checks import ablation, binarization, corruption, degenerate, invariants, preflight, randomized  # noqa: F401
 from robustmed.checks.preflight import run_preflight
 from robustmed.checks.suite import LEVELS, post_run
 

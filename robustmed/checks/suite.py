@@ -6,20 +6,28 @@ import pandas as pd
 from robustmed.checks.ablation import run_ablation
 from robustmed.checks.binarization import run_binarization
 from robustmed.checks.context import CheckContext
-from robustmed.checks.degenerate import run_degenerate
+from robustmed.checks.corruption import run_corruption
+from robustmed.checks.degenerate import degenerate_classifier, run_degenerate
 from robustmed.checks.invariants import run_invariants
 from robustmed.checks.randomized import adaptive_required, run_randomized
 from robustmed.checks.registry import Finding, sort_key
+from robustmed.tracks import adversarial, corrupted as corrupted_rows
 
 LEVELS = ("cheap", "full")
 
 
 def post_run(ctx: CheckContext, rows: pd.DataFrame, preflight: list[Finding], level: str = "cheap") -> list[Finding]:
-    """The row checks (and, at ``level="full"``, the costly re-attacks), merged with the pre-flight ones."""
+    """The row checks (and, at ``level="full"``, the costly re-attacks), merged with the pre-flight ones; the
+    corruption track's rows get their own invariant (B18) and never the attacks' checks."""
     if level not in LEVELS:
         raise ValueError(f"checks level must be one of {LEVELS}, got {level!r}")
-    full = level == "full"
-    findings = [*preflight, *run_invariants(ctx, rows, full), *run_randomized(ctx, rows, full),
-                *run_ablation(ctx, rows, full), *run_binarization(ctx, rows, full), *run_degenerate(ctx, rows)]
+    full, attacks, corrupted = level == "full", adversarial(rows), corrupted_rows(rows)
+    findings = [*preflight, *run_corruption(ctx, corrupted)]
+    if len(attacks):  # the attacks' checks read the attacks' rows alone: corruptions are no L∞ attack
+        findings += [*run_invariants(ctx, attacks, full), *run_randomized(ctx, attacks, full),
+                     *run_ablation(ctx, attacks, full), *run_binarization(ctx, attacks, full),
+                     *run_degenerate(ctx, attacks)]
+    else:  # the corruption track alone: A11 still reads the clean predictions
+        findings.append(degenerate_classifier(ctx, rows))
     findings.append(adaptive_required(findings))
     return sorted(findings, key=sort_key)

@@ -22,9 +22,11 @@ import torch
 
 from robustmed import store
 from robustmed.attacks import parse_attack
+from robustmed.attacks.corruptions import check_spec
 from robustmed.checks import LEVELS, CheckContext, Finding, blocking, post_run, run_preflight, unreliable
 from robustmed.checks.bpda import bpda, switches
 from robustmed.checks.preflight import CLEAN_PASS
+from robustmed.corruption_summary import summarize_corruptions
 from robustmed.errors import UserError
 from robustmed.ordinal import judged_rows
 from robustmed.resolve import with_null_baseline
@@ -37,6 +39,7 @@ from robustmed.run.config import BenchConfig, identity, job_config, out_root, re
 from robustmed.run.executors import Executor, get_executor
 from robustmed.run.target import Target, prepare
 from robustmed.run.threats import run_extras
+from robustmed.tracks import CORRUPTIONS, adversarial
 
 
 @dataclass
@@ -47,6 +50,11 @@ class BenchReport:
     summary: list[dict]
     rows: object = field(repr=False)
     reused: bool = False  # read back from the store, not computed by this call
+
+    @property
+    def corruptions(self) -> dict | None:
+        """The corruption track's figures (:mod:`robustmed.corruption_summary`); None when it did not run."""
+        return self.manifest.get("corruption_summary")
 
     def reuse_note(self) -> str | None:
         """One line saying the figures were read back (made when), so a stale result is never silent."""
@@ -83,13 +91,13 @@ class BenchReport:
             return {k: self.summary[0][k] for k in keys}
         return {k: {str(s["eps"]): s[k] for s in self.summary} for k in keys}
 
-    def to_json(self) -> dict:
+    def _attack_json(self) -> dict:
+        """The attacks' figures (L∞ track): none when the run had only the corruption track."""
+        if not self.summary:
+            return {}
         robust = {str(s["eps"]): s["robust_accuracy"] for s in self.summary}
         one = len(self.summary) == 1
         return {
-            "run_id": self.manifest["run_id"],
-            "defense": self.manifest["defense"], "attack": self.config.attack, "model": self.manifest["model"],
-            "dataset": self.manifest["dataset"], "split": self.config.split, "n": self.summary[0]["n"],
             "eps": self.summary[0]["eps"] if one else [s["eps"] for s in self.summary],
             "clean_accuracy": self.summary[0]["clean_accuracy"],
             "robust_accuracy": self.summary[0]["robust_accuracy"] if one else robust,
@@ -98,6 +106,19 @@ class BenchReport:
             **self._balance_json(one),
             **self._expected_json(one),
             **self._cost_json(one),
+        }
+
+    def to_json(self) -> dict:
+        corruptions = self.corruptions
+        n = self.summary[0]["n"] if self.summary else corruptions["n"]
+        clean = {} if self.summary else {"clean_accuracy": corruptions["clean"]["accuracy"]}
+        return {
+            "run_id": self.manifest["run_id"],
+            "defense": self.manifest["defense"], "attack": self.config.attack, "model": self.manifest["model"],
+            "dataset": self.manifest["dataset"], "split": self.config.split, "n": n,
+            **clean,
+            **self._attack_json(),
+            **({"corruptions": corruptions} if corruptions else {}),
             "wall_time_s": self.manifest["wall_time_s"],
             "reused": self.reused,
             "unreliable": self.manifest["unreliable"],
@@ -124,6 +145,9 @@ def validate(cfg: BenchConfig):
         raise UserError("--fresh recomputes a run and --resume completes one: give one of them")
     if not specs:
         raise UserError("no attack given; e.g. --attack pgd100")
+    for spec in specs:
+        if spec.family == CORRUPTIONS:
+            check_spec(spec)
     if cfg.n is not None and cfg.n < 1:
         raise UserError(f"--n must be positive, got {cfg.n}")
     if cfg.checks == "full" and (cfg.criterion or "").startswith("grade:"):
@@ -153,7 +177,8 @@ def attack_and_check(cfg: BenchConfig, ctx: CheckContext, refuse: bool):
         specs = [parse_attack(name, cfg.spec_version) for name in names]
         rows = judged_rows(ctx.model, ctx.x, ctx.y, ctx.ids, specs, ctx.eps, ctx.extras.get("grade"), seed=cfg.seed,
                            batch_size=cfg.batch_size, device=ctx.device, progress=cfg.progress,
-                           randomized=ctx.randomized, clean_pass=_clean_pass(ctx))
+                           randomized=ctx.randomized, clean_pass=_clean_pass(ctx),
+                           corruption_set=ctx.extras.get("corruption_set"))
         with status(f"{cfg.checks} checks on the rows", cfg.progress):
             findings = post_run(ctx, rows, preflight, cfg.checks)
     if refuse:
@@ -263,7 +288,8 @@ def start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRep
         preflight = run_preflight(ctx)
     refuse_on_errors(preflight)
     sites = len(switches(ctx.model)) if ctx.nondiff_ops else 0
-    job = plan_mod.job_for(config, target.checkpoint_sha256, ctx.randomized, sites)
+    job = {**plan_mod.job_for(config, target.checkpoint_sha256, ctx.randomized, sites),
+           "corruption_set": ctx.extras.get("corruption_set")}  # the data set whose MedMNIST-C set runs
     units = plan_mod.plan(run_id, str(run_dir), attacks, ctx.ids, cfg.unit_size(), job)
     if executor is not None and executor.name == "local":
         _share_with_units(cfg, ctx, target, job)
@@ -288,7 +314,7 @@ def finish(run: _Run) -> BenchReport:
         shutil.rmtree(run.run_dir, ignore_errors=True)  # a refused run leaves nothing behind
         refuse_on_errors(findings)
     ids = [int(i) for i in ctx.ids]
-    summary = summarize(rows)
+    summary, corruptions = summarize(rows), summarize_corruptions(rows)
     manifest = {
         "run_id": run.run_dir.name, "created": datetime.now(timezone.utc).isoformat(),
         "config": identity(cfg) | {"device": cfg.device},
@@ -297,6 +323,7 @@ def finish(run: _Run) -> BenchReport:
         "split": cfg.split, "engine": ENGINE, "sample_ids": ids,
         "sample_ids_sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
         "attacks": {name: json.loads(spec) for name, spec in rows.groupby("attack").spec.first().items()},
+        **({"corruption_summary": corruptions} if corruptions else {}),
         "eps": list(cfg.eps_values()),
         "summary": summary,
         "wall_time_s": round(sum(m["wall_time_s"] for m in unit_metas) + time.perf_counter() - started, 2),
@@ -306,7 +333,7 @@ def finish(run: _Run) -> BenchReport:
         "checks": cfg.checks, "findings": [f.to_json() for f in findings], "unreliable": unreliable(findings),
         "bpda_sites": run.bpda_sites,
         "git_commit": git_commit(), "packages": package_versions(), "machine": machine(ctx.device),
-        **run_extras(ctx, rows),
+        **run_extras(ctx, adversarial(rows)),
     }
     store.finish_run(run.run_dir, rows, manifest)
     return BenchReport(cfg, run.run_dir, manifest, summary, rows)

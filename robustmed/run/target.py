@@ -192,6 +192,8 @@ def check_context(cfg: BenchConfig, target: Target, split: tuple, ids: np.ndarra
                        registry_accuracy=ckpt.get("test_accuracy") if same_data else None,
                        full_split=len(ids) == batch_size(x_all), device=device, seed=cfg.seed,
                        batch_size=cfg.batch_size, sample_ids=ids)
+    if isinstance(getattr(target.dataset, "name", None), str):  # its MedMNIST-C corruption set (corruptions)
+        ctx.extras["corruption_set"] = target.dataset.name
     if isinstance(target.dataset.criterion, GradeCriterion):  # ordinal: success is a move of K grades
         ctx.extras["success_criterion"] = target.dataset.criterion.description
         ctx.extras["grade"] = target.dataset.criterion

@@ -108,7 +108,8 @@ def compute(unit: Unit, device) -> pd.DataFrame:
                            parse_eps_list(config["eps"]), criterion_of(config.get("criterion"), model, x_all, device),
                            seed=config["seed"], batch_size=config["batch_size"], device=device, progress=False,
                            randomized=unit.job["randomized"], threat=bench_threats(model, config),
-                           clean_pass=_shared_clean(unit.job, device, ids))
+                           clean_pass=_shared_clean(unit.job, device, ids),
+                           corruption_set=unit.job.get("corruption_set"))
 
 
 

@@ -1,0 +1,36 @@
+"""Threat-model tracks of stored rows: the adversarial (L∞) rows and the corruption rows, never pooled.
+
+A corruption row (family ``corruptions``) carries its ``corruption`` and ``severity``; adversarial rows carry
+neither (or nulls, in a run that has both). Every worst case, ranking and check of the attacks reads
+:func:`adversarial` rows only, and the corruption views read :func:`corrupted` rows only.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+CORRUPTIONS = "corruptions"  # the family and the stored attack name of the corruption track
+
+
+def corruption_mask(rows: pd.DataFrame) -> pd.Series:
+    """True on the rows of the corruption track."""
+    if "corruption" not in rows:
+        return pd.Series(False, index=rows.index)
+    names = rows["corruption"]
+    return names.notna() & (names.astype(str) != "")
+
+
+def adversarial(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the attacks (L∞ today): everything but the corruption track."""
+    mask = corruption_mask(rows)
+    return rows[~mask] if mask.any() else rows
+
+
+def corrupted(rows: pd.DataFrame) -> pd.DataFrame:
+    """The corruption track's rows (empty when the run has none)."""
+    return rows[corruption_mask(rows)]
+
+
+def is_corruption_attack(name: str) -> bool:
+    """Whether an attack name (as typed or stored, options kept) belongs to the corruption track."""
+    stem = name.split(":")[0].split("[")[0].rstrip("0123456789")
+    return stem == CORRUPTIONS
