@@ -212,3 +212,17 @@ def test_c5_flags_an_attack_that_does_no_better_than_the_clean_image():
         ctx = CheckContext(model, x, y, [0.05], [parse_attack(attack)], 2, declared_randomized=True)
         finding = null_baseline(ctx, rows)
         assert finding.fired is fired, finding.reason
+
+
+def test_the_fast_cascade_attacks_a_randomized_model_with_eot_and_judges_each_candidate_over_draws():
+    """``aa`` on a randomized model: its APGD averages EOT gradients, each candidate is judged once over R fresh
+    draws, and it leaves no more expected accuracy than the null baseline (the clean image judged the same way)."""
+    model = NoisyTiny().eval()
+    x = _images(12, seed=4)
+    with torch.no_grad():
+        y = model.body(x).argmax(1)
+    rows = benchmark(model, x, y, attack="aa5", eps=0.03, seed=1, randomized=True)
+    aa, null = rows[rows.attack == "aa5"], rows[rows.attack == "null"]
+    spec = json.loads(aa.spec.iloc[0])
+    assert spec["variant"] == "fast" and spec["eot"] == 20 and (aa.draws == 10).all() and (aa.linf <= 0.03 + 1e-6).all()
+    assert aa.correct_draws.sum() < null.correct_draws.sum() and aa.success.any()
