@@ -86,46 +86,59 @@ def _emit(text: str, out: str | None) -> None:
 
 
 def cmd_table(args) -> int:
-    from robustmed.reports.evidence import column_attack
-    from robustmed.suites import eps_of, load_suite, suite_evaluations
-    from robustmed.reports.tables import render
+    from robustmed.reports import corruption_board
+    from robustmed.reports.evidence import column_attack, evaluations
+    from robustmed.reports.tables import render, render_rows
+    from robustmed.store import load_runs
+    from robustmed.suites import eps_of, load_suite
+    from robustmed.tracks import is_corruption_attack
 
     suite = load_suite(args.suite)
-    evals = suite_evaluations(suite)
-    if not evals:
+    runs = load_runs(suite.results)
+    evals = evaluations(runs)
+    header, body = corruption_board.table_data(runs, list(suite.defenses))
+    if not evals and not body:
         raise UserError(f"no stored runs for suite {suite.name!r} under {suite.results}; "
                         f"run `robustmed bench --suite {args.suite}` first")
-    attacks = [column_attack(a) for a in suite.attacks]
-    _emit(render(evals, list(suite.defenses), attacks, eps_of(suite), args.format,
-                 title=suite.description, substitutes=suite.randomized_substitutes), args.out)
+    attacks = [column_attack(a) for a in suite.attacks if not is_corruption_attack(a)]
+    parts = [render(evals, list(suite.defenses), attacks, eps_of(suite), args.format, title=suite.description,
+                    substitutes=suite.randomized_substitutes)] if evals and attacks else []
+    if body:  # the corruption track: its own table, never a column of the L∞ one
+        parts.append(render_rows(header, body, corruption_board.TABLE_CAPTION, args.format))
+    _emit("\n".join(parts), args.out)
     return 0
 
 
 def cmd_leaderboard(args) -> int:
     from robustmed.attacks import parse_eps_list
+    from robustmed.reports.corruption_board import corruption_boards
     from robustmed.reports.leaderboard import boards, render_html, render_markdown
     from robustmed.store import load_runs
 
     eps = parse_eps_list(args.eps)[0]
-    items = boards(load_runs(args.results), eps)
-    if not items:
+    runs = load_runs(args.results)
+    items, corruption = boards(runs, eps), corruption_boards(runs)
+    if not items and not corruption:
         raise UserError(f"no stored evaluations at ε = {args.eps} under {args.results}")
-    _emit(render_html(items, eps) if args.format == "html" else render_markdown(items, eps), args.out)
+    _emit(render_html(items, eps, corruption) if args.format == "html" else render_markdown(items, eps, corruption),
+          args.out)
     return 0
 
 
 def cmd_plot(args) -> int:
     import pandas as pd
 
-    from robustmed.reports.plots import curves, describe, plot
+    from robustmed.reports.plots import curves, describe, plot, severity_curves
     from robustmed.store import load_runs
+    from robustmed.tracks import adversarial, corrupted
 
     if not args.out.endswith((".png", ".svg")):
         raise UserError(f"--out must end in .png or .svg, got {args.out!r}")
     frames = [rows.assign(defense=m["defense"], model=m["model"], dataset=m["dataset"])
               for rows, m in load_runs(args.results)]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if len(rows):
+    if len(rows):  # a severity plot reads the corruption track, the others the attacks: never both
+        rows = corrupted(rows) if args.kind == "severity" else adversarial(rows)
         rows = rows[rows.attack != "null"]  # the randomized baseline is a table column, not a curve
     if args.defense and len(rows):
         rows = rows[rows.defense.isin(args.defense)]
@@ -137,7 +150,7 @@ def cmd_plot(args) -> int:
         rows = rows[(rows.protocol if "protocol" in rows else "adaptive") == args.protocol]
     if rows.empty:
         raise UserError(f"no stored rows to plot under {args.results} for the given filters")
-    series = curves(rows, args.kind)
+    series = severity_curves(rows) if args.kind == "severity" else curves(rows, args.kind)
     plot(series, args.kind, args.out, title=describe(rows, args.kind))
     print(f"wrote {args.out}")
     return 0

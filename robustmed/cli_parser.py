@@ -116,10 +116,11 @@ def _leaderboard_parser(sub) -> None:
 
 
 def _plot_parser(sub) -> None:
-    plot = sub.add_parser("plot", help="robust accuracy vs ε, steps or EOT samples (PNG/SVG, Wilson bands)",
+    plot = sub.add_parser("plot", help="robust accuracy vs ε, steps or EOT samples, or accuracy vs corruption severity (PNG/SVG)",
                           description="example: robustmed plot --results results/runs --kind steps --out fig6.png")
     plot.add_argument("--results", default="results/runs", help="folder searched for runs")
-    plot.add_argument("--kind", default="eps", choices=["eps", "steps", "eot"])
+    plot.add_argument("--kind", default="eps", choices=["eps", "steps", "eot", "severity"],
+                      help="severity: accuracy against corruption severity, one curve per corruption")
     plot.add_argument("--defense", action="append", help="restrict to these defenses (repeatable)")
     plot.add_argument("--attack", default=None, help="restrict to one attack name (e.g. pgd100)")
     plot.add_argument("--dataset", default=None, help="restrict to one data set")

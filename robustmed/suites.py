@@ -12,6 +12,7 @@ from pathlib import Path
 
 from robustmed.errors import UserError
 from robustmed.run.config import BenchConfig
+from robustmed.tracks import is_corruption_attack
 
 PROTOCOLS = ("adaptive", "paper")
 
@@ -44,8 +45,8 @@ class Suite:
         return self.models or ({"model": self.model, "datasets": list(self.datasets)},)
 
     def attacks_for(self, protocol: str, randomized: bool) -> tuple[str, ...]:
-        if protocol == "paper":
-            return tuple(_paper(a) for a in self.attacks)
+        if protocol == "paper":  # a protocol of the attacks: the corruption track runs with the adaptive run only
+            return tuple(_paper(a) for a in self.attacks if not is_corruption_attack(a))
         return tuple(self.randomized_substitutes.get(a, a) for a in self.attacks) if randomized else self.attacks
 
     def configs(self, randomized: set[str], device: str = "auto", progress: bool = True,
@@ -65,6 +66,8 @@ class Suite:
                     protocols = PROTOCOLS if (self.paper_protocol and defense in randomized) else PROTOCOLS[:1]
                     for protocol in protocols:
                         attacks = self.attacks_for(protocol, defense in randomized)
+                        if not attacks:
+                            continue
                         out.append((protocol, BenchConfig(
                             defense=defense, attack=",".join(attacks), model=entry.get("model"), dataset=dataset,
                             eps=self.eps, n=self.n, seed=self.seed, device=device, out=str(self.results),

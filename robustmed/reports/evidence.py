@@ -14,6 +14,7 @@ from robustmed import expected
 from robustmed.balance import class_balance, per_sample
 from robustmed.provenance import ENGINE
 from robustmed.stats import wilson
+from robustmed.tracks import adversarial
 
 WORST = "worst case"
 NULL = "null"
@@ -132,7 +133,7 @@ def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
     latest: dict[tuple, Evaluation] = {}
     for rows, manifest in runs:
         flags = fired_flags(manifest)
-        for eps, group in rows.groupby("eps"):
+        for eps, group in adversarial(rows).groupby("eps"):  # corruptions: their own table, never a column here
             per_attack = [(a, g.groupby("sample_id").robust.all()) for a, g in group.groupby("attack")]
             worst = group.groupby("sample_id").robust.all()
             clean = int(group.groupby("sample_id").clean_correct.first().sum())

@@ -19,8 +19,10 @@ import pandas as pd
 
 from robustmed import expected, passes
 from robustmed.balance import class_balance
+from robustmed.reports import corruption_board
 from robustmed.reports.evidence import fired_flags, stale
 from robustmed.stats import wilson
+from robustmed.tracks import adversarial
 
 STALE_FLAG = "previous engine"
 AA_ATTACKS = ("aa", "aa-rand")
@@ -86,8 +88,8 @@ def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> dict[tuple, li
     for rows, manifest in runs:
         if "protocol" in rows and (rows.protocol == "paper").any():
             continue  # a paper-protocol run: its null baseline is a copy of the adaptive run's, its flags its own
-        keep = (rows.eps - eps).abs() < 1e-9
-        rows = rows[keep]
+        rows = adversarial(rows)  # the corruption track has its own boards (robustmed.reports.corruption_board)
+        rows = rows[(rows.eps - eps).abs() < 1e-9]
         if rows.empty:
             continue
         specs = manifest.get("attacks", {})
@@ -217,13 +219,17 @@ CAPTION = ("accuracies in %; robust acc: per-sample worst case over every adapti
            "passes per sample) the same on every machine, – where a run did not record them")
 
 
-def render_markdown(items: list[Board], eps: float) -> str:
+def render_markdown(items: list[Board], eps: float, corruption: list | tuple = ()) -> str:
+    """The L∞ boards, then the corruption boards (``corruption``) as their own section: never one ranking."""
     lines = [f"Leaderboard at ε = {_eps(eps)}, one ranking per data set, threat model and sample set ({CAPTION})"]
     for board in items:
         lines += ["", f"## {heading(board)}", ""] + ([note(board), ""] if note(board) else [])
         lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(_row(i + 1, e)) + " |" for i, e in enumerate(board.entries)]
-    return "\n".join(lines) + "\n"
+    parts = ["\n".join(lines) + "\n"] if items else []
+    if corruption:
+        parts.append(corruption_board.render_markdown(list(corruption)))
+    return "\n".join(parts)
 
 
 _CSS = """
@@ -252,12 +258,13 @@ def _html_board(board: Board) -> str:
             f"<div class=\"wrap\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
-def render_html(items: list[Board], eps: float) -> str:
+def render_html(items: list[Board], eps: float, corruption: list | tuple = ()) -> str:
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>robustmed leaderboard</title><style>{_CSS}</style></head><body>"
         f"<h1>robustmed leaderboard</h1><p>ε = {_eps(eps)}; one ranking per data set, threat model and sample set. "
         f"{html.escape(CAPTION[0].upper() + CAPTION[1:])}. “Potentially unreliable” lists the fired checks.</p>"
-        + "".join(_html_board(b) for b in items) + "</body></html>\n"
+        + "".join(_html_board(b) for b in items) + corruption_board.render_html(list(corruption))
+        + "</body></html>\n"
     )

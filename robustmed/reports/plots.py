@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from robustmed import expected
+from robustmed.corruption_summary import summarize_corruptions
 from robustmed.stats import wilson
 
-KINDS = ("eps", "steps", "eot")
+KINDS = ("eps", "steps", "eot", "severity")
 
 
 def _point(x, robust: pd.Series) -> dict:
@@ -122,6 +123,31 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def severity_curves(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Accuracy against severity, one curve per corruption (severity 0: the clean image), plus the mean over the
+    corruptions, per defense × model × data set (the latest run of each); bands: the summary's 95% intervals."""
+    keys = ["defense", "model", "dataset"]
+    varying = [k for k in keys if rows[k].nunique() > 1]
+    out = {}
+    for values, group in rows.groupby(keys, sort=False):
+        if "run_id" in group:
+            group = group[group.run_id == group.run_id.iloc[-1]]
+        f, named = summarize_corruptions(group), dict(zip(keys, values))
+        prefix = "".join(f"{named[k]} · " for k in varying)
+        clean = {"x": 0, "accuracy": f["clean"]["accuracy"], "low": f["clean"]["accuracy_ci"][0],
+                 "high": f["clean"]["accuracy_ci"][1], "n": f["n"]}
+        series = {name: (f["per_corruption"][name]["accuracy"], f["per_corruption"][name]["accuracy_ci"])
+                  for name in f["order"]}
+        mean = np.mean([acc for acc, _ in series.values()], axis=0)
+        series["mean over corruptions"] = (mean, [(np.nan, np.nan)] * len(mean))
+        for name, (accuracy, ci) in series.items():
+            curve = pd.DataFrame([clean] + [{"x": s, "accuracy": a, "low": lo, "high": hi, "n": f["n"]}
+                                            for s, a, (lo, hi) in zip(f["severities"], accuracy, ci)])
+            curve.attrs.update(defense=prefix + name, protocol="adaptive", mean=name == "mean over corruptions")
+            out[prefix + name] = curve
+    return out
+
+
 def describe(rows: pd.DataFrame, kind: str) -> str:
     """A title that says what was measured: data set(s), attack(s), ε where it is fixed, sample count."""
     from robustmed.reports.evidence import column_attack
@@ -129,7 +155,7 @@ def describe(rows: pd.DataFrame, kind: str) -> str:
     rows = without_derived(rows)
     parts = [", ".join(sorted(rows.dataset.unique())) if "dataset" in rows else "",
              ", ".join(sorted(rows.attack.map(column_attack).unique()))]
-    if kind != "eps" and rows.eps.nunique() == 1:
+    if kind not in ("eps", "severity") and rows.eps.nunique() == 1:
         parts.append(f"ε = {rows.eps.iloc[0] * 255:.3g}/255")
     parts.append(f"n = {rows.sample_id.nunique()}")
     return " · ".join(p for p in parts if p)
@@ -145,7 +171,8 @@ def _colours(series: dict[str, pd.DataFrame]) -> dict[str, str]:
     return {d: matplotlib.colors.to_hex(palette(i % palette.N)) for i, d in enumerate(defenses)}
 
 
-XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot": "EOT gradient samples per step"}
+XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot": "EOT gradient samples per step",
+          "severity": "corruption severity (0: clean)"}
 
 
 def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "") -> None:
@@ -160,17 +187,18 @@ def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "")
     fig, ax = plt.subplots(figsize=(8.5 if crowded else 6, 4.5 if crowded else 4), dpi=150)
     for label, curve in series.items():
         x = np.asarray(curve.x, dtype=float)
-        paper = curve.attrs.get("protocol") == "paper"
+        paper, mean = curve.attrs.get("protocol") == "paper", curve.attrs.get("mean", False)
         line, = ax.plot(x, 100 * curve.accuracy, marker="o", ms=3, label=label, linestyle="--" if paper else "-",
-                        color=colours[curve.attrs.get("defense", label)])
-        ax.fill_between(x, 100 * curve.low, 100 * curve.high, alpha=0.1 if paper else 0.2, color=line.get_color())
+                        color="black" if mean else colours[curve.attrs.get("defense", label)], lw=2.2 if mean else 1.5)
+        ax.fill_between(x, 100 * curve.low, 100 * curve.high, alpha=0.1 if paper or (crowded and kind == "severity") else 0.2,
+                        color=line.get_color())
     if kind == "steps":
         ax.set_xscale("log")
     ax.set_xlabel(XLABEL[kind])
-    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylabel("accuracy under corruption (%)" if kind == "severity" else "robust accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(title or f"robust accuracy vs {kind}", fontsize=10)
+    ax.set_title(title or f"accuracy vs {kind}", fontsize=10)
     if crowded:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:

@@ -1,6 +1,7 @@
 """The regression gate: rerun a golden suite and compare per-sample robust flags.
 
-Samples are paired by (defense, model, dataset, protocol, attack, ε, sample id). A paired
+Samples are paired by (defense, model, dataset, protocol, attack, ε, sample id); a corruption row's attack is
+read as ``corruptions[NAME SEVERITY]``, so each corruption and severity is gated like an attack. A paired
 exact McNemar test on the discordant samples decides whether a drop is significant; any drop
 beyond an absolute tolerance fails too (check E5).
 """
@@ -13,6 +14,7 @@ import pandas as pd
 
 from robustmed.attacks import FAMILIES
 from robustmed.attacks.base import SPEC_VERSION
+from robustmed.tracks import corruption_mask
 
 KEY = ["defense", "model", "dataset", "protocol", "attack", "eps", "sample_id"]
 
@@ -47,6 +49,10 @@ def _frame(runs) -> pd.DataFrame:
         rows = rows.copy()
         if "protocol" not in rows:
             rows["protocol"] = "adaptive"
+        corrupt = corruption_mask(rows)  # each corruption and severity is its own group, as each attack is
+        if corrupt.any():
+            rows.loc[corrupt, "attack"] = (rows.attack[corrupt] + "[" + rows.corruption[corrupt].astype(str) + " "
+                                           + rows.severity[corrupt].astype(int).astype(str) + "]")
         frames.append(rows)
     if not frames:
         return pd.DataFrame(columns=[*KEY, "robust"])

@@ -161,6 +161,11 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
     return _latex(header, body, caption) if fmt == "latex" else _markdown(header, body, caption)
 
 
+def render_rows(header: list[str], body: list[list[str]], caption: str, fmt: str = "md") -> str:
+    """Any table of text cells in the suite tables' Markdown or LaTeX layout."""
+    return _latex(header, body, caption) if fmt == "latex" else _markdown(header, body, caption)
+
+
 def _markdown(header, body, caption) -> str:
     lines = [f"{caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
