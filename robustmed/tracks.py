@@ -1,4 +1,5 @@
-"""Threat-model tracks of stored rows: the adversarial (L∞) rows and the corruption rows, never pooled.
+"""Threat-model tracks of stored rows: the attacks' rows (norm-ball budgets, L∞ or L2) and the corruption rows,
+never pooled.
 
 A corruption row (family ``corruptions``) carries its ``corruption`` and ``severity``; adversarial rows carry
 neither (or nulls, in a run that has both). Every worst case, ranking and check of the attacks reads
@@ -20,7 +21,7 @@ def corruption_mask(rows: pd.DataFrame) -> pd.Series:
 
 
 def adversarial(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the attacks (L∞ today): everything but the corruption track."""
+    """The rows of the attacks (their norm-ball threat models): everything but the corruption track."""
     mask = corruption_mask(rows)
     return rows[~mask] if mask.any() else rows
 
