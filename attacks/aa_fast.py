@@ -20,17 +20,18 @@ from robustmed.attacks.pgd import padding_bits
 from robustmed.attacks.square import best_candidates, square_kernel
 
 FAST_TARGETS = 3  # targeted runs (C ≥ 3) aim at the clean prediction's runners-up, most likely first
-FAST_RANDOM_STARTS = 2
-FAST_SQUARE_QUERIES = 500
+FAST_RANDOM_STARTS = 2  # beside the clean start, on every sample the first run left
+FAST_WIDE_STARTS = 8  # then on what those leave; each start runs its full schedule (late halvings break them)
+FAST_SQUARE_QUERIES = 250
 
 Stage = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, y, rows) → candidates
 
 
 def fast_stages(num_classes: int) -> list[str]:
-    """Untargeted CE from the seeded start, then (survivors only) targeted runs where C ≥ 3, the clean start
-    and further seeded random starts side by side in one batch, Square."""
+    """Untargeted CE from the seeded start, then (survivors only) targeted runs where C ≥ 3, the clean start and
+    two seeded random starts side by side in one batch, eight more random starts on what those leave, Square."""
     targeted = ["apgd-t"] if num_classes >= 3 else []
-    return ["apgd-ce", *targeted, "apgd-ce@restarts", "square"]
+    return ["apgd-ce", *targeted, "apgd-ce@restarts", "apgd-ce@wide", "square"]
 
 
 def _random_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
@@ -45,19 +46,23 @@ def _first_run(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Te
     return attack
 
 
-def _restarts(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
-    """The clean start and FAST_RANDOM_STARTS seeded random ones, all in one batch (a pass of a few rows costs
-    about what a pass of one does on small models); a sample's rows leave together once one breaks."""
-    def attack(x, y, rows):
-        k, m = 1 + FAST_RANDOM_STARTS, len(y)
-        starts = torch.cat([torch.zeros_like(x), *(_random_start(x, eps, seed + r) for r in range(1, k))])
-        group = torch.arange(m, device=y.device).repeat(k)
-        result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps,
-                      loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
-                      norm=spec.norm)
-        score = torch.where(result.success, torch.inf, result.loss).view(k, m)
-        return result.x_adv.view(k, m, *x.shape[1:])[score.argmax(0), torch.arange(m, device=y.device)]
-    return attack
+def _restarts(random_starts: int, clean: bool, salt: int) -> Callable[..., Stage]:
+    """APGD-CE from the clean start (``clean``) and ``random_starts`` seeded random ones, all in one batch (a pass
+    over a few rows costs about what a pass over one does on small models); a sample's rows leave together once
+    one of them breaks."""
+    def build(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
+        def attack(x, y, rows):
+            k, m = int(clean) + random_starts, len(y)
+            starts = torch.cat([*([torch.zeros_like(x)] if clean else []),
+                                *(_random_start(x, eps, seed + salt + r) for r in range(1, random_starts + 1))])
+            group = torch.arange(m, device=y.device).repeat(k)
+            result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps,
+                          loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
+                          norm=spec.norm)
+            score = torch.where(result.success, torch.inf, result.loss).view(k, m)
+            return result.x_adv.view(k, m, *x.shape[1:])[score.argmax(0), torch.arange(m, device=y.device)]
+        return attack
+    return build
 
 
 def _targeted(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
@@ -91,7 +96,8 @@ def _square(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tenso
 
 FAST_STAGES: dict[str, Callable[..., Stage]] = {
     "apgd-ce": _first_run,
-    "apgd-ce@restarts": _restarts,
+    "apgd-ce@restarts": _restarts(FAST_RANDOM_STARTS, clean=True, salt=0),
+    "apgd-ce@wide": _restarts(FAST_WIDE_STARTS, clean=False, salt=FAST_RANDOM_STARTS),
     "apgd-t": _targeted,
     "square": _square,
 }

@@ -225,7 +225,7 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
 
 for _name, _stages, _restarts, _description, _defaults, _amp, _variant in (  # FAB overflows fp16: AA stays fp32
     ("aa", standard_stages, standard_restarts,
-     "AutoAttack: early-exit APGD-CE, then on survivors other starts, APGD-T (C ≥ 3), Square-1000; "
+     "AutoAttack: early-exit APGD-CE, then on survivors APGD-T (C ≥ 3), 11 more starts, Square-250; "
      "aa:canonical: the standard APGD-CE, APGD-T, FAB-T, Square-5000 (adapted to C, check A7)", {}, False, "fast"),
     ("aa-rand", rand_stages, rand_restarts,
      "AutoAttack rand: APGD-CE + APGD-DLR (C=2: two APGD-CE starts) with EOT 20", {"eot": 20}, True, ""),

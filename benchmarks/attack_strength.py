@@ -1,0 +1,156 @@
+"""Strength against cost for every attack family, on the shipped default model and the 10-class conformance model.
+
+For each attack: robust accuracy, how many samples it leaves robust that some attack in the run broke (the
+per-sample best known result, AttackBench's reference), its time and its model passes per sample. References
+run beside robustmed's attacks on the same samples: pyautoattack's APGD-CE with 5 restarts on the default
+model, and pyautoattack's standard AutoAttack on the conformance model. The issue's targets are printed as
+ratios measured in this one run: ``aa`` at most 2× PGD-100's time and at least as strong, sample for sample,
+as ``aa:canonical`` and APGD-CE ×5; on the conformance model at least as strong as pyautoattack's AA in at
+most 0.25× its time.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/attack_strength.py --clock cpu``. Timings belong here, never in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import robustmed
+from robustmed import data as data_mod
+from robustmed.attacks import parse_attack
+from robustmed.errors import exit_status
+from robustmed.harness import attack_rows
+from robustmed.passes import PassCounter
+from robustmed.run.config import split_attacks
+
+DEFAULT_ATTACKS = ("pgd100", "bim100", "mim100", "square1000", "aa", "aa:canonical")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def robustmed_case(model, x, y, attack: str, eps: float, clock) -> dict:
+    """One robustmed attack through the harness (seeded starts, judgement): its flags, time and passes."""
+    started = clock()
+    rows = attack_rows(model, x, y, np.arange(len(y)), [parse_attack(attack)], [eps], seed=0, batch_size=256,
+                       device="cpu", progress=False).sort_values("sample_id")
+    seconds = clock() - started
+    attacked = rows.clean_correct.to_numpy(bool)
+    return {"robust": torch.tensor(rows.robust.to_numpy(bool)), "seconds": seconds,
+            "forward": float(rows.forward_passes[attacked].mean()), "backward": float(rows.backward_passes[attacked].mean())}
+
+
+def reference_case(model, x, y, run, clock) -> dict:
+    """A reference library's attack on the samples the model gets right: ``run(forward, x, y)`` → examples."""
+    counter = PassCounter()
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    started = clock()
+    x_adv = run(counter.wrap(model), x[correct], y[correct])
+    seconds = clock() - started
+    robust = torch.zeros(len(y), dtype=torch.bool)
+    with torch.no_grad():
+        robust[correct] = model(x_adv).argmax(1) == y[correct]
+    attacked = max(1, int(correct.sum()))
+    return {"robust": robust, "seconds": seconds, "forward": counter.forward / attacked,
+            "backward": counter.backward / attacked}
+
+
+def apgd_ce_restarts(eps: float, restarts: int = 5):
+    from pyautoattack.autopgd_base import APGDAttack
+
+    def run(forward, x, y):
+        return APGDAttack(forward, n_restarts=restarts, n_iter=100, eps=eps, norm="Linf", seed=0, device="cpu",
+                          rho=.75, verbose=False).perturb(x, y)
+    return run
+
+
+def pyautoattack_standard(eps: float):
+    from pyautoattack import AutoAttack
+
+    def run(forward, x, y):
+        x_adv, _ = AutoAttack(forward, eps=eps, seed=0, version="standard").run_standard_evaluation(x, y, batch_size=250)
+        return x_adv
+    return run
+
+
+def table(cases: dict[str, dict]) -> list[str]:
+    """Per attack: robust %, samples left robust that another attack broke, time, passes per attacked sample."""
+    broken_by_some = torch.stack([~c["robust"] for c in cases.values()]).any(0)
+    lines = [f"{'attack':24s} {'robust':>7s} {'gap':>4s} {'time s':>7s} {'fwd/sample':>10s} {'bwd/sample':>10s}"]
+    for name, c in cases.items():
+        gap = int((c["robust"] & broken_by_some).sum())
+        lines.append(f"{name:24s} {100 * c['robust'].float().mean():6.2f}% {gap:4d} {c['seconds']:7.1f} "
+                     f"{c['forward']:10.1f} {c['backward']:10.1f}")
+    return lines
+
+
+def at_least_as_strong(ours: dict, reference: dict) -> str:
+    missed = int((ours["robust"] & ~reference["robust"]).sum())
+    return "yes" if missed == 0 else f"no: {missed} sample(s) the reference breaks stay robust"
+
+
+def default_model_report(n: int, eps: float, clock, attacks: tuple[str, ...] = DEFAULT_ATTACKS) -> list[str]:
+    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
+    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:n])
+    x, y, model = x_all[ids], y_all[ids], robustmed.load_model("none").eval()
+    cases = {a: robustmed_case(model, x, y, a, eps, clock) for a in dict.fromkeys(("pgd100", "aa", *attacks))}
+    cases["pyautoattack APGD-CE x5"] = reference_case(model, x, y, apgd_ce_restarts(eps), clock)
+    aa, pgd = cases["aa"], cases["pgd100"]
+    return [f"default model (none), PneumoniaMNIST test, n = {n} seeded, ε = {255 * eps:.3g}/255", *table(cases),
+            f"target: aa time / pgd100 time = {aa['seconds'] / pgd['seconds']:.2f} (≤ 2)",
+            *([f"target: aa at least as strong as aa:canonical: {at_least_as_strong(aa, cases['aa:canonical'])}"]
+              if "aa:canonical" in cases else []),
+            f"target: aa at least as strong as APGD-CE x5: {at_least_as_strong(aa, cases['pyautoattack APGD-CE x5'])}"]
+
+
+def conformance_model(classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, classes))
+    with torch.no_grad():
+        model[-1].weight.mul_(20)
+        model[-1].bias.zero_()
+    return model.eval()
+
+
+def conformance_report(n: int, eps: float, clock) -> list[str]:
+    model = conformance_model()
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    cases = {a: robustmed_case(model, x, y, a, eps, clock) for a in ("pgd100", "aa", "aa:canonical")}
+    cases["pyautoattack AutoAttack"] = reference_case(model, x, y, pyautoattack_standard(eps), clock)
+    aa, ref = cases["aa"], cases["pyautoattack AutoAttack"]
+    return [f"10-class conformance model, n = {n}, ε = {eps}", *table(cases),
+            f"target: aa time / pyautoattack AutoAttack time = {aa['seconds'] / ref['seconds']:.2f} (≤ 0.25)",
+            f"target: aa at least as strong as pyautoattack AutoAttack: {at_least_as_strong(aa, ref)}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=128, help="PneumoniaMNIST test samples (seeded subset)")
+    parser.add_argument("--conformance-n", type=int, default=64, help="samples of the 10-class conformance model")
+    parser.add_argument("--only", choices=("all", "default", "conformance"), default="all")
+    parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                        help="robustmed attacks on the default model (pgd100 and aa always run: the targets need them)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
+                        help="cpu: process CPU time (steadier on a shared machine); wall: elapsed time")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    clock = CLOCKS[args.clock]
+    lines = []
+    if args.only in ("all", "default"):
+        lines += default_model_report(args.n, 4 / 255, clock, tuple(split_attacks(args.attacks)))
+    if args.only in ("all", "conformance"):
+        lines += conformance_report(args.conformance_n, 0.03, clock)
+    print(f"torch={torch.__version__} threads={torch.get_num_threads()} clock={args.clock}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(exit_status("attack_strength", main))
