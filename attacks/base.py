@@ -26,11 +26,17 @@ def parse_number(text: str) -> float:
     return value
 
 
-def parse_eps_list(text: str) -> tuple[float, ...]:
-    """``2/255,4/255,8/255`` → sorted, de-duplicated budgets in (0, 1]."""
+def parse_eps_list(text: str, largest: float | None = 1.0) -> tuple[float, ...]:
+    """``2/255,4/255,8/255`` → sorted, de-duplicated budgets in (0, largest]; ``largest=None``: any finite
+    positive budget (an L2 ball over the whole image may reach beyond 1)."""
     values = sorted({parse_number(part) for part in text.split(",") if part.strip()})
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise UserError(f"bad ε list {text!r}: give values in (0, 1], e.g. 2/255,4/255,8/255")
+    if largest is None:
+        if not values or any(not 0 < v < float("inf") for v in values):
+            raise UserError(f"bad ε list {text!r}: give positive L2 budgets, e.g. 0.25,0.5,1.5")
+        return tuple(values)
+    if not values or any(not 0 < v <= largest for v in values):
+        raise UserError(f"bad ε list {text!r}: give values in (0, 1], e.g. 2/255,4/255,8/255 "
+                        "(L2 budgets may exceed 1: --norm l2)")
     return tuple(values)
 
 

@@ -28,6 +28,7 @@ from robustmed.errors import UserError
 from robustmed.ordinal import criterion_of
 from robustmed.provenance import ENGINE, package_versions, resolve_device, weights_sha256
 from robustmed.run.bench import BenchConfig, attack_and_check
+from robustmed.run.config import run_norm
 from robustmed.run.threats import declare_criterion, for_checks
 from robustmed.seeds import select_subset
 from robustmed.summary import summarize
@@ -120,7 +121,7 @@ def evaluate(model: torch.nn.Module, x, y: torch.Tensor | None = None, *, attack
              eps: float | Sequence[float] = 4 / 255, n: int | None = None, split: str = "test", seed: int = 0,
              batch_size: int = 256, device: str = "cpu", checks: str = "cheap", criterion: str | None = None,
              sample_ids: Sequence[int] | None = None, data_root: str | None = None, out: str | None = None,
-             progress: bool = False) -> Evaluation:
+             progress: bool = False, norm: str = "linf") -> Evaluation:
     """Evaluate any ``nn.Module`` (inputs in [0, 1], logits out) as `robustmed bench` does.
 
     ``x`` is an image tensor with its labels ``y``, or a data set name or file (its ``split``; ``n`` seeded
@@ -128,13 +129,14 @@ def evaluate(model: torch.nn.Module, x, y: torch.Tensor | None = None, *, attack
     several ε run as one nested sweep). A randomized model is found by the pre-flight checks and attacked
     with EOT, each candidate judged over fresh draws; its headline is expected accuracy. An ERROR finding
     refuses the evaluation (:class:`~robustmed.errors.UserError`); FLAG findings come back in ``findings``.
-    ``out`` stores the rows and a manifest there, as a run directory.
+    ``out`` stores the rows and a manifest there, as a run directory. ``norm="l2"`` attacks in L2 every attack
+    that sets no ``norm=`` of its own (ε over the whole image, which may exceed 1).
     """
     device = resolve_device(device)
     model = model.to(device).eval()
     cfg = BenchConfig(attack=",".join(_as_list(attack)), eps=",".join(repr(float(e)) for e in _as_list(eps)),
                       n=n, split=split, seed=seed, batch_size=batch_size, device=str(device), checks=checks,
-                      progress=progress, criterion=criterion)
+                      progress=progress, criterion=criterion, norm=run_norm(norm))
     if isinstance(x, (str, Path)):
         model, x, y, ids, facts = _from_data_set(model, str(x), split, n, seed, data_root, device, criterion)
     else:
@@ -161,7 +163,8 @@ def _store(result: Evaluation, cfg: BenchConfig, model, facts: dict, root: Path)
     """The rows and a manifest under ``root``, named by what decides them (weights, data, attacks, ε, seed)."""
     weights = weights_sha256(model)
     key = {"weights_sha256": weights, "dataset_sha256": facts["dataset_sha256"], "attack": cfg.attack,
-           "eps": cfg.eps, "n": cfg.n, "seed": cfg.seed, "split": cfg.split, "engine": ENGINE}
+           "eps": cfg.eps, "n": cfg.n, "seed": cfg.seed, "split": cfg.split, "engine": ENGINE,
+           **({"norm": cfg.norm} if cfg.norm else {})}
     run_id = f"evaluate-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}"
     run_dir = root.expanduser().resolve() / run_id
     store.writable(run_dir.parent)

@@ -34,6 +34,7 @@ def _explicit_defense(args) -> str:
 def cmd_bench(args) -> int:
     from robustmed.report import print_bench
     from robustmed.run.bench import BenchConfig, run_bench
+    from robustmed.run.config import run_norm
 
     _apply_threads(args)
     if args.suite:
@@ -44,7 +45,8 @@ def cmd_bench(args) -> int:
                       eps=args.eps, n=args.n, seed=args.seed, split=args.split, batch_size=args.batch_size,
                       device=args.device, out=args.out, progress=not (args.no_progress or args.json),
                       checks=args.checks, shard_size=args.shard_size, executor=args.executor, address=args.address,
-                      resume=args.resume, threat=args.threat, criterion=args.criterion, fresh=args.fresh)
+                      resume=args.resume, threat=args.threat, criterion=args.criterion, fresh=args.fresh,
+                      norm=run_norm(args.norm))
     report = run_bench(cfg)
     if args.json:
         if report.reuse_note():
@@ -117,7 +119,7 @@ def cmd_leaderboard(args) -> int:
 
     eps = parse_eps_list(args.eps)[0]
     runs = load_runs(args.results)
-    items, corruption = boards(runs, eps), corruption_boards(runs)
+    items, corruption = boards(runs, eps, parse_eps_list(args.l2_eps, None)[0]), corruption_boards(runs)
     if not items and not corruption:
         raise UserError(f"no stored evaluations at ε = {args.eps} under {args.results}")
     _emit(render_html(items, eps, corruption) if args.format == "html" else render_markdown(items, eps, corruption),
@@ -130,7 +132,7 @@ def cmd_plot(args) -> int:
 
     from robustmed.reports.plots import curves, describe, plot, severity_curves
     from robustmed.store import load_runs
-    from robustmed.tracks import adversarial, corrupted
+    from robustmed.tracks import adversarial, corrupted, norms
 
     if not args.out.endswith((".png", ".svg")):
         raise UserError(f"--out must end in .png or .svg, got {args.out!r}")
@@ -139,7 +141,9 @@ def cmd_plot(args) -> int:
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(rows):  # a severity plot reads the corruption track, the others the attacks: never both
         rows = corrupted(rows) if args.kind == "severity" else adversarial(rows)
-        rows = rows[rows.attack != "null"]  # the randomized baseline is a table column, not a curve
+        rows = rows[~rows.attack.str.startswith("null")]  # the randomized baseline is a table column, not a curve
+    if args.kind != "severity" and len(rows):  # one threat model per plot: an L2 ε is no L∞ one
+        rows = rows[norms(rows) == ("L2" if args.norm == "l2" else "Linf")]
     if args.defense and len(rows):
         rows = rows[rows.defense.isin(args.defense)]
     if args.attack and len(rows):
@@ -151,7 +155,7 @@ def cmd_plot(args) -> int:
     if rows.empty:
         raise UserError(f"no stored rows to plot under {args.results} for the given filters")
     series = severity_curves(rows) if args.kind == "severity" else curves(rows, args.kind)
-    plot(series, args.kind, args.out, title=describe(rows, args.kind))
+    plot(series, args.kind, args.out, title=describe(rows, args.kind), norm=args.norm)
     print(f"wrote {args.out}")
     return 0
 

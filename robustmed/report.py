@@ -21,6 +21,13 @@ def _ci(ci) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def eps_text(s: dict) -> str:
+    """A summary entry's budget with its threat model: L∞ in /255, L2 over the whole image."""
+    if s.get("norm", "Linf") == "L2":
+        return f"L2 {s['eps']:.3g}"
+    return f"{s['eps'] * 255:.3g}/255"
+
+
 def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} s"
 
@@ -62,7 +69,7 @@ def balance_lines(summary: list[dict]) -> list[str]:
         if "clean_balanced_accuracy" not in s:
             continue
         recall = lambda key: ", ".join(f"{k}: {_pct(v)}" for k, v in s[key].items())  # noqa: E731
-        prefix = f"ε {s['eps'] * 255:.3g}/255: " if len(summary) > 1 else ""
+        prefix = f"ε {eps_text(s)}: " if len(summary) > 1 else ""
         lines.append(f"{prefix}balanced accuracy clean {_pct(s['clean_balanced_accuracy'])} "
                      f"(recall {recall('clean_per_class_recall')}), robust {_pct(s['robust_balanced_accuracy'])} "
                      f"(recall {recall('robust_per_class_recall')}); majority-class rate {_pct(s['majority_class_rate'])}")
@@ -80,7 +87,7 @@ def deterministic_table(report) -> Table:
         table.add_column(column, justify="right" if column not in ("attack",) else "left")
     for s in report.summary:
         several = len(s["per_attack"]) > 1
-        table.add_row("worst case" if several else escape(next(iter(s["per_attack"]))), f"{s['eps'] * 255:.3g}/255",
+        table.add_row("worst case" if several else escape(next(iter(s["per_attack"]))), eps_text(s),
                       str(s["n"]), _pct(s["clean_accuracy"]), _pct(s["robust_accuracy"]), _ci(s["robust_ci"]),
                       *_total_cost(s))
         if several or "multimodal" in report.manifest or "multilabel" in report.manifest:  # one row per attack / threat model (F4) under the worst case
@@ -100,7 +107,7 @@ def expected_table(report) -> Table:
     for column in ("attack", "ε", "n", "expected acc", "95% CI", f"all {draws} draws", "time", PASSES):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for s in report.summary:
-        table.add_row("clean", f"{s['eps'] * 255:.3g}/255", str(s["n"]), _pct(s["expected_clean_accuracy"]),
+        table.add_row("clean", eps_text(s), str(s["n"]), _pct(s["expected_clean_accuracy"]),
                       _ci(s["expected_clean_ci"]), _pct(s["clean_accuracy"]), "", "")
         table.add_row("worst case", "", "", _pct(s["expected_robust_accuracy"]), _ci(s["expected_robust_ci"]),
                       _pct(s["robust_accuracy"]), *_total_cost(s))

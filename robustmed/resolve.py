@@ -86,7 +86,8 @@ def with_null_baseline(attacks: Sequence[str], randomized: bool) -> list[str]:
     baseline an attack column must beat (check C5); deterministic models, and runs of the corruption track
     alone (no attack column to compare), the attacks as given."""
     attacks = list(attacks)
-    families = {parse_attack(a).family for a in attacks}
-    if randomized and "null" not in families and families - {CORRUPTIONS}:
-        attacks.append("null")
+    specs = [parse_attack(a) for a in attacks]
+    if randomized and "null" not in {s.family for s in specs}:  # one baseline per threat model of the attacks
+        norms = sorted({s.norm for s in specs if s.family != CORRUPTIONS}, key=lambda n: n != "Linf")
+        attacks += ["null" if norm == "Linf" else f"null:norm={norm.lower()}" for norm in norms]
     return attacks

@@ -7,28 +7,32 @@ import pandas as pd
 from robustmed import expected, passes
 from robustmed.balance import class_balance, per_sample
 from robustmed.stats import wilson
-from robustmed.tracks import adversarial
+from robustmed.tracks import by_norm
 
 
 def summarize(rows: pd.DataFrame) -> list[dict]:
-    """Per ε: clean accuracy and per-sample worst-case robust accuracy over all attacks, with Wilson CIs.
+    """Per threat model (L∞ first) and ε: clean accuracy and per-sample worst-case robust accuracy over that
+    norm's attacks, with Wilson CIs.
 
     The corruption track's rows never enter it (:mod:`robustmed.corruption_summary` has their figures): a run
     with no attack but ``corruptions`` has no per-ε summary."""
-    out = []
-    for eps, group in adversarial(rows).groupby("eps", sort=True):
-        per_sample = group.groupby("sample_id").agg(clean=("clean_correct", "first"), robust=("robust", "all"))
-        n, clean, robust = len(per_sample), int(per_sample.clean.sum()), int(per_sample.robust.sum())
-        out.append({
-            "eps": float(eps), "n": n,
-            "clean_accuracy": clean / n, "clean_ci": wilson(clean, n),
-            "robust_accuracy": robust / n, "robust_ci": wilson(robust, n),
-            "per_attack": {a: float(g.robust.mean()) for a, g in group.groupby("attack")},
-            **_balance(group),
-            **expected.summary(group),
-            **_cost(group),
-        })
-    return out
+    return [_figures(group, norm, eps) for norm, track in by_norm(rows)
+            for eps, group in track.groupby("eps", sort=True)]
+
+
+def _figures(group: pd.DataFrame, norm: str, eps: float) -> dict:
+    """One threat model at one ε: the worst case is only ever taken over that norm's attacks."""
+    per_sample = group.groupby("sample_id").agg(clean=("clean_correct", "first"), robust=("robust", "all"))
+    n, clean, robust = len(per_sample), int(per_sample.clean.sum()), int(per_sample.robust.sum())
+    return {
+        "eps": float(eps), "norm": norm, "n": n,
+        "clean_accuracy": clean / n, "clean_ci": wilson(clean, n),
+        "robust_accuracy": robust / n, "robust_ci": wilson(robust, n),
+        "per_attack": {a: float(g.robust.mean()) for a, g in group.groupby("attack")},
+        **_balance(group),
+        **expected.summary(group),
+        **_cost(group),
+    }
 
 
 

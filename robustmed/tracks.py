@@ -35,3 +35,27 @@ def is_corruption_attack(name: str) -> bool:
     """Whether an attack name (as typed or stored, options kept) belongs to the corruption track."""
     stem = name.split(":")[0].split("[")[0].rstrip("0123456789")
     return stem == CORRUPTIONS
+
+
+LINF, L2 = "Linf", "L2"
+NORM_LABELS = {LINF: "L∞", L2: "L2"}  # how views name a threat model
+
+
+def norms(rows: pd.DataFrame) -> pd.Series:
+    """Each row's threat model; rows stored before the ``norm`` column existed are L∞."""
+    if "norm" not in rows:
+        return pd.Series(LINF, index=rows.index)
+    return rows["norm"].fillna(LINF).astype(str).replace("", LINF)
+
+
+def by_norm(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The attacks' rows per threat model (L∞ first): no worst case or ranking is ever taken across two."""
+    attacks = adversarial(rows)
+    if not len(attacks):
+        return []
+    kinds = norms(attacks)
+    return [(norm, attacks[kinds == norm]) for norm in sorted(kinds.unique(), key=lambda n: (n != LINF, n))]
+
+
+def norm_label(norm: str) -> str:
+    return NORM_LABELS.get(norm, norm)

@@ -18,6 +18,7 @@ from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, FULL, Finding, register
 from robustmed.checks.subset import Subset, attack_robust, gradient_spec, run_robust, subset
 from robustmed.summary import summarize
+from robustmed.tracks import L2, norms
 
 B1 = register("B1", "budget and box respected", ERROR)
 B2 = register("B2", "re-verification of the stored examples", ERROR)
@@ -54,13 +55,15 @@ def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B1: the harness refuses any chunk leaving the ε-ball, [0, 1] or finite values; stored norms re-checked
     (per input against its own ε when the rows come from a multi-input threat model, check F4)."""
     pairs = [(c, f"eps_{c[5:]}") for c in rows.columns if c.startswith("linf_") and f"eps_{c[5:]}" in rows]
-    pairs = pairs or [("linf", "eps")]
+    l2 = bool(len(rows)) and "l2" in rows and bool((norms(rows) == L2).all())  # rows come one norm at a time
+    pairs = pairs or [("l2" if l2 else "linf", "eps")]
     over = sum((rows[n] > rows[e] * (1 + BUDGET_TOL) + BUDGET_TOL) for n, e in pairs)
     over = int((over > 0).sum()) if len(rows) else 0
     ratios = [float((rows[n] / rows[e]).where(rows[e] > 0).max()) for n, e in pairs] if len(rows) else []
     ratio = max((r for r in ratios if r == r), default=0.0)  # frozen inputs (ε = 0) have no ratio
     return B1.outcome(over > 0, f"{over} stored row(s) exceed ε" if over else
-                      f"every ‖δ‖∞ ≤ ε (largest ‖δ‖∞/ε = {ratio:.4f}); box and NaN checked per chunk", max_ratio=ratio)
+                      f"every ‖δ‖{'₂' if l2 else '∞'} ≤ ε (largest ‖δ‖{'₂' if l2 else '∞'}/ε = {ratio:.4f}); box and NaN "
+                      "checked per chunk", max_ratio=ratio)
 
 
 @B2.guard

@@ -5,6 +5,7 @@ afterwards, so a run's rows are the same with or without the checks.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -282,13 +283,21 @@ def clean_parity(ctx: CheckContext) -> Finding:
 
 @A10.guard
 def budget_sanity(ctx: CheckContext) -> Finding:
-    """A10: L∞ budgets above 16/255 of the [0, 1] range are not small perturbations."""
-    large = [e for e in ctx.eps if e > LARGE_EPS + 1e-12]
+    """A10: L∞ budgets above 16/255 of the [0, 1] range are not small perturbations; an L2 budget is large
+    beyond the L2 size of that L∞ ball's corner, 16/255·√D over the image's D values."""
+    norms = {s.norm for s in ctx.specs if s.family not in ("corruptions", "null")} or {"Linf"}
+    large = [e for e in ctx.eps if e > LARGE_EPS + 1e-12] if "Linf" in norms else []
     units = "L∞ in [0, 1] pixel units"
+    if "L2" in norms:
+        limit = LARGE_EPS * math.sqrt(ctx.x[0].numel())
+        large += [e for e in ctx.eps if e > limit + 1e-12 and e not in large]
+        units = (units + "; " if "Linf" in norms else "") + f"L2 over the whole image (large above {limit:.3g})"
     if large:
-        return A10.fired(f"ε = {', '.join(f'{255 * e:.3g}/255' for e in large)} exceeds 16/255: not a small "
-                         "perturbation", eps=list(ctx.eps), units=units)
-    return A10.passed(f"ε ≤ 16/255 ({units})", eps=list(ctx.eps), units=units)
+        shown = ", ".join(f"{255 * e:.3g}/255" if "L2" not in norms else f"{e:.3g}" for e in large)
+        return A10.fired(f"ε = {shown} exceeds {'16/255' if 'L2' not in norms else 'the budget limit'} ({units}): "
+                         "not a small perturbation", eps=list(ctx.eps), units=units)
+    return A10.passed(f"ε ≤ 16/255 ({units})" if norms == {"Linf"} else f"ε within the small budgets ({units})",
+                      eps=list(ctx.eps), units=units)
 
 
 PREFLIGHT = (eval_mode, input_domain, probabilities, randomness, test_time_optimization, gradient_health,

@@ -9,11 +9,17 @@ from robustmed.checks.context import CheckContext
 from robustmed.checks.corruption import run_corruption
 from robustmed.checks.degenerate import degenerate_classifier, run_degenerate
 from robustmed.checks.invariants import run_invariants
+from robustmed.checks.norms import per_norm
 from robustmed.checks.randomized import adaptive_required, run_randomized
 from robustmed.checks.registry import Finding, sort_key
 from robustmed.tracks import adversarial, corrupted as corrupted_rows
 
 LEVELS = ("cheap", "full")
+
+
+def _attack_checks(ctx: CheckContext, attacks: pd.DataFrame, full: bool) -> list[Finding]:
+    return [*run_invariants(ctx, attacks, full), *run_randomized(ctx, attacks, full),
+            *run_ablation(ctx, attacks, full), *run_binarization(ctx, attacks, full), *run_degenerate(ctx, attacks)]
 
 
 def post_run(ctx: CheckContext, rows: pd.DataFrame, preflight: list[Finding], level: str = "cheap") -> list[Finding]:
@@ -23,10 +29,8 @@ def post_run(ctx: CheckContext, rows: pd.DataFrame, preflight: list[Finding], le
         raise ValueError(f"checks level must be one of {LEVELS}, got {level!r}")
     full, attacks, corrupted = level == "full", adversarial(rows), corrupted_rows(rows)
     findings = [*preflight, *run_corruption(ctx, corrupted)]
-    if len(attacks):  # the attacks' checks read the attacks' rows alone: corruptions are no L∞ attack
-        findings += [*run_invariants(ctx, attacks, full), *run_randomized(ctx, attacks, full),
-                     *run_ablation(ctx, attacks, full), *run_binarization(ctx, attacks, full),
-                     *run_degenerate(ctx, attacks)]
+    if len(attacks):  # the attacks' checks read the attacks' rows alone, each norm's on their own
+        findings += per_norm(lambda rows, full: _attack_checks(ctx, rows, full), attacks, full)
     else:  # the corruption track alone: A11 still reads the clean predictions
         findings.append(degenerate_classifier(ctx, rows))
     findings.append(adaptive_required(findings))

@@ -14,20 +14,32 @@ from robustmed import expected
 from robustmed.balance import class_balance, per_sample
 from robustmed.provenance import ENGINE
 from robustmed.stats import wilson
-from robustmed.tracks import adversarial
+from robustmed.tracks import L2, by_norm
 
 WORST = "worst case"
 NULL = "null"
 
 
+L2_SUFFIX = " (L2)"  # an L2 column's mark: L2 columns never share a column (or a worst case) with L∞ ones
+
+
+def _stem(name: str) -> str:
+    return re.sub(r":[^\[]*", "", name)
+
+
 def column_attack(name: str, substitutes: dict | None = None) -> str:
     """The column an evaluation belongs to: the attack without its options (``pgd20:protocol=paper``
-    → ``pgd20``, threat suffix kept), and a suite's randomized substitute under the attack it
-    replaces (``aa-rand`` → ``aa``)."""
-    base = re.sub(r":[^\[]*", "", name)
-    back = {sub: orig for orig, sub in (substitutes or {}).items()}
-    stem, bracket, rest = base.partition("[")
-    return back.get(stem, stem) + bracket + rest
+    → ``pgd20``, threat suffix kept), a suite's randomized substitute under the attack it
+    replaces (``aa-rand`` → ``aa``), and `` (L2)`` after an L2 attack (``pgd20:norm=l2`` → ``pgd20 (L2)``)."""
+    back = {_stem(sub): _stem(orig) for orig, sub in (substitutes or {}).items()}
+    stem, bracket, rest = _stem(name).partition("[")
+    l2 = re.search(r"[:,]norm=l2\b", name.lower()) and not name.endswith(L2_SUFFIX)
+    return back.get(stem, stem) + bracket + rest + (L2_SUFFIX if l2 else "")
+
+
+def suffix(norm: str) -> str:
+    """What an L2 evaluation's worst case and null columns carry after their names."""
+    return L2_SUFFIX if norm == L2 else ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class Evaluation:
     null_gap_ci: tuple | None = field(default=None, compare=False)  # how far below the null attack (C5)
     stale: bool = field(default=False, compare=False)  # made by an engine whose results this one replaced
     balanced_clean: float | None = field(default=None, compare=False)  # mean per-class clean recall
+    norm: str = "Linf"  # the threat model of its attacks: evaluations of two norms never share a worst case
 
     @property
     def randomized(self) -> bool:
@@ -106,12 +119,14 @@ def _expected_fields(verdicts, attack: str) -> dict:
     """The expected figures of one column (or of the worst case) from the per-draw verdicts."""
     if verdicts is None:
         return {}
-    attacks = [a for a in verdicts if a != expected.CLEAN] if attack == WORST else [attack]
+    worst = attack.startswith(WORST)
+    attacks = [a for a in verdicts if a != expected.CLEAN] if worst else [attack]
     value, ci = expected.worst_case(verdicts, attacks)
     fields = {"expected": value, "expected_ci": ci, "expected_clean": float(verdicts[expected.CLEAN].mean(1).mean()),
               "draws": int(verdicts[expected.CLEAN].shape[1]), "single_draw": expected.single_draw(verdicts, attacks)}
-    if attack not in (WORST, NULL) and NULL in verdicts:
-        fields["null_gap_ci"] = expected.gap_to_baseline(verdicts, attack, NULL)[1]
+    null = next((a for a in verdicts if _stem(a) == NULL), None)  # ``null:norm=l2`` in an L2 run
+    if not worst and _stem(attack) != NULL and null is not None:
+        fields["null_gap_ci"] = expected.gap_to_baseline(verdicts, attack, null)[1]
     return fields
 
 
@@ -133,16 +148,23 @@ def evaluations(runs: list[tuple[pd.DataFrame, dict]]) -> list[Evaluation]:
     latest: dict[tuple, Evaluation] = {}
     for rows, manifest in runs:
         flags = fired_flags(manifest)
-        for eps, group in adversarial(rows).groupby("eps"):  # corruptions: their own table, never a column here
+        for norm, eps, group in _tracks(rows):  # corruptions: their own table; each norm its own worst case
             per_attack = [(a, g.groupby("sample_id").robust.all()) for a, g in group.groupby("attack")]
             worst = group.groupby("sample_id").robust.all()
             clean = int(group.groupby("sample_id").clean_correct.first().sum())
             verdicts = expected.judgements(group)
             balanced = _balanced_clean(group)
-            for attack, flags_by_sample in [*per_attack, (WORST, worst)]:
+            for attack, flags_by_sample in [*per_attack, (WORST + suffix(norm), worst)]:
                 ev = Evaluation(manifest["defense"], manifest["model"], manifest["dataset"], _protocol(group),
                                 attack, float(eps), len(flags_by_sample), int(flags_by_sample.sum()), clean,
                                 manifest["run_id"], flags, stale=stale(manifest, attack),
-                                balanced_clean=balanced, **_expected_fields(verdicts, attack))
+                                balanced_clean=balanced, **_expected_fields(verdicts, attack), norm=norm)
                 latest[(ev.defense, ev.model, ev.dataset, ev.protocol, ev.attack, ev.eps)] = ev
     return list(latest.values())
+
+
+def _tracks(rows: pd.DataFrame):
+    """(norm, ε, rows) of the attacks' rows: L∞ first, then L2; rows stored before the norm column are L∞."""
+    for norm, track in by_norm(rows):
+        for eps, group in track.groupby("eps"):
+            yield norm, float(eps), group

@@ -22,12 +22,13 @@ from robustmed.balance import class_balance
 from robustmed.reports import corruption_board
 from robustmed.reports.evidence import fired_flags, stale
 from robustmed.stats import wilson
-from robustmed.tracks import adversarial
+from robustmed.tracks import L2, LINF, adversarial, norms
 
 STALE_FLAG = "previous engine"
 AA_ATTACKS = ("aa", "aa-rand")
 NORMS = {"Linf": "L∞", "L2": "L2", "L1": "L1"}
 RANDOMIZED_MARK = "*"
+L2_EPS = 0.5  # the L2 boards' default budget (RobustBench's CIFAR-10 L2 board), in [0, 1] pixel units
 
 
 @dataclass(frozen=True)
@@ -81,21 +82,22 @@ def _sample_set(rows: pd.DataFrame, manifest: dict) -> str:
     return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
 
 
-def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> dict[tuple, list]:
-    """Each run's adaptive rows at ε, split by the norm of its attacks' specs and keyed by
-    (data set, norm, sample set, defense, model); runs stay oldest first within a key."""
+def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float, l2_eps: float = L2_EPS) -> dict[tuple, list]:
+    """Each run's adaptive rows at its norm's ε (L∞ at ``eps``, L2 at ``l2_eps``), split by the rows' norm (L∞
+    for rows stored before it was recorded) and keyed by (data set, norm, sample set, defense, model); runs stay
+    oldest first within a key."""
     out: dict[tuple, list] = {}
     for rows, manifest in runs:
         if "protocol" in rows and (rows.protocol == "paper").any():
             continue  # a paper-protocol run: its null baseline is a copy of the adaptive run's, its flags its own
         rows = adversarial(rows)  # the corruption track has its own boards (robustmed.reports.corruption_board)
-        rows = rows[(rows.eps - eps).abs() < 1e-9]
+        specs = manifest.get("attacks", {})  # rows stored without the norm column: their specs' norm, else L∞
+        kinds = norms(rows) if "norm" in rows else rows.attack.map(lambda a: specs.get(a, {}).get("norm", LINF))
+        rows = rows[(rows.eps - kinds.map({L2: l2_eps}).fillna(eps)).abs() < 1e-9]
         if rows.empty:
             continue
-        specs = manifest.get("attacks", {})
-        norms = {a: specs.get(a, {}).get("norm", "Linf") for a in rows.attack.unique()}
         samples = _sample_set(rows, manifest)
-        for norm, part in rows.groupby(rows.attack.map(norms)):
+        for norm, part in rows.groupby(kinds[rows.index]):
             key = (manifest["dataset"], norm, samples, manifest["defense"], manifest["model"])
             out.setdefault(key, []).append((part, manifest))
     return out
@@ -164,17 +166,18 @@ def _entry(defense: str, model: str, parts: list) -> Entry:
                  passes.total_time(rows), passes.total(rows))
 
 
-def boards(runs: list[tuple[pd.DataFrame, dict]], eps: float) -> list[Board]:
-    """Rankings over stored (rows, manifest) runs (oldest first) at ε: per data set and threat model, one
-    table per sample set, largest first; within a table by robust, then clean accuracy."""
+def boards(runs: list[tuple[pd.DataFrame, dict]], eps: float, l2_eps: float = L2_EPS) -> list[Board]:
+    """Rankings over stored (rows, manifest) runs (oldest first), L∞ at ε and L2 at ``l2_eps``: per data set and
+    threat model (never one ranking over two norms), one table per sample set, largest first; within a table by
+    robust, then clean accuracy."""
     grouped: dict[tuple, dict[str, list[Entry]]] = {}
-    for (dataset, norm, samples, defense, model), parts in _slices(runs, eps).items():
+    for (dataset, norm, samples, defense, model), parts in _slices(runs, eps, l2_eps).items():
         grouped.setdefault((dataset, norm), {}).setdefault(samples, []).append(_entry(defense, model, parts))
     out = []
-    for (dataset, norm), sets in sorted(grouped.items()):
+    for (dataset, norm), sets in sorted(grouped.items(), key=lambda kv: (kv[0][1] != LINF, kv[0])):
         for samples, items in sorted(sets.items(), key=lambda kv: (-max(e.n for e in kv[1]), kv[0])):
             ranked = sorted(items, key=lambda e: (-e.robust_accuracy, -e.clean_accuracy, e.defense, e.model))
-            out.append(Board(dataset, norm, eps, samples, tuple(ranked), len(sets)))
+            out.append(Board(dataset, norm, eps if norm != L2 else l2_eps, samples, tuple(ranked), len(sets)))
     return out
 
 
@@ -182,12 +185,18 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def _eps(eps: float) -> str:
-    return f"{eps * 255:.3g}/255"
+def _eps(eps: float, norm: str = LINF) -> str:
+    return f"{eps:.3g}" if norm == L2 else f"{eps * 255:.3g}/255"
+
+
+def _title_eps(items: list[Board], eps: float) -> str:
+    """The budgets of the boards shown: each norm's own (an L2 ε is not an L∞ one)."""
+    l2 = sorted({b.eps for b in items if b.norm == L2})
+    return _eps(eps) + "".join(f" (L∞), {_eps(e, L2)} (L2)" for e in l2)
 
 
 def heading(board: Board) -> str:
-    return (f"{board.dataset} · {NORMS.get(board.norm, board.norm)}, ε = {_eps(board.eps)} · "
+    return (f"{board.dataset} · {NORMS.get(board.norm, board.norm)}, ε = {_eps(board.eps, board.norm)} · "
             f"n = {board.n}, samples {board.samples[:8]}")
 
 
@@ -220,8 +229,8 @@ CAPTION = ("accuracies in %; robust acc: per-sample worst case over every adapti
 
 
 def render_markdown(items: list[Board], eps: float, corruption: list | tuple = ()) -> str:
-    """The L∞ boards, then the corruption boards (``corruption``) as their own section: never one ranking."""
-    lines = [f"Leaderboard at ε = {_eps(eps)}, one ranking per data set, threat model and sample set ({CAPTION})"]
+    """The L∞ boards, the L2 ones, then the corruption boards (``corruption``) as their own section: never one ranking."""
+    lines = [f"Leaderboard at ε = {_title_eps(items, eps)}, one ranking per data set, threat model and sample set ({CAPTION})"]
     for board in items:
         lines += ["", f"## {heading(board)}", ""] + ([note(board), ""] if note(board) else [])
         lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -263,7 +272,7 @@ def render_html(items: list[Board], eps: float, corruption: list | tuple = ()) -
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>robustmed leaderboard</title><style>{_CSS}</style></head><body>"
-        f"<h1>robustmed leaderboard</h1><p>ε = {_eps(eps)}; one ranking per data set, threat model and sample set. "
+        f"<h1>robustmed leaderboard</h1><p>ε = {_title_eps(items, eps)}; one ranking per data set, threat model and sample set. "
         f"{html.escape(CAPTION[0].upper() + CAPTION[1:])}. “Potentially unreliable” lists the fired checks.</p>"
         + "".join(_html_board(b) for b in items) + corruption_board.render_html(list(corruption))
         + "</body></html>\n"

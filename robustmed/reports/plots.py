@@ -111,7 +111,7 @@ def curves(rows: pd.DataFrame, kind: str) -> dict[str, pd.DataFrame]:
 
     rows = rows.assign(attack=_long_run_names(rows).map(column_attack),
                        protocol=rows.protocol if "protocol" in rows else "adaptive")
-    rows = rows[rows.attack != "null"]  # the baseline, not a curve: its figure stands in the tables (check C5)
+    rows = rows[~rows.attack.str.startswith("null")]  # the baseline, not a curve: its figure stands in the tables (check C5)
     keys = ["defense", "model", "dataset", "protocol", "attack"]
     varying = [k for k in keys[1:] if rows[k].nunique() > 1]
     out = {}
@@ -156,7 +156,8 @@ def describe(rows: pd.DataFrame, kind: str) -> str:
     parts = [", ".join(sorted(rows.dataset.unique())) if "dataset" in rows else "",
              ", ".join(sorted(rows.attack.map(column_attack).unique()))]
     if kind not in ("eps", "severity") and rows.eps.nunique() == 1:
-        parts.append(f"ε = {rows.eps.iloc[0] * 255:.3g}/255")
+        l2 = "norm" in rows and (rows["norm"] == "L2").all()
+        parts.append(f"L2 ε = {rows.eps.iloc[0]:.3g}" if l2 else f"ε = {rows.eps.iloc[0] * 255:.3g}/255")
     parts.append(f"n = {rows.sample_id.nunique()}")
     return " · ".join(p for p in parts if p)
 
@@ -175,7 +176,7 @@ XLABEL = {"eps": "ε (L∞, [0,1] pixel units)", "steps": "attack steps", "eot":
           "severity": "corruption severity (0: clean)"}
 
 
-def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "") -> None:
+def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "", norm: str = "linf") -> None:
     """One line per label with its 95% Wilson band; the file type follows the suffix (.png, .svg)."""
     import matplotlib
 
@@ -194,7 +195,7 @@ def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "")
                         color=line.get_color())
     if kind == "steps":
         ax.set_xscale("log")
-    ax.set_xlabel(XLABEL[kind])
+    ax.set_xlabel("ε (L2 over the whole image, [0,1] pixel units)" if kind == "eps" and norm == "l2" else XLABEL[kind])
     ax.set_ylabel("accuracy under corruption (%)" if kind == "severity" else "robust accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

@@ -79,13 +79,15 @@ def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
     from dataclasses import fields
 
     from robustmed.run.bench import BenchConfig, run_bench, split_attacks
+    from robustmed.run.config import with_norm
 
     known = {f.name for f in fields(BenchConfig)}
     for _, manifest in baseline_runs:
         config = {k: v for k, v in manifest["config"].items() if k in known}
         config.setdefault("spec_version", stored_spec_version(manifest))
         if attacks is not None:
-            config["attack"] = ",".join(a for a in split_attacks(config["attack"]) if a in attacks)
+            config["attack"] = ",".join(a for a in split_attacks(config["attack"])  # rows name --norm's attacks
+                                         if with_norm(a, config.get("norm")) in attacks)
         run_bench(BenchConfig(**{**config, "out": out, "progress": False, "device": device}))
 
 

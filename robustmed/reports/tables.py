@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from robustmed.reports.evidence import NULL, WORST, Evaluation, column_attack
+from robustmed.reports.evidence import L2_SUFFIX, NULL, WORST, Evaluation, column_attack
 
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
 
@@ -23,17 +23,24 @@ def _variants(evals: list[Evaluation], dataset: str, attack: str) -> list[str]:
 
 
 def _columns(evals: list[Evaluation], attacks: list[str]) -> list[tuple[str, str]]:
+    """Per data set the L∞ columns (attacks, null, worst case), then the L2 ones, each norm's apart."""
     datasets = sorted({e.dataset for e in evals})
-    return [(d, a) for d in datasets for a in [*(v for at in attacks for v in _variants(evals, d, at)),
-                                               *([NULL] if any(e.attack == NULL and e.dataset == d for e in evals) else []),
-                                               WORST]]
+    out = []
+    for d in datasets:
+        for mark in ("", L2_SUFFIX):
+            names = [v for at in attacks if at.endswith(L2_SUFFIX) == bool(mark) for v in _variants(evals, d, at)]
+            if not names and not any(e.dataset == d and e.attack == WORST + mark for e in evals):
+                continue
+            null = [NULL + mark] if any(e.attack == NULL + mark and e.dataset == d for e in evals) else []
+            out += [(d, a) for a in [*names, *null, WORST + mark]]
+    return out
 
 
 def table_data(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps: float,
                substitutes: dict | None = None):
     """(columns, rows): rows are (label, defense, protocol, {column: Evaluation}) in suite order; with
     several models, one row per model and defense, labelled ``defense · model``."""
-    evals = [replace(e, attack=column_attack(e.attack, substitutes)) if e.attack != WORST else e
+    evals = [replace(e, attack=column_attack(e.attack, substitutes)) if not e.attack.startswith(WORST) else e
              for e in evals if abs(e.eps - eps) < 1e-9]
     columns = _columns(evals, attacks)
     models = sorted({e.model for e in evals})
@@ -74,7 +81,7 @@ def _cell(ev: Evaluation | None, bold: bool, fmt: str) -> str:
 
 def _one_draw(cells: dict, dataset: str) -> str:
     """The worst case read the way a defense paper reads it: clean and every attack on one draw."""
-    ev = cells.get((dataset, WORST))
+    ev = cells.get((dataset, WORST)) or cells.get((dataset, WORST + L2_SUFFIX))
     return f"{100 * ev.single_draw:.1f}" if ev is not None and ev.single_draw is not None else "–"
 
 
@@ -139,7 +146,11 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
             line.append(_cell(ev, bold, fmt) + (MARK if column in gaps else ""))
         line += [_one_draw(cells, d) for d in datasets] if randomized else []
         body.append([*line, _flags(cells), _note(list(gaps.values()), cells)])
-    caption = title or f"Robust accuracy (%) at ε = {eps * 255:.3g}/255, 95% Wilson intervals"
+    l2 = any(a.endswith(L2_SUFFIX) for _, a in columns)
+    caption = title or (f"Robust accuracy (%) at ε = {eps * 255:.3g}/255" + (f" (L∞), {eps:.3g} (L2)" if l2 else "")
+                        + ", 95% Wilson intervals")
+    caption += (f"; {L2_SUFFIX.strip()}: an L2 attack (‖δ‖₂ ≤ ε over the whole image), its worst case over the L2 "
+                "attacks alone" if l2 else "")
     caption += ("; balanced clean: mean per-class recall (a model answering one class scores chance there, and "
                 "that class's share of the samples in the clean column)")
     if randomized:

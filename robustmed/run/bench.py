@@ -42,6 +42,12 @@ from robustmed.run.threats import run_extras
 from robustmed.tracks import CORRUPTIONS, adversarial
 
 
+def _key(s: dict, summary: list[dict]) -> str:
+    """An entry's key in ``--json``: its ε, prefixed by its norm when the run has attacks in two."""
+    several = len({e.get("norm", "Linf") for e in summary}) > 1
+    return f"{s.get('norm', 'Linf')}:{s['eps']}" if several else str(s["eps"])
+
+
 @dataclass
 class BenchReport:
     config: BenchConfig
@@ -71,7 +77,7 @@ class BenchReport:
                 "expected_per_attack", "expected_per_attack_ci", "single_draw_robust_accuracy", "draws")
         if one:
             return {k: self.summary[0][k] for k in keys}
-        return {k: {str(s["eps"]): s[k] for s in self.summary} for k in keys}
+        return {k: {_key(s, self.summary): s[k] for s in self.summary} for k in keys}
 
     def _cost_json(self, one: bool) -> dict:
         """The attacks' time and passes per sample, in total and per attack, per ε when there are several;
@@ -79,7 +85,7 @@ class BenchReport:
         keys = ("attack_time_s", "per_attack_time_s", "passes_per_sample", "per_attack_passes")
         if one:
             return {k: self.summary[0].get(k) for k in keys}
-        return {k: {str(s["eps"]): s.get(k) for s in self.summary} for k in keys}
+        return {k: {_key(s, self.summary): s.get(k) for s in self.summary} for k in keys}
 
     def _balance_json(self, one: bool) -> dict:
         """Balanced accuracy, per-class recall and the majority-class rate, per ε when there are several."""
@@ -89,20 +95,22 @@ class BenchReport:
             return {}
         if one:
             return {k: self.summary[0][k] for k in keys}
-        return {k: {str(s["eps"]): s[k] for s in self.summary} for k in keys}
+        return {k: {_key(s, self.summary): s[k] for s in self.summary} for k in keys}
 
     def _attack_json(self) -> dict:
         """The attacks' figures (L∞ track): none when the run had only the corruption track."""
         if not self.summary:
             return {}
-        robust = {str(s["eps"]): s["robust_accuracy"] for s in self.summary}
+        robust = {_key(s, self.summary): s["robust_accuracy"] for s in self.summary}
         one = len(self.summary) == 1
+        norms = list(dict.fromkeys(s.get("norm", "Linf") for s in self.summary))
         return {
+            "norm": norms[0] if len(norms) == 1 else norms,
             "eps": self.summary[0]["eps"] if one else [s["eps"] for s in self.summary],
             "clean_accuracy": self.summary[0]["clean_accuracy"],
             "robust_accuracy": self.summary[0]["robust_accuracy"] if one else robust,
-            "robust_ci": self.summary[0]["robust_ci"] if one else {str(s["eps"]): s["robust_ci"] for s in self.summary},
-            "per_attack": self.summary[0]["per_attack"] if one else {str(s["eps"]): s["per_attack"] for s in self.summary},
+            "robust_ci": self.summary[0]["robust_ci"] if one else {_key(s, self.summary): s["robust_ci"] for s in self.summary},
+            "per_attack": self.summary[0]["per_attack"] if one else {_key(s, self.summary): s["per_attack"] for s in self.summary},
             **self._balance_json(one),
             **self._expected_json(one),
             **self._cost_json(one),
@@ -257,7 +265,7 @@ def _share_with_units(cfg: BenchConfig, ctx: CheckContext, target: Target, job: 
 
 def _planned_attacks(cfg: BenchConfig, ctx: CheckContext) -> list[str]:
     """The run's attacks, and on a randomized model the null attack beside them (check C5's baseline)."""
-    return with_null_baseline(split_attacks(cfg.attack), ctx.randomized)
+    return with_null_baseline(cfg.attack_names(), ctx.randomized)
 
 
 

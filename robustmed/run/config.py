@@ -10,14 +10,35 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from robustmed import data as data_mod, store
-from robustmed.attacks import parse_attack, parse_eps_list
+from robustmed.attacks import FAMILIES, parse_attack, parse_eps_list
 from robustmed.attacks.base import SPEC_VERSION
+from robustmed.tracks import CORRUPTIONS, is_corruption_attack
 from robustmed.errors import UserError
 from robustmed.provenance import ENGINE
 
 
 DEFAULT_EPS = "4/255"
 
+
+
+NORMS = ("linf", "l2")
+
+
+def run_norm(norm: str | None) -> str | None:
+    """``--norm``/``norm=`` as a config stores it: None for L∞ (the default, so L∞ runs keep their ids)."""
+    value = (norm or "linf").strip().lower()
+    if value not in NORMS:
+        raise UserError(f"bad norm {norm!r}: use linf or l2")
+    return None if value == "linf" else value
+
+
+def with_norm(attack: str, norm: str | None) -> str:
+    """``pgd20`` under ``--norm l2`` → ``pgd20:norm=l2``; an attack naming its own norm, and the corruption
+    track (no norm ball), as given."""
+    options = attack.partition(":")[2]
+    if not norm or is_corruption_attack(attack) or any(o.startswith("norm=") for o in options.split(",")):
+        return attack
+    return f"{attack},norm={norm}" if options else f"{attack}:norm={norm}"
 
 
 def split_attacks(text: str) -> list[str]:
@@ -65,12 +86,20 @@ class BenchConfig:
     criterion: str | None = None  # multi-label models: success criterion (any, label:NAME)
     fresh: bool = False  # recompute even when a run with this id is stored
     spec_version: str | None = None  # read attack names as this spec version did (a stored run's rerun)
+    norm: str | None = None  # l2: every attack that sets no norm of its own attacks in L2 (None: L∞)
+
+    def attack_names(self) -> list[str]:
+        """The run's attacks as its rows name them: ``--norm l2`` written into each that sets no norm."""
+        return [with_norm(a, self.norm) for a in split_attacks(self.attack)]
 
     def specs(self):
-        return [parse_attack(a, self.spec_version) for a in split_attacks(self.attack)]
+        return [parse_attack(a, self.spec_version) for a in self.attack_names()]
 
     def eps_values(self) -> tuple[float, ...]:
-        return parse_eps_list(self.eps)
+        """The budgets; beyond 1 only when every attack that uses ε is L2 (an L∞ budget above 1 is the box)."""
+        specs = [s for s in self.specs() if FAMILIES.get(s.family).uses_eps and s.family != CORRUPTIONS]
+        l2 = bool(specs) and all(s.norm == "L2" for s in specs)
+        return parse_eps_list(self.eps, None if l2 else 1.0)
 
     def unit_size(self) -> int:
         return self.shard_size or self.batch_size
@@ -83,10 +112,10 @@ EXECUTION = ("out", "progress", "device", "data_root", "executor", "address", "r
 
 
 def identity(cfg: BenchConfig) -> dict:
-    """The config fields that decide the rows (everything but :data:`EXECUTION`); the multi-input fields
-    only when set, so single-input runs keep their ids."""
+    """The config fields that decide the rows (everything but :data:`EXECUTION`); the multi-input fields and
+    the norm only when set, so single-input L∞ runs keep their ids."""
     return {k: v for k, v in asdict(cfg).items()
-            if k not in EXECUTION and not (k in ("threat", "criterion", "spec_version") and v is None)}
+            if k not in EXECUTION and not (k in ("threat", "criterion", "spec_version", "norm") and v is None)}
 
 
 

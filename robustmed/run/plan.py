@@ -42,7 +42,7 @@ class Unit:
     @property
     def size(self) -> int:
         """Sample × ε pairs: the progress a unit stands for."""
-        return len(self.sample_ids) * len(parse_eps_list(self.job["config"]["eps"]))
+        return len(self.sample_ids) * len(parse_eps_list(self.job["config"]["eps"], None))
 
     def done(self) -> bool:
         return store.read_unit(self.run_dir, self.unit_id) is not None

@@ -105,7 +105,7 @@ def compute(unit: Unit, device) -> pd.DataFrame:
     ids = np.asarray(unit.sample_ids)
     with bpda(model) if unit.job["bpda"] else nullcontext():
         return judged_rows(model, take(x_all, ids), y_all[ids], ids, [parse_attack(unit.attack, config.get("spec_version"))],
-                           parse_eps_list(config["eps"]), criterion_of(config.get("criterion"), model, x_all, device),
+                           parse_eps_list(config["eps"], None), criterion_of(config.get("criterion"), model, x_all, device),
                            seed=config["seed"], batch_size=config["batch_size"], device=device, progress=False,
                            randomized=unit.job["randomized"], threat=bench_threats(model, config),
                            clean_pass=_shared_clean(unit.job, device, ids),
