@@ -28,7 +28,7 @@ from robustmed.harness import attack_rows
 from robustmed.passes import PassCounter
 from robustmed.run.config import split_attacks
 
-DEFAULT_ATTACKS = ("pgd100", "bim100", "mim100", "square1000", "aa", "aa:canonical")
+DEFAULT_ATTACKS = ("pgd100", "bim100", "mim100", "square1000", "aa", "aa:canonical", "aa-rand", "null")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
