@@ -28,7 +28,8 @@ from robustmed.harness import attack_rows
 from robustmed.passes import PassCounter
 from robustmed.run.config import split_attacks
 
-DEFAULT_ATTACKS = ("pgd100", "bim100", "mim100", "square1000", "aa", "aa:canonical", "aa-rand", "null")
+# aa-rand is left out: its EOT-20 default is for randomized models (its cost there: results/README.md).
+DEFAULT_ATTACKS = ("pgd100", "bim100", "mim100", "square1000", "aa", "aa:canonical", "null")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
