@@ -29,17 +29,17 @@ def _ten_class_batch(n: int):
     return model, x, y
 
 
-def _reference(model, x, y, *, n_iter: int, queries: int, eps: float = EPS):
-    """pyautoattack's own cascade (version='standard'), its kernels rebuilt at the given budgets."""
-    aa = AutoAttack(model, eps=eps, seed=SEED, version="standard")
+def _reference(model, x, y, *, n_iter: int, queries: int, eps: float = EPS, norm: str = "Linf"):
+    """pyautoattack's own cascade (version='standard') in ``norm``, its kernels rebuilt at the given budgets."""
+    aa = AutoAttack(model, norm=norm, eps=eps, seed=SEED, version="standard")
     if n_iter != 100 or queries != 5000:
-        aa.apgd = APGDAttack(model, n_restarts=1, n_iter=n_iter, eps=eps, norm="Linf", eot_iter=1, rho=.75,
+        aa.apgd = APGDAttack(model, n_restarts=1, n_iter=n_iter, eps=eps, norm=norm, eot_iter=1, rho=.75,
                              seed=SEED, device="cpu", logger=aa.logger)
-        aa.apgd_targeted = APGDAttack_targeted(model, n_restarts=1, n_iter=n_iter, eps=eps, norm="Linf",
+        aa.apgd_targeted = APGDAttack_targeted(model, n_restarts=1, n_iter=n_iter, eps=eps, norm=norm,
                                                eot_iter=1, rho=.75, seed=SEED, device="cpu", logger=aa.logger)
-        aa.fab = FABAttack_PT(model, n_restarts=1, n_iter=n_iter, eps=eps, seed=SEED, norm="Linf", device="cpu",
+        aa.fab = FABAttack_PT(model, n_restarts=1, n_iter=n_iter, eps=eps, seed=SEED, norm=norm, device="cpu",
                               n_target_classes=9)
-        aa.square = SquareAttack(model, p_init=.8, n_queries=queries, eps=eps, norm="Linf", n_restarts=1,
+        aa.square = SquareAttack(model, p_init=.8, n_queries=queries, eps=eps, norm=norm, n_restarts=1,
                                  seed=SEED, device="cpu", resc_schedule=False)
     return aa.run_standard_evaluation(x, y, batch_size=250)
 
