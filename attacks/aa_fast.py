@@ -1,4 +1,4 @@
-"""The stages of AutoAttack's fast cascade (``aa``; ``aa:canonical`` is the standard one in ``autoattack.py``).
+"""The stages of AutoAttack's fast cascades (``aa``, ``aa-rand``; the ``:canonical`` ones are in ``autoattack.py``).
 
 Every stage runs robustmed's shrinking-batch APGD (``apgd.py``) or Square on the samples earlier
 stages left, so a pass is spent only where a verdict can still change. What each stage is for:
@@ -34,16 +34,27 @@ def fast_stages(num_classes: int) -> list[str]:
     return ["apgd-ce", *targeted, "apgd-ce@restarts", "apgd-ce@wide", "square"]
 
 
+def fast_rand_stages(num_classes: int) -> list[str]:
+    """The EOT variant (``aa-rand``) with the canonical rand budget, early exit inside every run: APGD-CE, then on
+    what it leaves APGD-DLR where C ≥ 3, or (C = 2, where DLR is undefined) APGD-CE from one more seeded random
+    start. A sample leaves a run once its iterate is wrong in every draw of a step."""
+    return ["apgd-ce", "apgd-dlr" if num_classes >= 3 else "apgd-ce@random"]
+
+
 def _random_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
     return noise.to(x.device).mul_(2 * eps).sub_(eps)
 
 
-def _first_run(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
-    def attack(x, y, rows):
-        return apgd(forward, x, y, eps=eps, steps=spec.steps, loss="ce", start=None if start is None else start[rows],
-                    eot=max(1, spec.eot), bucket_bits=padding_bits(spec), norm=spec.norm).x_adv
-    return attack
+def _from_start(loss: str) -> Callable[..., Stage]:
+    """One APGD run on ``loss`` from the harness's seeded start."""
+    def build(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
+        def attack(x, y, rows):
+            return apgd(forward, x, y, eps=eps, steps=spec.steps, loss=loss, norm=spec.norm,
+                        start=None if start is None else start[rows], eot=max(1, spec.eot),
+                        bucket_bits=padding_bits(spec)).x_adv
+        return attack
+    return build
 
 
 def _restarts(random_starts: int, clean: bool, salt: int) -> Callable[..., Stage]:
@@ -95,7 +106,9 @@ def _square(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tenso
 
 
 FAST_STAGES: dict[str, Callable[..., Stage]] = {
-    "apgd-ce": _first_run,
+    "apgd-ce": _from_start("ce"),
+    "apgd-dlr": _from_start("dlr"),
+    "apgd-ce@random": _restarts(1, clean=False, salt=FAST_RANDOM_STARTS + FAST_WIDE_STARTS),
     "apgd-ce@restarts": _restarts(FAST_RANDOM_STARTS, clean=True, salt=0),
     "apgd-ce@wide": _restarts(FAST_WIDE_STARTS, clean=False, salt=FAST_RANDOM_STARTS),
     "apgd-t": _targeted,

@@ -114,7 +114,7 @@ def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
          early_stop: bool = True, bucket_bits: int = DETERMINISTIC_BITS,
          group: torch.Tensor | None = None, norm: str = "Linf") -> ApgdResult:
     """APGD from ``x + start`` (zeros: the clean image) for ``steps`` steps; with ``early_stop`` a sample
-    leaves the batch at the step it breaks (judged on the EOT-averaged logits). ``group`` names the sample
+    leaves the batch at the step it breaks (wrong in every one of the step's EOT passes). ``group`` names the sample
     each row attacks when one sample runs from several starts at once: a broken row retires its group."""
     x, n = x.detach(), len(x)
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
@@ -127,14 +127,14 @@ def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
     for k in range(steps + 1):
         m = len(active)
         size = padded_size(m, n, bucket_bits) if early_stop else m
-        losses, logits, grad = eot_loss_grad(forward, _padded(current[active] if s is None else s.current[active],
-                                                              size), _padded(y[active], size), loss=loss_fn,
-                                             samples=eot, grad=k < steps)
-        losses, logits, grad = losses[:m], logits[:m], None if grad is None else grad[:m]
+        losses, _, grad, wrong = eot_loss_grad(forward, _padded(current[active] if s is None else s.current[active],
+                                                                size), _padded(y[active], size), loss=loss_fn,
+                                               samples=eot, grad=k < steps)
+        losses, wrong, grad = losses[:m], wrong[:m], None if grad is None else grad[:m]
         result.passes += size * max(1, eot)
         if s is None:
             s = _start_state(current, grad, losses, eps)
-        broke = _record(result, s, active, losses, logits, y, grad, k)
+        broke = _record(result, s, active, losses, wrong, grad, k)
         if k == steps:
             break
         keep = ~broke if early_stop else torch.ones_like(broke)
@@ -161,8 +161,9 @@ def _start_state(current: torch.Tensor, grad: torch.Tensor, losses: torch.Tensor
                   best_at_check=losses.clone(), halved_at_check=torch.ones(n, dtype=torch.bool, device=current.device))
 
 
-def _record(result: ApgdResult, s: _State, active, losses, logits, y, grad, k: int) -> torch.Tensor:
-    """Book one step's losses: rises, the best point (and its gradient), the candidate; returns who broke."""
+def _record(result: ApgdResult, s: _State, active, losses, wrong, grad, k: int) -> torch.Tensor:
+    """Book one step's losses: rises, the best point (and its gradient), the candidate; returns who broke (wrong in
+    every pass of the step: with EOT, in each of its draws, so an early exit never rests on one lucky draw)."""
     here = s.current[active]
     if k > 0:
         s.rises[active] += (losses > s.loss[active]).long()
@@ -172,7 +173,7 @@ def _record(result: ApgdResult, s: _State, active, losses, logits, y, grad, k: i
         s.best_loss[rows], s.best_x[rows] = losses[better], here[better]
         if grad is not None:
             s.best_grad[rows], s.grad[active] = grad[better], grad
-    broke = logits.argmax(1) != y[active]
+    broke = wrong
     fresh = broke & ~result.success[active]
     rows = active[fresh]
     result.x_adv[rows], result.success[rows], result.first[rows] = here[fresh], True, k

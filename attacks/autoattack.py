@@ -18,7 +18,7 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from pyautoattack.fab_pt import FABAttack_PT
 
 from robustmed.attacks import aa_fast
-from robustmed.attacks.aa_fast import FAST_STAGES, fast_stages
+from robustmed.attacks.aa_fast import FAST_STAGES, fast_rand_stages, fast_stages
 from robustmed.attacks.base import FAMILIES, AttackFamily, AttackResult, AttackSpec
 from robustmed.attacks.eot import margin_loss
 from robustmed.attacks.square import best_candidates, score, square_kernel
@@ -146,15 +146,18 @@ def rand_restarts(num_classes: int) -> dict[str, int]:
     return {"apgd-ce": RAND_BINARY_CE_RESTARTS} if num_classes == 2 else {}
 
 
-def _adapter(stages: Callable[[int], list[str]],
-             restarts_of: Callable[[int], dict[str, int]]) -> Callable[[AttackSpec, int], AttackSpec]:
+def _adapter(stages: Callable[[int], list[str]], restarts_of: Callable[[int], dict[str, int]],
+             fast: Callable[[int], list[str]]) -> Callable[[AttackSpec, int], AttackSpec]:
     def adapt(spec: AttackSpec, num_classes: int) -> AttackSpec:
         randomized = bool(spec.extra.get("randomized")) and spec.protocol != "paper"
         if spec.variant == "fast":
-            extra = {**spec.extra, "cascade": fast_stages(num_classes),
-                     "kernels": "robustmed apgd, pyautoattack==0.2.0 square",
-                     "n_target_classes": min(aa_fast.FAST_TARGETS, num_classes - 1) if num_classes >= 3 else 0}
-            return replace(spec, extra={**extra, "square_queries": aa_fast.FAST_SQUARE_QUERIES,
+            cascade = fast(num_classes)
+            extra = {**spec.extra, "cascade": cascade,
+                     "n_target_classes": min(aa_fast.FAST_TARGETS, num_classes - 1) if "apgd-t" in cascade else 0}
+            if "square" not in cascade:
+                return replace(spec, extra={**extra, "kernels": "robustmed apgd"})
+            return replace(spec, extra={**extra, "kernels": "robustmed apgd, pyautoattack==0.2.0 square",
+                                        "square_queries": aa_fast.FAST_SQUARE_QUERIES,
                                         "square_q": SQUARE_Q_RANDOMIZED if randomized else 1})
         cascade = stages(num_classes)
         extra = {**spec.extra, "cascade": cascade, "n_target_classes": min(9, num_classes - 1),
@@ -223,16 +226,17 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
     return score(forward, best, y, stage_of)
 
 
-for _name, _stages, _restarts, _description, _defaults, _amp, _variant in (  # FAB overflows fp16: AA stays fp32
-    ("aa", standard_stages, standard_restarts,
+for _name, _stages, _restarts, _fast, _description, _defaults, _amp in (  # FAB overflows fp16: AA stays fp32
+    ("aa", standard_stages, standard_restarts, fast_stages,
      "AutoAttack: early-exit APGD-CE, then on survivors APGD-T (C ≥ 3), 11 more starts, Square-250; "
-     "aa:canonical: the standard APGD-CE, APGD-T, FAB-T, Square-5000 (adapted to C, check A7)", {}, False, "fast"),
-    ("aa-rand", rand_stages, rand_restarts,
-     "AutoAttack rand: APGD-CE + APGD-DLR (C=2: two APGD-CE starts) with EOT 20", {"eot": 20}, True, ""),
+     "aa:canonical: the standard APGD-CE, APGD-T, FAB-T, Square-5000 (adapted to C, check A7)", {}, False),
+    ("aa-rand", rand_stages, rand_restarts, fast_rand_stages,
+     "AutoAttack rand with EOT 20: early-exit APGD-CE, then on survivors APGD-DLR (C = 2: APGD-CE from one more "
+     "start); aa-rand:canonical: pyautoattack's kernels, every sample to the last step", {"eot": 20}, True),
 ):
     FAMILIES.register(_name, AttackFamily(
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
-        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts), amp=_amp, reports_stages=True,
-        default_variant=_variant, norms=("Linf", "L2"),
+        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts, _fast), amp=_amp,
+        reports_stages=True, default_variant="fast", norms=("Linf", "L2"),
     ))

@@ -210,7 +210,7 @@ def pgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: tor
     for step in range(steps + 1):
         x_active, m = current[active], len(active)
         size = padded_size(m, n, bucket_bits) if early_stop else m
-        losses, logits, grad = eot_loss_grad(forward, _padded(x_active, size), _padded(y[active], size),
+        losses, logits, grad, _ = eot_loss_grad(forward, _padded(x_active, size), _padded(y[active], size),
                                              loss=loss_fn, samples=eot, grad=step < steps)
         if size > m:
             losses, logits, grad = losses[:m], logits[:m], None if grad is None else grad[:m]

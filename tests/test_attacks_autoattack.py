@@ -87,11 +87,19 @@ def test_class_count_adaptation(classes, cascade, targets):
 
 
 def test_aa_rand_uses_eot_20_and_no_dlr_on_two_classes():
-    spec = parse_attack("aa-rand")
-    assert spec.eot == 20 and spec.steps == 100
-    binary = FAMILIES.get("aa-rand").adapt(spec, 2).extra
-    assert binary["cascade"] == ["apgd-ce"] and binary["restarts"] == {"apgd-ce": 2}  # margin would retrace CE
-    assert FAMILIES.get("aa-rand").adapt(spec, 7).extra["cascade"] == ["apgd-ce", "apgd-dlr"]
+    """Both forms: the early-exit cascade (the bare name from spec version 3) and pyautoattack's (``:canonical``,
+    and the bare name as stored runs read it), with the same budget: two APGD-CE runs on C = 2, CE then DLR above."""
+    family = FAMILIES.get("aa-rand")
+    for spec, binary_cascade in ((parse_attack("aa-rand:canonical"), ["apgd-ce"]),
+                                 (parse_attack("aa-rand"), ["apgd-ce", "apgd-ce@random"])):
+        assert spec.eot == 20 and spec.steps == 100
+        binary = family.adapt(spec, 2).extra
+        assert binary["cascade"] == binary_cascade  # a margin stage would retrace CE
+        assert binary.get("restarts", {"apgd-ce": 2}) == {"apgd-ce": 2}
+        assert family.adapt(spec, 7).extra["cascade"] == ["apgd-ce", "apgd-dlr"]
+    assert parse_attack("aa-rand", "2") == parse_attack("aa-rand:canonical").__class__(
+        **{**parse_attack("aa-rand:canonical").__dict__, "name": "aa-rand"})
+    assert family.adapt(parse_attack("aa-rand"), 2).extra["kernels"] == "robustmed apgd"
 
 
 def test_binary_cascade_runs_in_the_harness_and_stores_its_configuration(monkeypatch):
@@ -173,6 +181,9 @@ def test_a_stored_run_reruns_as_the_spec_version_it_was_made_with():
 
     stored = {"attacks": {"pgd10": {"family": "pgd", "version": "2"}, "aa": {"family": "aa", "version": "2"}}}
     assert stored_spec_version(stored) == "2"
+    randomized = {"attacks": {"pgd20": {"family": "pgd", "version": "2"}, "aa-rand": {"family": "aa-rand",
+                                                                                      "version": "2"}}}
+    assert stored_spec_version(randomized) == "2"  # the randomized rows' aa-rand reruns as pyautoattack's cascade
     assert stored_spec_version({"attacks": {"aa": {"family": "aa", "version": "3"}}}) is None
     assert stored_spec_version({"attacks": {"pgd10": {"family": "pgd", "version": "2"}}}) is None
     now, then = BenchConfig(attack="pgd10,aa"), BenchConfig(attack="pgd10,aa", spec_version="2")

@@ -38,25 +38,28 @@ def test_eot_gradient_is_the_mean_of_separate_passes(batch):
     model = NoisyTiny().eval()
     seed_model(model, 3)
     model.calls.clear()
-    loss, logits, grad = eot_loss_grad(model, x, y, loss=LOSSES["ce"], samples=5)
+    loss, logits, grad, wrong = eot_loss_grad(model, x, y, loss=LOSSES["ce"], samples=5)
     assert model.calls == [16] * 5  # five forward passes of the unreplicated batch
     seed_model(model, 3)
-    grads, losses = [], []
+    grads, losses, verdicts = [], [], []
     for _ in range(5):
         xr = x.clone().requires_grad_(True)
-        per_sample = nn.functional.cross_entropy(model(xr), y, reduction="none")
+        out = model(xr)
+        per_sample = nn.functional.cross_entropy(out, y, reduction="none")
         grads.append(torch.autograd.grad(per_sample.sum(), xr)[0]), losses.append(per_sample.detach())
+        verdicts.append(out.argmax(1) != y)
     torch.testing.assert_close(grad, torch.stack(grads).mean(0), rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(loss, torch.stack(losses).mean(0), rtol=1e-6, atol=1e-8)
     assert not torch.allclose(grads[0], grads[1])  # each pass drew a fresh realization
+    assert wrong.tolist() == torch.stack(verdicts).all(0).tolist()  # wrong in every draw, not on the mean logits
 
 
 def test_eot_on_a_frozen_realization_equals_one_pass(batch):
     x, y = batch
     model = NoisyTiny().eval()
     with frozen(model):
-        _, _, one = eot_loss_grad(model, x, y, loss=LOSSES["ce"], samples=1)
-        _, _, four = eot_loss_grad(model, x, y, loss=LOSSES["ce"], samples=4)
+        one = eot_loss_grad(model, x, y, loss=LOSSES["ce"], samples=1).grad
+        four = eot_loss_grad(model, x, y, loss=LOSSES["ce"], samples=4).grad
     torch.testing.assert_close(one, four, rtol=1e-6, atol=1e-9)
 
 

@@ -96,7 +96,7 @@ def test_a_weak_stage_does_not_end_the_cascade_that_a_later_stage_would_win(monk
     model = ShiftCoin()
     seed_model(model, 0)
     x, y = torch.full((32, 1, 8, 8), 0.5), torch.zeros(32, dtype=torch.long)
-    spec = parse_attack("aa-rand")
+    spec = parse_attack("aa-rand:canonical")  # the fake stages stand in for pyautoattack kernels
     spec = spec.__class__(**{**spec.__dict__, "draws": 10,
                              "extra": {"randomized": True, "cascade": ["weak", "strong"]}})
     result = run_autoattack(model, x, y, spec=spec, eps=EPS)
@@ -111,7 +111,7 @@ def test_survivors_keep_their_strongest_candidate_not_the_clean_image(monkeypatc
     model = ShiftCoin(weak=0.004, strong=1.0)
     seed_model(model, 0)
     x, y = torch.full((8, 1, 8, 8), 0.5), torch.zeros(8, dtype=torch.long)
-    spec = parse_attack("aa-rand")
+    spec = parse_attack("aa-rand:canonical")  # the fake stages stand in for pyautoattack kernels
     spec = spec.__class__(**{**spec.__dict__, "draws": 10, "extra": {"randomized": True, "cascade": ["weak"]}})
     result = run_autoattack(model, x, y, spec=spec, eps=EPS)
     assert torch.allclose(result.x_adv, x + 0.01)
@@ -226,3 +226,21 @@ def test_the_fast_cascade_attacks_a_randomized_model_with_eot_and_judges_each_ca
     spec = json.loads(aa.spec.iloc[0])
     assert spec["variant"] == "fast" and spec["eot"] == 20 and (aa.draws == 10).all() and (aa.linf <= 0.03 + 1e-6).all()
     assert aa.correct_draws.sum() < null.correct_draws.sum() and aa.success.any()
+
+
+def test_the_early_exit_rand_cascade_is_as_strong_as_the_canonical_one_in_fewer_passes():
+    """``aa-rand`` (robustmed's APGD: a sample leaves a run once its iterate is wrong in every draw of a step) against
+    ``aa-rand:canonical`` (pyautoattack's kernels, every sample to the last step), on the same seeded samples: its
+    candidates, judged over the same number of fresh draws, leave as many correct draws, in under 60% of the passes
+    (samples right in some draws of every step run the full schedule in both)."""
+    model = NoisyTiny().eval()
+    x = _images(16, seed=5)
+    with torch.no_grad():
+        y = model.body(x).argmax(1)
+    fast = benchmark(model, x, y, attack="aa-rand50", eps=0.06, seed=2, randomized=True)
+    canonical = benchmark(model, x, y, attack="aa-rand50:canonical", eps=0.06, seed=2, randomized=True)
+    fast, canonical = fast[fast.attack == "aa-rand50"], canonical[canonical.attack == "aa-rand50:canonical"]
+    assert json.loads(fast.spec.iloc[0])["extra"]["cascade"] == ["apgd-ce", "apgd-ce@random"]
+    assert fast.correct_draws.sum() == canonical.correct_draws.sum() == 44 and fast.draws.sum() == 160
+    assert fast.forward_passes.mean() < 0.6 * canonical.forward_passes.mean()
+    assert (fast.linf <= 0.06 + 1e-6).all()

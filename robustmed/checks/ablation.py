@@ -26,7 +26,9 @@ from robustmed.randomness import seed_model
 B11 = register("B11", "transfer from the defense-removed model", FLAG, FULL)
 D3 = register("D3", "ablation: attacks succeed on the defense-removed model", FLAG, FULL)
 
-TRANSFER_ATTACK = "aa-rand100:eot=1,draws=1"  # APGD-CE then APGD-DLR (margin for C = 2), on a deterministic base
+# pyautoattack's APGD-CE then APGD-DLR (two CE starts on C = 2), deterministic base: the name read as of spec
+# version 2, when it meant the canonical cascade, so stored findings keep their attack and its seeds
+TRANSFER_ATTACK, TRANSFER_SPEC_VERSION = "aa-rand100:eot=1,draws=1", "2"
 RATE_TOL = 0.005  # 0.5 points, and at least two samples
 ABLATION_EPS = 16 / 255  # A10's largest small perturbation: undefended networks are ≈0% robust there
 ABLATION_TOL = 0.05  # "≈0%": at most 5% of the subset stays robust
@@ -51,7 +53,7 @@ def _not_applicable(removed: Removed, ctx: CheckContext, sub: Subset) -> str | N
 
 
 def _transfer_examples(ctx: CheckContext, model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    spec = resolve_spec(parse_attack(TRANSFER_ATTACK), randomized=False, num_classes=ctx.num_classes)
+    spec = resolve_spec(parse_attack(TRANSFER_ATTACK, TRANSFER_SPEC_VERSION), randomized=False, num_classes=ctx.num_classes)
     result = FAMILIES.get(spec.family).run(model, x.to(ctx.device), y.to(ctx.device), spec=spec, eps=eps,
                                            start=None, seed=ctx.seed)
     return result.x_adv.detach()
