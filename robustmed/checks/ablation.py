@@ -53,7 +53,8 @@ def _not_applicable(removed: Removed, ctx: CheckContext, sub: Subset) -> str | N
 
 
 def _transfer_examples(ctx: CheckContext, model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    spec = resolve_spec(parse_attack(TRANSFER_ATTACK, TRANSFER_SPEC_VERSION), randomized=False, num_classes=ctx.num_classes)
+    spec = resolve_spec(parse_attack(TRANSFER_ATTACK, TRANSFER_SPEC_VERSION), randomized=False,
+                        num_classes=ctx.num_classes)
     result = FAMILIES.get(spec.family).run(model, x.to(ctx.device), y.to(ctx.device), spec=spec, eps=eps,
                                            start=None, seed=ctx.seed)
     return result.x_adv.detach()
