@@ -10,6 +10,7 @@ count (check A7) and the adapted configuration is stored in the expanded spec (`
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from typing import Callable
 
@@ -30,6 +31,7 @@ SQUARE_Q_RANDOMIZED = 4
 # margin would retrace APGD-CE, whose loss is a monotone function of the same margin), so their
 # budget goes to further random starts of APGD-CE: five in all, as `APGDAttack(n_restarts=5)`.
 FEW_CLASS_CE_RESTARTS = 5
+L1_CE_RESTARTS, L1_APGD_TARGETS = 5, 5  # pyautoattack's standard version for norm='L1'
 RAND_BINARY_CE_RESTARTS = 2  # aa-rand on C = 2: the margin stage it replaces is one more APGD-CE run
 
 
@@ -58,6 +60,7 @@ def _kernel_candidates(kernel, x, y, restarts: int, targets: int = 0):
     point of its runs. Every row passed in is attacked: the cascade passes only rows it has not
     settled (pyautoattack skips rows wrong on its first pass, which on a randomized model is one draw).
     """
+    kernel.n_iter, kernel.eps = kernel.n_iter_orig, kernel.eps_orig  # L1's schedule leaves them at its last phase
     kernel.init_hyperparam(x)
     x = x.detach().clone().float()
     candidate, open_rows = x.clone(), torch.ones(len(y), dtype=torch.bool, device=x.device)
@@ -72,7 +75,7 @@ def _kernel_candidates(kernel, x, y, restarts: int, targets: int = 0):
             if target is not None:
                 with torch.no_grad():
                     kernel.y_target = kernel.model(x[rows]).sort(dim=1)[1][:, -target]
-            highest, still, loss, adversarial = kernel.attack_single_run(x[rows], y[rows])
+            highest, still, loss, adversarial = _single_run(kernel, x[rows], y[rows])
             fooled = still == 0
             open_rows[rows[fooled]] = False
             candidate[rows[fooled]] = adversarial[fooled]
@@ -81,10 +84,21 @@ def _kernel_candidates(kernel, x, y, restarts: int, targets: int = 0):
     return candidate
 
 
+def _single_run(kernel, x, y):
+    """One APGD run as ``perturb`` makes it: L1 runs the kernel's shrinking-ε schedule (3ε, 2ε, then ε over 30%,
+    30% and 40% of the steps, AutoAttack's L1 setting), the other norms one run at ε."""
+    if not kernel.use_largereps:
+        return kernel.attack_single_run(x, y)
+    iters = [math.ceil(.3 * kernel.n_iter_orig)] * 2
+    iters.append(kernel.n_iter_orig - sum(iters))
+    return kernel.decr_eps_pgd(x, y, [3. * kernel.eps_orig, 2. * kernel.eps_orig, 1. * kernel.eps_orig], iters)
+
+
 def _apgd(kind: type, loss: str, stage: str) -> Callable:
     def build(forward, eps, spec: AttackSpec, seed: int, device):
         kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm=spec.norm,
-                      eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG)
+                      eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG,
+                      use_largereps=spec.norm == "L1")
         kernel.loss = loss
         restarts = spec.extra.get("restarts", {}).get(stage, 1)
         return lambda x, y: _kernel_candidates(kernel, x, y, restarts)
@@ -95,7 +109,8 @@ def _apgd_targeted(kind: type) -> Callable:
     def build(forward, eps, spec: AttackSpec, seed: int, device):
         kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm=spec.norm,
                       eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG,
-                      n_target_classes=spec.extra["n_target_classes"])
+                      n_target_classes=spec.extra.get("apgd_target_classes", spec.extra["n_target_classes"]),
+                      use_largereps=spec.norm == "L1")
         return lambda x, y: _kernel_candidates(kernel, x, y, 1, kernel.n_target_classes)
     return build
 
@@ -164,6 +179,10 @@ def _adapter(stages: Callable[[int], list[str]], restarts_of: Callable[[int], di
                  "kernels": "pyautoattack==0.2.0"}
         if restarts := restarts_of(num_classes):
             extra["restarts"] = restarts
+        if spec.norm == "L1":  # AutoAttack's L1 setting: APGD-CE from 5 starts, APGD-T on 5 targets, both on 3ε→ε
+            extra.update(restarts={**extra.get("restarts", {}), "apgd-ce": L1_CE_RESTARTS}, largereps=True)
+            if "apgd-t" in cascade:
+                extra["apgd_target_classes"] = min(L1_APGD_TARGETS, num_classes - 1)
         if "square" in cascade:
             extra.update(square_queries=SQUARE_QUERIES, square_q=SQUARE_Q_RANDOMIZED if randomized else 1)
         return replace(spec, extra=extra)
@@ -238,5 +257,5 @@ for _name, _stages, _restarts, _fast, _description, _defaults, _amp in (  # FAB 
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
         defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts, _fast), amp=_amp,
-        reports_stages=True, default_variant="fast", norms=("Linf", "L2"),
+        reports_stages=True, default_variant="fast", norms=("Linf", "L2", "L1"),
     ))

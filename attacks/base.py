@@ -28,15 +28,15 @@ def parse_number(text: str) -> float:
 
 def parse_eps_list(text: str, largest: float | None = 1.0) -> tuple[float, ...]:
     """``2/255,4/255,8/255`` → sorted, de-duplicated budgets in (0, largest]; ``largest=None``: any finite
-    positive budget (an L2 ball over the whole image may reach beyond 1)."""
+    positive budget (an L2 or L1 ball over the whole image may reach beyond 1)."""
     values = sorted({parse_number(part) for part in text.split(",") if part.strip()})
     if largest is None:
         if not values or any(not 0 < v < float("inf") for v in values):
-            raise UserError(f"bad ε list {text!r}: give positive L2 budgets, e.g. 0.25,0.5,1.5")
+            raise UserError(f"bad ε list {text!r}: give positive budgets, e.g. 0.25,0.5,1.5 (L2) or 5,10 (L1)")
         return tuple(values)
     if not values or any(not 0 < v <= largest for v in values):
         raise UserError(f"bad ε list {text!r}: give values in (0, 1], e.g. 2/255,4/255,8/255 "
-                        "(L2 budgets may exceed 1: --norm l2)")
+                        "(L2 and L1 budgets may exceed 1: --norm l2, --norm l1)")
     return tuple(values)
 
 
@@ -164,7 +164,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-NORMS = {"linf": "Linf", "l2": "L2"}
+NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
 def _norm(value: str) -> str:
@@ -239,7 +239,10 @@ def _check_sweep_and_amp(spec: AttackSpec, family: AttackFamily, text: str) -> A
     The family must attack in the spec's norm."""
     if spec.norm not in family.norms:
         raise UserError(f"attack {text!r}: {family.name} attacks in {', '.join(family.norms)} only, not "
-                        f"{spec.norm}; use pgd, bim, aa or square for L2")
+                        f"{spec.norm}; use pgd, bim, aa or square for L2, aa:canonical or square for L1")
+    if spec.norm == "L1" and spec.variant:
+        raise UserError(f"attack {text!r}: the early-exit {family.name} has no L1 step; use {family.name}:canonical "
+                        "(pyautoattack's L1 kernels) for L1")
     if spec.amp and not family.amp:
         raise UserError(f"attack {text!r}: amp is not available for {family.name} (it stays fp32)")
     if not spec.sweep:

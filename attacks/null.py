@@ -26,5 +26,5 @@ FAMILIES.register("null", AttackFamily(
     alpha=lambda eps, steps: 0.0,
     alpha_rule="none",
     uses_eps=False,
-    norms=("Linf", "L2"),  # the baseline stands in whichever threat model its attacks use
+    norms=("Linf", "L2", "L1"),  # the baseline stands in whichever threat model its attacks use
 ))

@@ -75,5 +75,5 @@ FAMILIES.register("square", AttackFamily(
     alpha=lambda eps, steps: 0.8,
     alpha_rule="p_init=0.8 (square size schedule, no gradient step)",
     randomized_eot=4,
-    norms=("Linf", "L2"),
+    norms=("Linf", "L2", "L1"),
 ))

@@ -119,7 +119,8 @@ def cmd_leaderboard(args) -> int:
 
     eps = parse_eps_list(args.eps)[0]
     runs = load_runs(args.results)
-    items, corruption = boards(runs, eps, parse_eps_list(args.l2_eps, None)[0]), corruption_boards(runs)
+    items = boards(runs, eps, parse_eps_list(args.l2_eps, None)[0], parse_eps_list(args.l1_eps, None)[0])
+    corruption = corruption_boards(runs)
     if not items and not corruption:
         raise UserError(f"no stored evaluations at ε = {args.eps} under {args.results}")
     _emit(render_html(items, eps, corruption) if args.format == "html" else render_markdown(items, eps, corruption),
@@ -132,6 +133,7 @@ def cmd_plot(args) -> int:
 
     from robustmed.reports.plots import curves, describe, plot, severity_curves
     from robustmed.store import load_runs
+    from robustmed.attacks.base import NORMS
     from robustmed.tracks import adversarial, corrupted, norms
 
     if not args.out.endswith((".png", ".svg")):
@@ -143,7 +145,7 @@ def cmd_plot(args) -> int:
         rows = corrupted(rows) if args.kind == "severity" else adversarial(rows)
         rows = rows[~rows.attack.str.startswith("null")]  # the randomized baseline is a table column, not a curve
     if args.kind != "severity" and len(rows):  # one threat model per plot: an L2 ε is no L∞ one
-        rows = rows[norms(rows) == ("L2" if args.norm == "l2" else "Linf")]
+        rows = rows[norms(rows) == NORMS[args.norm]]
     if args.defense and len(rows):
         rows = rows[rows.defense.isin(args.defense)]
     if args.attack and len(rows):

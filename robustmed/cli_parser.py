@@ -36,7 +36,7 @@ def _bench_parser(sub) -> None:
     bench.add_argument("--attack", default="pgd100", help="attack spec(s), comma-separated: pgd100, pgd10:alpha=1/255")
     bench.add_argument("--eps", default="4/255", help="budget(s) in [0,1] pixel units, e.g. 2/255,4/255,8/255 "
                        "(L2: over the whole image, may exceed 1)")
-    bench.add_argument("--norm", default="linf", choices=["linf", "l2"],
+    bench.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"],
                        help="threat model of every attack that sets no norm= of its own (default linf)")
     bench.add_argument("-n", "--n", type=int, default=None, help="seeded subset of N test samples (default: all)")
     bench.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -115,6 +115,7 @@ def _leaderboard_parser(sub) -> None:
     board.add_argument("--results", default="results", help="folder searched for runs (default results)")
     board.add_argument("--eps", default="4/255", help="the L∞ boards' budget")
     board.add_argument("--l2-eps", default="0.5", help="the L2 boards' budget (over the whole image)")
+    board.add_argument("--l1-eps", default="3", help="the L1 boards' budget (over the whole image)")
     board.add_argument("--format", default="md", choices=["md", "html"])
     board.add_argument("--out", default=None)
 
@@ -130,7 +131,7 @@ def _plot_parser(sub) -> None:
     plot.add_argument("--dataset", default=None, help="restrict to one data set")
     plot.add_argument("--protocol", default=None, choices=["adaptive", "paper"],
                       help="restrict to one protocol (default: both, labelled)")
-    plot.add_argument("--norm", default="linf", choices=["linf", "l2"],
+    plot.add_argument("--norm", default="linf", choices=["linf", "l2", "l1"],
                       help="threat model whose attacks are drawn (default linf; never both in one plot)")
     plot.add_argument("--out", required=True, help="output file ending in .png or .svg")
 

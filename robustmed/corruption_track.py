@@ -3,7 +3,7 @@ severity, judged like a candidate, one row per sample × corruption × severity.
 
 Unlike an attack, a corruption is applied to every sample (a clean error it happens to fix counts as correct,
 as MedMNIST-C counts accuracy), consults no model (its rows spend no passes of their own) and has no norm-ball
-budget: its rows carry ε = 0 and norm "none", and ``linf`` and ``l2`` are the measured ‖x_c − x‖∞ and ‖x_c − x‖₂,
+budget: its rows carry ε = 0 and norm "none", and ``linf``, ``l2``, ``l1`` are the measured ‖x_c − x‖∞, ₂ and ₁,
 for information. Each (sample, corruption, severity) draws from its own generator seeded by (run seed, sample id,
 spec digest, corruption, severity), so a row does not depend on the batch it was corrupted in. Check B18 holds every chunk to its invariants: finite,
 in [0, 1], the input's shape, and the same bytes when corrupted again from the same seeds.
@@ -62,7 +62,8 @@ def _rows(spec: AttackSpec, corruption: str, severity: int, judged: list, x, y, 
         "clean_correct": clean.correct.numpy(), "adv_pred": pred.numpy(), "success": (~correct).numpy(),
         "robust": correct.numpy(), "first_success_step": torch.where(correct, -1, 0).numpy(),
         "final_loss": loss.numpy(), "linf": (images - x).abs().flatten(1).amax(1).numpy(),
-        "l2": (images - x).flatten(1).norm(dim=1).numpy(), "eps": 0.0, "norm": spec.norm, "attack": spec.name, "spec": spec.to_json(0.0), "spec_hash": spec.digest(0.0), "seed": seed,
+        "l2": (images - x).flatten(1).norm(dim=1).numpy(), "l1": (images - x).flatten(1).abs().sum(1).numpy(),
+        "eps": 0.0, "norm": spec.norm, "attack": spec.name, "spec": spec.to_json(0.0), "spec_hash": spec.digest(0.0), "seed": seed,
         "clean_correct_draws": clean.hits.numpy(), "correct_draws": hits.numpy(),
         "clean_draw_mask": clean.mask.numpy(), "draw_mask": mask.numpy(), "draws": spec.draws,
         "protocol": spec.protocol, "source_eps": 0.0, "attack_time_s": 0.0,

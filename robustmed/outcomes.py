@@ -34,6 +34,7 @@ class Outcome:
     mask: torch.Tensor | None = None  # which of the judgement's draws were correct (bits)
     passes: torch.Tensor | None = None  # (N, 2): forward and backward passes spent at this ε, per sample
     l2: torch.Tensor | None = None  # ‖δ‖₂ per sample (a mapping's inputs together)
+    l1: torch.Tensor | None = None  # ‖δ‖₁ per sample (a mapping's inputs together)
 
     @classmethod
     def clean(cls, x, clean_pred, clean_loss, correct, eps: float, names=()) -> "Outcome":
@@ -42,7 +43,7 @@ class Outcome:
                    torch.zeros(n, dtype=torch.long), torch.full((n,), eps, dtype=torch.float64),
                    {k: v.clone() for k, v in x.items()} if isinstance(x, Mapping) else x.clone(),
                    {name: torch.zeros(n) for name in names}, torch.zeros(n, dtype=torch.long),
-                   torch.zeros(n, 2, dtype=torch.float64), torch.zeros(n))
+                   torch.zeros(n, 2, dtype=torch.float64), torch.zeros(n), torch.zeros(n))
 
     def copy_from(self, other: "Outcome", rows: torch.Tensor) -> None:
         """Rows broken at a smaller ε stay broken (nested balls): their example and judgement carry over.
@@ -50,7 +51,7 @@ class Outcome:
         On a randomized model the same holds for a candidate judged wrong in more draws at a smaller
         ε (or in fewer steps): it is a valid candidate here, so the weaker result never replaces it.
         Passes are not carried: they are what this ε spent on the row (none for a row not attacked here)."""
-        for key in ("adv_pred", "success", "first", "loss", "linf", "l2", "hits", "source_eps", "mask"):
+        for key in ("adv_pred", "success", "first", "loss", "linf", "l2", "l1", "hits", "source_eps", "mask"):
             getattr(self, key)[rows] = getattr(other, key)[rows]
         for name in self.norms:
             self.norms[name][rows] = other.norms[name][rows]
@@ -65,14 +66,15 @@ def _put(target: Inputs, rows, values: Inputs) -> None:
         target[rows] = values
 
 
-def _norms(x_adv: Inputs, x: Inputs) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Per-sample ‖δ‖∞ (largest over inputs), ‖δ‖₂ (over all inputs) and, for mappings, ‖δ‖∞ per input."""
+def _norms(x_adv: Inputs, x: Inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Per-sample ‖δ‖∞ (largest over inputs), ‖δ‖₂ and ‖δ‖₁ (over all inputs) and, for mappings, ‖δ‖∞ per input."""
     if not isinstance(x, Mapping):
         delta = (x_adv - x).flatten(1)
-        return delta.abs().amax(1), delta.norm(p=2, dim=1), {}
+        return delta.abs().amax(1), delta.norm(p=2, dim=1), delta.abs().sum(1), {}
     per_input = {n: (x_adv[n] - x[n]).abs().flatten(1).amax(1) for n in x}
     l2 = torch.stack([(x_adv[n] - x[n]).flatten(1).pow(2).sum(1) for n in x]).sum(0).sqrt()
-    return torch.stack(list(per_input.values())).amax(0), l2, per_input
+    l1 = torch.stack([(x_adv[n] - x[n]).flatten(1).abs().sum(1) for n in x]).sum(0)
+    return torch.stack(list(per_input.values())).amax(0), l2, l1, per_input
 
 
 def _changed(x_adv: Inputs, reference: Inputs) -> torch.Tensor:
@@ -250,8 +252,8 @@ def nest(outcomes: dict, carried: "Outcome | None", attacked: torch.Tensor) -> N
 
 def record(outcome: Outcome, chunk, result, hits, x_chunk, correct, eps, mask, passes: tuple[float, float]) -> None:
     """One chunk's judged result into the outcome; ``passes``: the chunk's mean forward and backward passes."""
-    linf, l2, per_input = _norms(to_device(result.x_adv, "cpu"), x_chunk)
-    outcome.l2[chunk] = l2
+    linf, l2, l1, per_input = _norms(to_device(result.x_adv, "cpu"), x_chunk)
+    outcome.l2[chunk], outcome.l1[chunk] = l2, l1
     outcome.adv_pred[chunk], outcome.success[chunk] = result.adv_pred.cpu(), result.success.cpu() | ~correct
     outcome.first[chunk], outcome.loss[chunk], outcome.linf[chunk] = result.first_success.cpu(), result.loss.cpu(), linf
     outcome.hits[chunk], outcome.source_eps[chunk], outcome.mask[chunk] = hits.cpu(), eps, mask.cpu()
@@ -277,7 +279,8 @@ def frame(spec: AttackSpec, eps: float, outcome: Outcome, clean: Clean, y, sampl
         "sample_id": sample_ids, "label": y.numpy(), "clean_pred": clean.pred.numpy(),
         "clean_correct": clean.correct.numpy(), "adv_pred": outcome.adv_pred.numpy(), "success": outcome.success.numpy(),
         "robust": (clean.correct & ~outcome.success).numpy(), "first_success_step": outcome.first.numpy(),
-        "final_loss": outcome.loss.numpy(), "linf": outcome.linf.numpy(), "l2": outcome.l2.numpy(), "eps": eps,
+        "final_loss": outcome.loss.numpy(), "linf": outcome.linf.numpy(), "l2": outcome.l2.numpy(),
+        "l1": outcome.l1.numpy(), "eps": eps,
         "norm": spec.norm,
         "attack": spec.name if threat is None else f"{spec.name}[{threat.name}]",
         "spec": spec.to_json(eps), "spec_hash": spec.digest(eps), "seed": seed,

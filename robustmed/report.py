@@ -22,9 +22,9 @@ def _ci(ci) -> str:
 
 
 def eps_text(s: dict) -> str:
-    """A summary entry's budget with its threat model: L∞ in /255, L2 over the whole image."""
-    if s.get("norm", "Linf") == "L2":
-        return f"L2 {s['eps']:.3g}"
+    """A summary entry's budget with its threat model: L∞ in /255, L2 and L1 over the whole image."""
+    if (norm := s.get("norm", "Linf")) in ("L2", "L1"):
+        return f"{norm} {s['eps']:.3g}"
     return f"{s['eps'] * 255:.3g}/255"
 
 

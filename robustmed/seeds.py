@@ -40,6 +40,8 @@ def seeded_starts(x: Inputs, sample_ids: Sequence[int], eps, seed: int, digest: 
     if not isinstance(x, Mapping):
         if norm == "L2":
             return _l2_starts(x, sample_ids, eps, seed, digest)
+        if norm == "L1":  # the L1 attacks (pyautoattack's kernels) draw their own starts
+            return torch.zeros_like(x, device="cpu")
         return _mapping_starts({"x": x}, sample_ids, {"x": eps}, seed, digest)["x"]
     return _mapping_starts(x, sample_ids, eps, seed, digest)
 

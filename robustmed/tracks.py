@@ -37,8 +37,9 @@ def is_corruption_attack(name: str) -> bool:
     return stem == CORRUPTIONS
 
 
-LINF, L2 = "Linf", "L2"
-NORM_LABELS = {LINF: "L∞", L2: "L2"}  # how views name a threat model
+LINF, L2, L1 = "Linf", "L2", "L1"
+NORM_LABELS = {LINF: "L∞", L2: "L2", L1: "L1"}  # how views name a threat model
+NORM_COLUMNS = {LINF: "linf", L2: "l2", L1: "l1"}  # the row column holding a candidate's size in that norm
 
 
 def norms(rows: pd.DataFrame) -> pd.Series:

@@ -8,6 +8,7 @@ defense-removed model) lives in :mod:`robustmed.checks.ablation`, B16 (binarizat
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,8 @@ from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, FULL, Finding, register
 from robustmed.checks.subset import Subset, attack_robust, gradient_spec, run_robust, subset
 from robustmed.summary import summarize
-from robustmed.tracks import L2, norms
+from robustmed.judging import NORM_SUBSCRIPTS, budget_slack
+from robustmed.tracks import LINF, NORM_COLUMNS, norms
 
 B1 = register("B1", "budget and box respected", ERROR)
 B2 = register("B2", "re-verification of the stored examples", ERROR)
@@ -35,7 +37,6 @@ B12 = register("B12", "loss diversity (CE vs margin)", FLAG, FULL)
 B14 = register("B14", "incomplete optimization", FLAG, FULL)
 B15 = register("B15", "step-size sensitivity", FLAG, FULL)
 
-BUDGET_TOL = 1e-6
 RATE_TOL = 0.005  # 0.5 points (B5, B7)
 GAP_TOL = 0.02  # 2 points (B12, B15)
 SQUARE_TOL = 0.002  # AutoAttack's 0.2 points (B8)
@@ -50,19 +51,29 @@ def _pct(value: float) -> str:
 
 # --- always on: the stored rows -------------------------------------------------------------------
 
+def _dims(ctx: CheckContext) -> int:
+    """Values per sample (all inputs of a mapping together), which the L1 slack scales with."""
+    inputs = ctx.x.values() if isinstance(ctx.x, Mapping) else [ctx.x]
+    return sum(v[0].numel() for v in inputs)
+
+
 @B1.guard
 def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B1: the harness refuses any chunk leaving the ε-ball, [0, 1] or finite values; stored norms re-checked
     (per input against its own ε when the rows come from a multi-input threat model, check F4)."""
     pairs = [(c, f"eps_{c[5:]}") for c in rows.columns if c.startswith("linf_") and f"eps_{c[5:]}" in rows]
-    l2 = bool(len(rows)) and "l2" in rows and bool((norms(rows) == L2).all())  # rows come one norm at a time
-    pairs = pairs or [("l2" if l2 else "linf", "eps")]
-    over = sum((rows[n] > rows[e] * (1 + BUDGET_TOL) + BUDGET_TOL) for n, e in pairs)
+    kinds = set(norms(rows)) if len(rows) else set()
+    norm = next(iter(kinds)) if len(kinds) == 1 else LINF  # rows come one norm at a time
+    norm = norm if NORM_COLUMNS[norm] in rows else LINF  # rows stored before that norm's column existed
+    pairs = pairs or [(NORM_COLUMNS[norm], "eps")]
+    dims = _dims(ctx)
+    over = sum((rows[n] > rows[e] + budget_slack(rows[e], norm, dims)) for n, e in pairs)
     over = int((over > 0).sum()) if len(rows) else 0
     ratios = [float((rows[n] / rows[e]).where(rows[e] > 0).max()) for n, e in pairs] if len(rows) else []
     ratio = max((r for r in ratios if r == r), default=0.0)  # frozen inputs (ε = 0) have no ratio
     return B1.outcome(over > 0, f"{over} stored row(s) exceed ε" if over else
-                      f"every ‖δ‖{'₂' if l2 else '∞'} ≤ ε (largest ‖δ‖{'₂' if l2 else '∞'}/ε = {ratio:.4f}); box and NaN "
+                      f"every ‖δ‖{NORM_SUBSCRIPTS[norm]} ≤ ε (largest ‖δ‖{NORM_SUBSCRIPTS[norm]}/ε = {ratio:.4f}); "
+                      "box and NaN "
                       "checked per chunk", max_ratio=ratio)
 
 

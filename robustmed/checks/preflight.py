@@ -283,18 +283,20 @@ def clean_parity(ctx: CheckContext) -> Finding:
 
 @A10.guard
 def budget_sanity(ctx: CheckContext) -> Finding:
-    """A10: L∞ budgets above 16/255 of the [0, 1] range are not small perturbations; an L2 budget is large
-    beyond the L2 size of that L∞ ball's corner, 16/255·√D over the image's D values."""
+    """A10: L∞ budgets above 16/255 of the [0, 1] range are not small perturbations; an L2 (L1) budget is large
+    beyond the L2 (L1) size of that L∞ ball's corner, 16/255·√D (16/255·D) over the image's D values."""
     norms = {s.norm for s in ctx.specs if s.family not in ("corruptions", "null")} or {"Linf"}
     large = [e for e in ctx.eps if e > LARGE_EPS + 1e-12] if "Linf" in norms else []
-    units = "L∞ in [0, 1] pixel units"
-    if "L2" in norms:
-        limit = LARGE_EPS * math.sqrt(ctx.x[0].numel())
-        large += [e for e in ctx.eps if e > limit + 1e-12 and e not in large]
-        units = (units + "; " if "Linf" in norms else "") + f"L2 over the whole image (large above {limit:.3g})"
+    units = ["L∞ in [0, 1] pixel units"] if "Linf" in norms else []
+    for norm, limit in (("L2", LARGE_EPS * math.sqrt(ctx.x[0].numel())), ("L1", LARGE_EPS * ctx.x[0].numel())):
+        if norm in norms:
+            large += [e for e in ctx.eps if e > limit + 1e-12 and e not in large]
+            units.append(f"{norm} over the whole image (large above {limit:.3g})")
+    units = "; ".join(units)
     if large:
-        shown = ", ".join(f"{255 * e:.3g}/255" if "L2" not in norms else f"{e:.3g}" for e in large)
-        return A10.fired(f"ε = {shown} exceeds {'16/255' if 'L2' not in norms else 'the budget limit'} ({units}): "
+        whole = norms != {"Linf"}
+        shown = ", ".join(f"{255 * e:.3g}/255" if not whole else f"{e:.3g}" for e in large)
+        return A10.fired(f"ε = {shown} exceeds {'16/255' if not whole else 'the budget limit'} ({units}): "
                          "not a small perturbation", eps=list(ctx.eps), units=units)
     return A10.passed(f"ε ≤ 16/255 ({units})" if norms == {"Linf"} else f"ε within the small budgets ({units})",
                       eps=list(ctx.eps), units=units)

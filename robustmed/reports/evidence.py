@@ -14,13 +14,14 @@ from robustmed import expected
 from robustmed.balance import class_balance, per_sample
 from robustmed.provenance import ENGINE
 from robustmed.stats import wilson
-from robustmed.tracks import L2, by_norm
+from robustmed.tracks import L1, L2, by_norm
 
 WORST = "worst case"
 NULL = "null"
 
 
-L2_SUFFIX = " (L2)"  # an L2 column's mark: L2 columns never share a column (or a worst case) with L∞ ones
+L2_SUFFIX, L1_SUFFIX = " (L2)", " (L1)"  # an L2 or L1 column's mark: never a column (or worst case) with L∞ ones
+NORM_SUFFIXES = {L2: L2_SUFFIX, L1: L1_SUFFIX}
 
 
 def _stem(name: str) -> str:
@@ -30,16 +31,17 @@ def _stem(name: str) -> str:
 def column_attack(name: str, substitutes: dict | None = None) -> str:
     """The column an evaluation belongs to: the attack without its options (``pgd20:protocol=paper``
     → ``pgd20``, threat suffix kept), a suite's randomized substitute under the attack it
-    replaces (``aa-rand`` → ``aa``), and `` (L2)`` after an L2 attack (``pgd20:norm=l2`` → ``pgd20 (L2)``)."""
+    replaces (``aa-rand`` → ``aa``), and `` (L2)`` after an L2 attack (``pgd20:norm=l2`` → ``pgd20 (L2)``; L1 alike)."""
     back = {_stem(sub): _stem(orig) for orig, sub in (substitutes or {}).items()}
     stem, bracket, rest = _stem(name).partition("[")
-    l2 = re.search(r"[:,]norm=l2\b", name.lower()) and not name.endswith(L2_SUFFIX)
-    return back.get(stem, stem) + bracket + rest + (L2_SUFFIX if l2 else "")
+    norm = re.search(r"[:,]norm=(l2|l1)\b", name.lower())
+    mark = NORM_SUFFIXES[norm.group(1).upper()] if norm else ""
+    return back.get(stem, stem) + bracket + rest + ("" if name.endswith(mark) else mark)
 
 
 def suffix(norm: str) -> str:
-    """What an L2 evaluation's worst case and null columns carry after their names."""
-    return L2_SUFFIX if norm == L2 else ""
+    """What an L2 or L1 evaluation's worst case and null columns carry after their names."""
+    return NORM_SUFFIXES.get(norm, "")
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,14 @@ from robustmed.balance import class_balance
 from robustmed.reports import corruption_board
 from robustmed.reports.evidence import fired_flags, stale
 from robustmed.stats import wilson
-from robustmed.tracks import L2, LINF, adversarial, norms
+from robustmed.tracks import L1, L2, LINF, adversarial, norms
 
 STALE_FLAG = "previous engine"
 AA_ATTACKS = ("aa", "aa-rand")
 NORMS = {"Linf": "L∞", "L2": "L2", "L1": "L1"}
 RANDOMIZED_MARK = "*"
 L2_EPS = 0.5  # the L2 boards' default budget (RobustBench's CIFAR-10 L2 board), in [0, 1] pixel units
+L1_EPS = 3.0  # the L1 boards': AutoAttack's CIFAR-10 L1 budget (12 over 3,072 values) at 28×28's 784 values
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ def _sample_set(rows: pd.DataFrame, manifest: dict) -> str:
     return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
 
 
-def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float, l2_eps: float = L2_EPS) -> dict[tuple, list]:
-    """Each run's adaptive rows at its norm's ε (L∞ at ``eps``, L2 at ``l2_eps``), split by the rows' norm (L∞
+def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float, l2_eps: float = L2_EPS,
+            l1_eps: float = L1_EPS) -> dict[tuple, list]:
+    """Each run's adaptive rows at its norm's ε (L∞ at ``eps``, L2 at ``l2_eps``, L1 at ``l1_eps``), split by the rows' norm (L∞
     for rows stored before it was recorded) and keyed by (data set, norm, sample set, defense, model); runs stay
     oldest first within a key."""
     out: dict[tuple, list] = {}
@@ -93,7 +95,7 @@ def _slices(runs: list[tuple[pd.DataFrame, dict]], eps: float, l2_eps: float = L
         rows = adversarial(rows)  # the corruption track has its own boards (robustmed.reports.corruption_board)
         specs = manifest.get("attacks", {})  # rows stored without the norm column: their specs' norm, else L∞
         kinds = norms(rows) if "norm" in rows else rows.attack.map(lambda a: specs.get(a, {}).get("norm", LINF))
-        rows = rows[(rows.eps - kinds.map({L2: l2_eps}).fillna(eps)).abs() < 1e-9]
+        rows = rows[(rows.eps - kinds.map({L2: l2_eps, L1: l1_eps}).fillna(eps)).abs() < 1e-9]
         if rows.empty:
             continue
         samples = _sample_set(rows, manifest)
@@ -166,18 +168,20 @@ def _entry(defense: str, model: str, parts: list) -> Entry:
                  passes.total_time(rows), passes.total(rows))
 
 
-def boards(runs: list[tuple[pd.DataFrame, dict]], eps: float, l2_eps: float = L2_EPS) -> list[Board]:
+def boards(runs: list[tuple[pd.DataFrame, dict]], eps: float, l2_eps: float = L2_EPS,
+           l1_eps: float = L1_EPS) -> list[Board]:
     """Rankings over stored (rows, manifest) runs (oldest first), L∞ at ε and L2 at ``l2_eps``: per data set and
     threat model (never one ranking over two norms), one table per sample set, largest first; within a table by
     robust, then clean accuracy."""
     grouped: dict[tuple, dict[str, list[Entry]]] = {}
-    for (dataset, norm, samples, defense, model), parts in _slices(runs, eps, l2_eps).items():
+    for (dataset, norm, samples, defense, model), parts in _slices(runs, eps, l2_eps, l1_eps).items():
         grouped.setdefault((dataset, norm), {}).setdefault(samples, []).append(_entry(defense, model, parts))
     out = []
     for (dataset, norm), sets in sorted(grouped.items(), key=lambda kv: (kv[0][1] != LINF, kv[0])):
         for samples, items in sorted(sets.items(), key=lambda kv: (-max(e.n for e in kv[1]), kv[0])):
             ranked = sorted(items, key=lambda e: (-e.robust_accuracy, -e.clean_accuracy, e.defense, e.model))
-            out.append(Board(dataset, norm, eps if norm != L2 else l2_eps, samples, tuple(ranked), len(sets)))
+            budget = {L2: l2_eps, L1: l1_eps}.get(norm, eps)
+            out.append(Board(dataset, norm, budget, samples, tuple(ranked), len(sets)))
     return out
 
 
@@ -186,13 +190,13 @@ def _pct(value: float | None) -> str:
 
 
 def _eps(eps: float, norm: str = LINF) -> str:
-    return f"{eps:.3g}" if norm == L2 else f"{eps * 255:.3g}/255"
+    return f"{eps:.3g}" if norm in (L2, L1) else f"{eps * 255:.3g}/255"
 
 
 def _title_eps(items: list[Board], eps: float) -> str:
     """The budgets of the boards shown: each norm's own (an L2 ε is not an L∞ one)."""
-    l2 = sorted({b.eps for b in items if b.norm == L2})
-    return _eps(eps) + "".join(f" (L∞), {_eps(e, L2)} (L2)" for e in l2)
+    others = [(e, norm) for norm in (L2, L1) for e in sorted({b.eps for b in items if b.norm == norm})]
+    return _eps(eps) + (" (L∞)" if others else "") + "".join(f", {_eps(e, norm)} ({norm})" for e, norm in others)
 
 
 def heading(board: Board) -> str:

@@ -156,8 +156,8 @@ def describe(rows: pd.DataFrame, kind: str) -> str:
     parts = [", ".join(sorted(rows.dataset.unique())) if "dataset" in rows else "",
              ", ".join(sorted(rows.attack.map(column_attack).unique()))]
     if kind not in ("eps", "severity") and rows.eps.nunique() == 1:
-        l2 = "norm" in rows and (rows["norm"] == "L2").all()
-        parts.append(f"L2 ε = {rows.eps.iloc[0]:.3g}" if l2 else f"ε = {rows.eps.iloc[0] * 255:.3g}/255")
+        whole = next((n for n in ("L2", "L1") if "norm" in rows and (rows["norm"] == n).all()), None)
+        parts.append(f"{whole} ε = {rows.eps.iloc[0]:.3g}" if whole else f"ε = {rows.eps.iloc[0] * 255:.3g}/255")
     parts.append(f"n = {rows.sample_id.nunique()}")
     return " · ".join(p for p in parts if p)
 
@@ -195,7 +195,8 @@ def plot(series: dict[str, pd.DataFrame], kind: str, path: str, title: str = "",
                         color=line.get_color())
     if kind == "steps":
         ax.set_xscale("log")
-    ax.set_xlabel("ε (L2 over the whole image, [0,1] pixel units)" if kind == "eps" and norm == "l2" else XLABEL[kind])
+    whole = kind == "eps" and norm in ("l2", "l1")
+    ax.set_xlabel(f"ε ({norm.upper()} over the whole image, [0,1] pixel units)" if whole else XLABEL[kind])
     ax.set_ylabel("accuracy under corruption (%)" if kind == "severity" else "robust accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from robustmed.reports.evidence import L2_SUFFIX, NULL, WORST, Evaluation, column_attack
+from robustmed.reports.evidence import L1_SUFFIX, L2_SUFFIX, NORM_SUFFIXES, NULL, WORST, Evaluation, column_attack
 
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
 
@@ -22,13 +22,17 @@ def _variants(evals: list[Evaluation], dataset: str, attack: str) -> list[str]:
     return list(names) or [attack]
 
 
+def _mark(attack: str) -> str:
+    return next((m for m in NORM_SUFFIXES.values() if attack.endswith(m)), "")
+
+
 def _columns(evals: list[Evaluation], attacks: list[str]) -> list[tuple[str, str]]:
-    """Per data set the L∞ columns (attacks, null, worst case), then the L2 ones, each norm's apart."""
+    """Per data set the L∞ columns (attacks, null, worst case), then the L2 ones, then L1, each norm's apart."""
     datasets = sorted({e.dataset for e in evals})
     out = []
     for d in datasets:
-        for mark in ("", L2_SUFFIX):
-            names = [v for at in attacks if at.endswith(L2_SUFFIX) == bool(mark) for v in _variants(evals, d, at)]
+        for mark in ("", *NORM_SUFFIXES.values()):
+            names = [v for at in attacks if _mark(at) == mark for v in _variants(evals, d, at)]
             if not names and not any(e.dataset == d and e.attack == WORST + mark for e in evals):
                 continue
             null = [NULL + mark] if any(e.attack == NULL + mark and e.dataset == d for e in evals) else []
@@ -81,7 +85,7 @@ def _cell(ev: Evaluation | None, bold: bool, fmt: str) -> str:
 
 def _one_draw(cells: dict, dataset: str) -> str:
     """The worst case read the way a defense paper reads it: clean and every attack on one draw."""
-    ev = cells.get((dataset, WORST)) or cells.get((dataset, WORST + L2_SUFFIX))
+    ev = next((e for m in ("", *NORM_SUFFIXES.values()) if (e := cells.get((dataset, WORST + m)))), None)
     return f"{100 * ev.single_draw:.1f}" if ev is not None and ev.single_draw is not None else "–"
 
 
@@ -146,11 +150,13 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
             line.append(_cell(ev, bold, fmt) + (MARK if column in gaps else ""))
         line += [_one_draw(cells, d) for d in datasets] if randomized else []
         body.append([*line, _flags(cells), _note(list(gaps.values()), cells)])
-    l2 = any(a.endswith(L2_SUFFIX) for _, a in columns)
+    l2, l1 = (any(a.endswith(m) for _, a in columns) for m in (L2_SUFFIX, L1_SUFFIX))
     caption = title or (f"Robust accuracy (%) at ε = {eps * 255:.3g}/255" + (f" (L∞), {eps:.3g} (L2)" if l2 else "")
-                        + ", 95% Wilson intervals")
-    caption += (f"; {L2_SUFFIX.strip()}: an L2 attack (‖δ‖₂ ≤ ε over the whole image), its worst case over the L2 "
-                "attacks alone" if l2 else "")
+                        + (f"{'' if l2 else ' (L∞)'}, {eps:.3g} (L1)" if l1 else "") + ", 95% Wilson intervals")
+    for mark, size in ((L2_SUFFIX, "‖δ‖₂"), (L1_SUFFIX, "‖δ‖₁")):
+        if any(a.endswith(mark) for _, a in columns):
+            caption += (f"; {mark.strip()}: an {mark.strip(' ()')} attack ({size} ≤ ε over the whole image), its worst "
+                        f"case over the {mark.strip(' ()')} attacks alone")
     caption += ("; balanced clean: mean per-class recall (a model answering one class scores chance there, and "
                 "that class's share of the samples in the clean column)")
     if randomized:

@@ -21,14 +21,14 @@ DEFAULT_EPS = "4/255"
 
 
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "l1")
 
 
 def run_norm(norm: str | None) -> str | None:
     """``--norm``/``norm=`` as a config stores it: None for L∞ (the default, so L∞ runs keep their ids)."""
     value = (norm or "linf").strip().lower()
     if value not in NORMS:
-        raise UserError(f"bad norm {norm!r}: use linf or l2")
+        raise UserError(f"bad norm {norm!r}: use linf, l2 or l1")
     return None if value == "linf" else value
 
 
@@ -96,10 +96,10 @@ class BenchConfig:
         return [parse_attack(a, self.spec_version) for a in self.attack_names()]
 
     def eps_values(self) -> tuple[float, ...]:
-        """The budgets; beyond 1 only when every attack that uses ε is L2 (an L∞ budget above 1 is the box)."""
+        """The budgets; beyond 1 only when every attack that uses ε is L2 or L1 (an L∞ budget above 1 is the box)."""
         specs = [s for s in self.specs() if FAMILIES.get(s.family).uses_eps and s.family != CORRUPTIONS]
-        l2 = bool(specs) and all(s.norm == "L2" for s in specs)
-        return parse_eps_list(self.eps, None if l2 else 1.0)
+        whole_image = bool(specs) and all(s.norm in ("L2", "L1") for s in specs)
+        return parse_eps_list(self.eps, None if whole_image else 1.0)
 
     def unit_size(self) -> int:
         return self.shard_size or self.batch_size
