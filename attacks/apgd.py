@@ -57,14 +57,16 @@ LOSSES = {"ce": lambda logits, y: F.cross_entropy(logits, y, reduction="none"), 
 
 @dataclass
 class ApgdResult:
-    """Per sample: the candidate (the first adversarial point, else the highest-loss one), whether it broke,
-    its loss, the step it broke at (−1 if none), and the sample-passes spent."""
+    """Per sample: the candidate (the first point wrong in every pass of its step, else the one wrong in the most
+    passes, then with the highest loss), whether it broke, its loss, the step it broke at (−1 if none), the
+    sample-passes spent, and how many of its step's passes the candidate was wrong in."""
 
     x_adv: torch.Tensor
     success: torch.Tensor
     loss: torch.Tensor
     first: torch.Tensor
     passes: int
+    wrong: torch.Tensor | None = None
 
 
 @dataclass
@@ -119,9 +121,9 @@ def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
     x, n = x.detach(), len(x)
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     current = PROJECTIONS[norm](x + (torch.zeros_like(x) if start is None else start.to(x)), x, eps)
+    never = torch.full((n,), -1, dtype=torch.long, device=x.device)
     result = ApgdResult(current.clone(), torch.zeros(n, dtype=torch.bool, device=x.device),
-                        torch.full((n,), -torch.inf, dtype=x.dtype, device=x.device), torch.full((n,), -1, dtype=torch.long,
-                                                                                   device=x.device), 0)
+                        torch.full((n,), -torch.inf, dtype=x.dtype, device=x.device), never.clone(), 0, never.clone())
     active = torch.arange(n, device=x.device)
     s, checks, last_check = None, set(checkpoints(steps)), 0
     for k in range(steps + 1):
@@ -134,7 +136,7 @@ def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
         result.passes += size * max(1, eot)
         if s is None:
             s = _start_state(current, grad, losses, eps)
-        broke = _record(result, s, active, losses, wrong, grad, k)
+        broke = _record(result, s, active, losses, wrong, max(1, eot), grad, k)
         if k == steps:
             break
         keep = ~broke if early_stop else torch.ones_like(broke)
@@ -161,7 +163,7 @@ def _start_state(current: torch.Tensor, grad: torch.Tensor, losses: torch.Tensor
                   best_at_check=losses.clone(), halved_at_check=torch.ones(n, dtype=torch.bool, device=current.device))
 
 
-def _record(result: ApgdResult, s: _State, active, losses, wrong, grad, k: int) -> torch.Tensor:
+def _record(result: ApgdResult, s: _State, active, losses, wrong, passes: int, grad, k: int) -> torch.Tensor:
     """Book one step's losses: rises, the best point (and its gradient), the candidate; returns who broke (wrong in
     every pass of the step: with EOT, in each of its draws, so an early exit never rests on one lucky draw)."""
     here = s.current[active]
@@ -173,12 +175,13 @@ def _record(result: ApgdResult, s: _State, active, losses, wrong, grad, k: int) 
         s.best_loss[rows], s.best_x[rows] = losses[better], here[better]
         if grad is not None:
             s.best_grad[rows], s.grad[active] = grad[better], grad
-    broke = wrong
+    broke = wrong == passes
     fresh = broke & ~result.success[active]
     rows = active[fresh]
     result.x_adv[rows], result.success[rows], result.first[rows] = here[fresh], True, k
-    result.loss[rows] = losses[fresh]
-    keep_best = ~result.success[active] & (losses > result.loss[active])
+    result.loss[rows], result.wrong[rows] = losses[fresh], wrong[fresh]
+    held = result.wrong[active]  # deterministic (one pass): 0 until broken, so the loss alone ranks
+    keep_best = ~result.success[active] & ((wrong > held) | ((wrong == held) & (losses > result.loss[active])))
     rows = active[keep_best]
-    result.x_adv[rows], result.loss[rows] = here[keep_best], losses[keep_best]
+    result.x_adv[rows], result.loss[rows], result.wrong[rows] = here[keep_best], losses[keep_best], wrong[keep_best]
     return broke

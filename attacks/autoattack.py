@@ -23,6 +23,7 @@ from robustmed.attacks.aa_fast import FAST_STAGES, fast_rand_stages, fast_stages
 from robustmed.attacks.base import FAMILIES, AttackFamily, AttackResult, AttackSpec
 from robustmed.attacks.eot import margin_loss
 from robustmed.attacks.square import best_candidates, score, square_kernel
+from robustmed.errors import UserError
 
 _LOG = logging.getLogger("auto-attack")
 SQUARE_QUERIES = 5000
@@ -32,6 +33,7 @@ SQUARE_Q_RANDOMIZED = 4
 # budget goes to further random starts of APGD-CE: five in all, as `APGDAttack(n_restarts=5)`.
 FEW_CLASS_CE_RESTARTS = 5
 L1_CE_RESTARTS, L1_APGD_TARGETS = 5, 5  # pyautoattack's standard version for norm='L1'
+L1_MIN_STEPS = 5  # fewer leave a phase of the 30/30/40% split without steps (1, 2 and 4 do)
 RAND_BINARY_CE_RESTARTS = 2  # aa-rand on C = 2: the margin stage it replaces is one more APGD-CE run
 
 
@@ -98,7 +100,7 @@ def _apgd(kind: type, loss: str, stage: str) -> Callable:
     def build(forward, eps, spec: AttackSpec, seed: int, device):
         kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm=spec.norm,
                       eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG,
-                      use_largereps=spec.norm == "L1")
+                      use_largereps=bool(spec.extra.get("largereps")))
         kernel.loss = loss
         restarts = spec.extra.get("restarts", {}).get(stage, 1)
         return lambda x, y: _kernel_candidates(kernel, x, y, restarts)
@@ -110,7 +112,7 @@ def _apgd_targeted(kind: type) -> Callable:
         kernel = kind(forward, n_restarts=1, n_iter=spec.steps, verbose=False, eps=eps, norm=spec.norm,
                       eot_iter=max(1, spec.eot), rho=.75, seed=seed, device=device, logger=_LOG,
                       n_target_classes=spec.extra.get("apgd_target_classes", spec.extra["n_target_classes"]),
-                      use_largereps=spec.norm == "L1")
+                      use_largereps=bool(spec.extra.get("largereps")))
         return lambda x, y: _kernel_candidates(kernel, x, y, 1, kernel.n_target_classes)
     return build
 
@@ -162,13 +164,16 @@ def rand_restarts(num_classes: int) -> dict[str, int]:
 
 
 def _adapter(stages: Callable[[int], list[str]], restarts_of: Callable[[int], dict[str, int]],
-             fast: Callable[[int], list[str]]) -> Callable[[AttackSpec, int], AttackSpec]:
+             fast: Callable[[int], list[str]], l1_setting: bool) -> Callable[[AttackSpec, int], AttackSpec]:
+    """``l1_setting``: the standard version's L1 configuration (the rand version keeps its own under L1)."""
     def adapt(spec: AttackSpec, num_classes: int) -> AttackSpec:
         randomized = bool(spec.extra.get("randomized")) and spec.protocol != "paper"
         if spec.variant == "fast":
             cascade = fast(num_classes)
             extra = {**spec.extra, "cascade": cascade,
                      "n_target_classes": min(aa_fast.FAST_TARGETS, num_classes - 1) if "apgd-t" in cascade else 0}
+            if spec.eot > 1:  # a sample leaves a run only once wrong in every draw of a step (E1: stored)
+                extra["early_exit"] = "wrong in every EOT draw"
             if "square" not in cascade:
                 return replace(spec, extra={**extra, "kernels": "robustmed apgd"})
             return replace(spec, extra={**extra, "kernels": "robustmed apgd, pyautoattack==0.2.0 square",
@@ -179,7 +184,10 @@ def _adapter(stages: Callable[[int], list[str]], restarts_of: Callable[[int], di
                  "kernels": "pyautoattack==0.2.0"}
         if restarts := restarts_of(num_classes):
             extra["restarts"] = restarts
-        if spec.norm == "L1":  # AutoAttack's L1 setting: APGD-CE from 5 starts, APGD-T on 5 targets, both on 3ε→ε
+        if spec.norm == "L1" and l1_setting:  # AutoAttack's: APGD-CE from 5 starts, APGD-T on 5 targets, 3ε → ε
+            if spec.steps < L1_MIN_STEPS:
+                raise UserError(f"attack {spec.name!r}: AutoAttack's L1 schedule splits the steps 30/30/40% over "
+                                f"3ε, 2ε, ε and needs at least {L1_MIN_STEPS}; e.g. aa{L1_MIN_STEPS}:canonical")
             extra.update(restarts={**extra.get("restarts", {}), "apgd-ce": L1_CE_RESTARTS}, largereps=True)
             if "apgd-t" in cascade:
                 extra["apgd_target_classes"] = min(L1_APGD_TARGETS, num_classes - 1)
@@ -245,17 +253,17 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
     return score(forward, best, y, stage_of)
 
 
-for _name, _stages, _restarts, _fast, _description, _defaults, _amp in (  # FAB overflows fp16: AA stays fp32
-    ("aa", standard_stages, standard_restarts, fast_stages,
+for _name, _stages, _restarts, _fast, _l1, _description, _defaults, _amp in (  # FAB overflows fp16: AA stays fp32
+    ("aa", standard_stages, standard_restarts, fast_stages, True,
      "AutoAttack: early-exit APGD-CE, then on survivors APGD-T (C ≥ 3), 11 more starts, Square-250; "
      "aa:canonical: the standard APGD-CE, APGD-T, FAB-T, Square-5000 (adapted to C, check A7)", {}, False),
-    ("aa-rand", rand_stages, rand_restarts, fast_rand_stages,
+    ("aa-rand", rand_stages, rand_restarts, fast_rand_stages, False,
      "AutoAttack rand with EOT 20: early-exit APGD-CE, then on survivors APGD-DLR (C = 2: APGD-CE from one more "
      "start); aa-rand:canonical: pyautoattack's kernels, every sample to the last step", {"eot": 20}, True),
 ):
     FAMILIES.register(_name, AttackFamily(
         name=_name, description=_description, run=run_autoattack, default_steps=100,
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
-        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts, _fast), amp=_amp,
+        defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts, _fast, _l1), amp=_amp,
         reports_stages=True, default_variant="fast", norms=("Linf", "L2", "L1"),
     ))

@@ -28,12 +28,12 @@ LOSSES: dict[str, Loss] = {
 
 class EotPass(NamedTuple):
     """Per sample: mean loss, mean logits and mean input gradient over the passes (None when not asked for),
-    and whether every pass misclassified it (on a randomized model, wrong in each of the step's draws)."""
+    and how many of the passes misclassified it (on a randomized model, of the step's draws)."""
 
     loss: torch.Tensor
     logits: torch.Tensor
     grad: torch.Tensor | None
-    wrong_every_pass: torch.Tensor
+    wrong_passes: torch.Tensor
 
 
 def eot_loss_grad(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
@@ -46,7 +46,7 @@ def eot_loss_grad(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     """
     x = x.detach().requires_grad_(grad)
     loss_sum = logits_sum = grad_sum = None
-    wrong = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    wrong = torch.zeros(len(y), dtype=torch.long, device=y.device)
     for _ in range(max(1, samples)):
         with torch.set_grad_enabled(grad):  # no graph for a pass that only scores (the final iterate)
             logits = forward(x)
@@ -55,7 +55,7 @@ def eot_loss_grad(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
             g, = torch.autograd.grad(losses.sum(), x)
             grad_sum = g if grad_sum is None else grad_sum.add_(g)  # the same sums, one buffer
         losses, logits = losses.detach(), logits.detach()
-        wrong &= logits.argmax(1) != y
+        wrong += logits.argmax(1) != y
         loss_sum = losses if loss_sum is None else loss_sum + losses
         logits_sum = logits if logits_sum is None else logits_sum + logits
     if samples <= 1:

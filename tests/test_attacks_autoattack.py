@@ -12,6 +12,7 @@ from pyautoattack.square import SquareAttack
 from conftest import TinyCNN
 from robustmed.attacks import FAMILIES, autoattack, parse_attack
 from robustmed.attacks.autoattack import run_autoattack
+from robustmed.errors import UserError
 from robustmed.harness import benchmark
 
 EPS, SEED = 0.03, 123
@@ -184,6 +185,10 @@ def test_a_stored_run_reruns_as_the_spec_version_it_was_made_with():
     randomized = {"attacks": {"pgd20": {"family": "pgd", "version": "2"}, "aa-rand": {"family": "aa-rand",
                                                                                       "version": "2"}}}
     assert stored_spec_version(randomized) == "2"  # the randomized rows' aa-rand reruns as pyautoattack's cascade
+    mixed = {"run_id": "r", "attacks": {"aa": {"family": "aa", "version": "3"},
+                                        "aa-rand": {"family": "aa-rand", "version": "2"}}}
+    with pytest.raises(UserError, match="different spec versions"):  # one grammar cannot reread both
+        stored_spec_version(mixed)
     assert stored_spec_version({"attacks": {"aa": {"family": "aa", "version": "3"}}}) is None
     assert stored_spec_version({"attacks": {"pgd10": {"family": "pgd", "version": "2"}}}) is None
     now, then = BenchConfig(attack="pgd10,aa"), BenchConfig(attack="pgd10,aa", spec_version="2")

@@ -78,3 +78,15 @@ def test_b1_refuses_a_candidate_outside_the_l1_ball():
     assert check_budget(x_adv, x, 1.0, norm="Linf") <= 1.0 and check_budget(x_adv, x, 1.0, norm="L2") <= 1.0
     with pytest.raises(InvariantError, match="‖δ‖₁"):
         check_budget(x_adv, x, 1.0, norm="L1")
+
+
+def test_only_the_standard_cascade_takes_autoattacks_l1_setting():
+    """pyautoattack's rand version keeps one APGD start without the 3ε → ε schedule under L1; its standard version
+    takes 5 starts, 5 targets and the schedule, which needs at least 5 steps to give every phase one."""
+    family = autoattack.FAMILIES.get("aa-rand")
+    rand = family.adapt(parse_attack("aa-rand:canonical,norm=l1"), 2).extra
+    assert rand["restarts"] == {"apgd-ce": 2} and "largereps" not in rand  # C = 2: its own two CE starts
+    assert "largereps" not in family.adapt(parse_attack("aa-rand:canonical,norm=l1"), 10).extra
+    assert autoattack.FAMILIES.get("aa").adapt(parse_attack("aa:canonical,norm=l1"), 2).extra["largereps"]
+    with pytest.raises(UserError, match="at least 5"):
+        autoattack.FAMILIES.get("aa").adapt(parse_attack("aa4:canonical,norm=l1"), 10)

@@ -26,7 +26,8 @@ def per_norm(check_rows: Callable[[pd.DataFrame, bool], list[Finding]], attacks:
             found.setdefault(finding.id, []).append(_labelled(finding, norm, len(groups) > 1))
     merged = [min(fs, key=lambda f: (not f.fired, _RANK.get(f.severity, 2))) for fs in found.values()]
     if full and all(norm != LINF for norm, _ in groups):
-        merged += [c.passed("not applicable: an L∞-only re-attack and the run attacks in L2 alone")
+        alone = " and ".join(sorted(norm for norm, _ in groups))
+        merged += [c.passed(f"not applicable: an L∞-only re-attack and the run attacks in {alone} alone")
                    for _, c in CHECKS.items() if c.tier == FULL and c.id not in found]
     return merged
 

@@ -229,7 +229,8 @@ def class_count(ctx: CheckContext) -> Finding:
         resolved = resolve_spec(spec, randomized=ctx.randomized, num_classes=ctx.num_classes)
         if "cascade" in resolved.extra:
             changes[spec.name] = {"cascade": resolved.extra["cascade"], "restarts": resolved.extra.get("restarts", {}),
-                                  "n_target_classes": resolved.extra["n_target_classes"]}
+                                  "n_target_classes": resolved.extra["n_target_classes"],
+                                  **{k: resolved.extra[k] for k in ("apgd_target_classes",) if k in resolved.extra}}
     adapted = {k: v for k, v in changes.items() if ctx.num_classes < 4}
     if adapted:
         return A7.fired(f"{ctx.num_classes} classes: " + "; ".join(

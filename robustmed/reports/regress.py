@@ -14,6 +14,7 @@ import pandas as pd
 
 from robustmed.attacks import FAMILIES
 from robustmed.attacks.base import SPEC_VERSION
+from robustmed.errors import UserError
 from robustmed.tracks import corruption_mask
 
 KEY = ["defense", "model", "dataset", "protocol", "attack", "eps", "sample_id"]
@@ -61,12 +62,17 @@ def _frame(runs) -> pd.DataFrame:
 
 
 def stored_spec_version(manifest: dict) -> str | None:
-    """The spec version to read a stored run's attack names as: the one its specs were stored with, when every
-    one of them predates the current grammar (``aa`` then named the canonical cascade); else the current one."""
-    versions = {spec.get("version", SPEC_VERSION) for spec in manifest.get("attacks", {}).values()}
-    return SPEC_VERSION if versions == {SPEC_VERSION} and any(
-        FAMILIES.get(spec["family"]).default_variant for spec in manifest["attacks"].values()
-        if spec["family"] in FAMILIES) else None
+    """The spec version to read a stored run's attack names as: the one its AutoAttack specs were stored with, when
+    they predate the current grammar (``aa`` and ``aa-rand`` then named the canonical cascades); else the current
+    one. A run storing one at each (made while only ``aa`` had its early-exit form) cannot be reread by one grammar:
+    refused, so `regress` never compares a canonical column with an early-exit one under the same name."""
+    versions = {name: spec.get("version", SPEC_VERSION) for name, spec in manifest.get("attacks", {}).items()
+                if spec["family"] in FAMILIES and FAMILIES.get(spec["family"]).default_variant}
+    if len(set(versions.values())) > 1:
+        raise UserError(f"run {manifest.get('run_id', '?')} stores its attacks at different spec versions "
+                        f"({', '.join(f'{n}: {v}' for n, v in sorted(versions.items()))}); it cannot be rerun by one "
+                        "grammar: re-measure it, or compare stored runs with --candidate")
+    return SPEC_VERSION if set(versions.values()) == {SPEC_VERSION} else None
 
 
 def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
