@@ -107,7 +107,7 @@ def test_threats_suite_plans_l2_and_corruptions_for_every_defense():
     table3 = load_suite(REPO / "benchmarks" / "table3.toml")
     plan = suite.configs(randomized={"rpan", "pni"})
     assert {(c.defense, c.dataset) for _, c in plan} == {(d, s) for d in table3.defenses for s in table3.datasets}
-    assert {p for p, _ in plan} == {"adaptive"} and all(c.eps_values() == (0.5,) for _, c in plan)
+    assert {p for p, _ in plan} == {"adaptive"} and all(c.eps_values() == (0.25, 0.5) for _, c in plan)
     plain = next(c for _, c in plan if c.defense == "none")
     assert [(s.name, s.norm) for s in plain.specs()] == [("pgd20:norm=l2", "L2"), ("aa:norm=l2", "L2"),
                                                           ("corruptions", "Linf")]
