@@ -70,9 +70,7 @@ def _restarts(random_starts: int, clean: bool, salt: int) -> Callable[..., Stage
             result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps,
                           loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
                           norm=spec.norm)
-            wrong = result.wrong.view(k, m)  # a start wrong in more of its draws wins, then the higher loss
             score = torch.where(result.success, torch.inf, result.loss).view(k, m)
-            score = torch.where(wrong == wrong.max(0).values, score, -torch.inf)
             return result.x_adv.view(k, m, *x.shape[1:])[score.argmax(0), torch.arange(m, device=y.device)]
         return attack
     return build

@@ -57,16 +57,15 @@ LOSSES = {"ce": lambda logits, y: F.cross_entropy(logits, y, reduction="none"), 
 
 @dataclass
 class ApgdResult:
-    """Per sample: the candidate (the first point wrong in every pass of its step, else the one wrong in the most
-    passes, then with the highest loss), whether it broke, its loss, the step it broke at (−1 if none), the
-    sample-passes spent, and how many of its step's passes the candidate was wrong in."""
+    """Per sample: the candidate (the first point wrong in every pass of its step, else the one with the highest
+    mean loss over its step's passes), whether it broke, its loss, the step it broke at (−1 if none), and the
+    sample-passes spent."""
 
     x_adv: torch.Tensor
     success: torch.Tensor
     loss: torch.Tensor
     first: torch.Tensor
     passes: int
-    wrong: torch.Tensor | None = None
 
 
 @dataclass
@@ -121,9 +120,9 @@ def apgd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
     x, n = x.detach(), len(x)
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     current = PROJECTIONS[norm](x + (torch.zeros_like(x) if start is None else start.to(x)), x, eps)
-    never = torch.full((n,), -1, dtype=torch.long, device=x.device)
     result = ApgdResult(current.clone(), torch.zeros(n, dtype=torch.bool, device=x.device),
-                        torch.full((n,), -torch.inf, dtype=x.dtype, device=x.device), never.clone(), 0, never.clone())
+                        torch.full((n,), -torch.inf, dtype=x.dtype, device=x.device),
+                        torch.full((n,), -1, dtype=torch.long, device=x.device), 0)
     active = torch.arange(n, device=x.device)
     s, checks, last_check = None, set(checkpoints(steps)), 0
     for k in range(steps + 1):
@@ -179,9 +178,10 @@ def _record(result: ApgdResult, s: _State, active, losses, wrong, passes: int, g
     fresh = broke & ~result.success[active]
     rows = active[fresh]
     result.x_adv[rows], result.success[rows], result.first[rows] = here[fresh], True, k
-    result.loss[rows], result.wrong[rows] = losses[fresh], wrong[fresh]
-    held = result.wrong[active]  # deterministic (one pass): 0 until broken, so the loss alone ranks
-    keep_best = ~result.success[active] & ((wrong > held) | ((wrong == held) & (losses > result.loss[active])))
+    result.loss[rows] = losses[fresh]
+    # Not broken: the highest mean loss, as in pyautoattack's kernel. Ranking by the step's wrong-draw count first
+    # was tried and measured no stronger (docs/performance.md, "The rand version"): a count over 20 draws is noisy.
+    keep_best = ~result.success[active] & (losses > result.loss[active])
     rows = active[keep_best]
-    result.x_adv[rows], result.loss[rows], result.wrong[rows] = here[keep_best], losses[keep_best], wrong[keep_best]
+    result.x_adv[rows], result.loss[rows] = here[keep_best], losses[keep_best]
     return broke
