@@ -90,3 +90,17 @@ def test_only_the_standard_cascade_takes_autoattacks_l1_setting():
     assert autoattack.FAMILIES.get("aa").adapt(parse_attack("aa:canonical,norm=l1"), 2).extra["largereps"]
     with pytest.raises(UserError, match="at least 5"):
         autoattack.FAMILIES.get("aa").adapt(parse_attack("aa4:canonical,norm=l1"), 10)
+
+
+def test_a10_reads_the_values_of_every_input_of_a_multi_input_model():
+    """A10's whole-image limits count every input's values; an L∞ run of a two-input model passes, not 'could not
+    run' (a mapping has no sample 0)."""
+    from robustmed.checks.context import CheckContext
+    from robustmed.checks.preflight import budget_sanity
+
+    x = {"image": torch.rand(4, 1, 8, 8), "table": torch.rand(4, 3)}
+    ctx = CheckContext(model=torch.nn.Identity(), x=x, y=torch.zeros(4, dtype=torch.long), eps=[4 / 255],
+                       specs=[parse_attack("pgd10")], num_classes=2)
+    assert ctx.values_per_sample == 67
+    finding = budget_sanity(ctx)
+    assert not finding.fired and finding.reason.startswith("ε ≤ 16/255")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,12 @@ class CheckContext:
     @property
     def probe(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[:PROBE_SIZE].to(self.device), self.y[:PROBE_SIZE].to(self.device)
+
+    @property
+    def values_per_sample(self) -> int:
+        """D: the values one sample holds (all inputs of a mapping together), which whole-image budgets scale with."""
+        inputs = self.x.values() if isinstance(self.x, Mapping) else [self.x]
+        return sum(v[0].numel() for v in inputs)
 
     @property
     def randomized(self) -> bool:

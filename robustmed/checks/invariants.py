@@ -8,7 +8,6 @@ defense-removed model) lives in :mod:`robustmed.checks.ablation`, B16 (binarizat
 from __future__ import annotations
 
 import math
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -51,12 +50,6 @@ def _pct(value: float) -> str:
 
 # --- always on: the stored rows -------------------------------------------------------------------
 
-def _dims(ctx: CheckContext) -> int:
-    """Values per sample (all inputs of a mapping together), which the L1 slack scales with."""
-    inputs = ctx.x.values() if isinstance(ctx.x, Mapping) else [ctx.x]
-    return sum(v[0].numel() for v in inputs)
-
-
 @B1.guard
 def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     """B1: the harness refuses any chunk leaving the ε-ball, [0, 1] or finite values; stored norms re-checked
@@ -66,8 +59,7 @@ def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     norm = next(iter(kinds)) if len(kinds) == 1 else LINF  # rows come one norm at a time
     norm = norm if NORM_COLUMNS[norm] in rows else LINF  # rows stored before that norm's column existed
     pairs = pairs or [(NORM_COLUMNS[norm], "eps")]
-    dims = _dims(ctx)
-    over = sum((rows[n] > rows[e] + budget_slack(rows[e], norm, dims)) for n, e in pairs)
+    over = sum((rows[n] > rows[e] + budget_slack(rows[e], norm, ctx.values_per_sample)) for n, e in pairs)
     over = int((over > 0).sum()) if len(rows) else 0
     ratios = [float((rows[n] / rows[e]).where(rows[e] > 0).max()) for n, e in pairs] if len(rows) else []
     ratio = max((r for r in ratios if r == r), default=0.0)  # frozen inputs (ε = 0) have no ratio

@@ -289,7 +289,8 @@ def budget_sanity(ctx: CheckContext) -> Finding:
     norms = {s.norm for s in ctx.specs if s.family not in ("corruptions", "null")} or {"Linf"}
     large = [e for e in ctx.eps if e > LARGE_EPS + 1e-12] if "Linf" in norms else []
     units = ["L∞ in [0, 1] pixel units"] if "Linf" in norms else []
-    for norm, limit in (("L2", LARGE_EPS * math.sqrt(ctx.x[0].numel())), ("L1", LARGE_EPS * ctx.x[0].numel())):
+    dims = ctx.values_per_sample
+    for norm, limit in (("L2", LARGE_EPS * math.sqrt(dims)), ("L1", LARGE_EPS * dims)):
         if norm in norms:
             large += [e for e in ctx.eps if e > limit + 1e-12 and e not in large]
             units.append(f"{norm} over the whole image (large above {limit:.3g})")
