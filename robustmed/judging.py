@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from robustmed.attacks.threat import ThreatModel
 from robustmed.errors import UserError
 from robustmed.tensors import take, to_device
+from robustmed.tracks import NORM_SUBSCRIPTS
 
 
 BUDGET_TOL = 1e-6
 NORM_ORDERS = {"Linf": float("inf"), "L2": 2, "L1": 1}
-NORM_SUBSCRIPTS = {"Linf": "∞", "L2": "₂", "L1": "₁"}
 ROUNDING = 2.0 ** -24  # float32's half-ulp at 1: how far each stored pixel of a candidate may sit off its exact value
 
 

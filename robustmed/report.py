@@ -7,6 +7,7 @@ from rich.table import Table
 
 from robustmed.passes import text as passes_text
 from robustmed.stats import wilson
+from robustmed.tracks import LINF, WHOLE_IMAGE, eps_label
 
 PASSES = "passes/sample"
 COST_CAPTION = ("passes/sample: model forward / backward passes the attacks spent per sample, the same on every "
@@ -23,9 +24,8 @@ def _ci(ci) -> str:
 
 def eps_text(s: dict) -> str:
     """A summary entry's budget with its threat model: L∞ in /255, L2 and L1 over the whole image."""
-    if (norm := s.get("norm", "Linf")) in ("L2", "L1"):
-        return f"{norm} {s['eps']:.3g}"
-    return f"{s['eps'] * 255:.3g}/255"
+    norm = s.get("norm", LINF)
+    return f"{norm} {eps_label(s['eps'], norm)}" if norm in WHOLE_IMAGE else eps_label(s["eps"])
 
 
 def _seconds(value: float | None) -> str:

@@ -40,6 +40,13 @@ def is_corruption_attack(name: str) -> bool:
 LINF, L2, L1 = "Linf", "L2", "L1"
 NORM_LABELS = {LINF: "L∞", L2: "L2", L1: "L1"}  # how views name a threat model
 NORM_COLUMNS = {LINF: "linf", L2: "l2", L1: "l1"}  # the row column holding a candidate's size in that norm
+NORM_SUBSCRIPTS = {LINF: "∞", L2: "₂", L1: "₁"}  # ‖δ‖ written in that norm
+WHOLE_IMAGE = (L2, L1)  # norms whose ε bounds the whole image (it may exceed 1), written as a plain number
+
+
+def eps_label(eps: float, norm: str = LINF) -> str:
+    """ε as the views write it: L∞ in /255 of the [0, 1] range, L2 and L1 as the whole image's budget."""
+    return f"{eps:.3g}" if norm in WHOLE_IMAGE else f"{eps * 255:.3g}/255"
 
 
 def norms(rows: pd.DataFrame) -> pd.Series:

@@ -18,8 +18,8 @@ from robustmed.checks.context import CheckContext
 from robustmed.checks.registry import ERROR, FLAG, FULL, Finding, register
 from robustmed.checks.subset import Subset, attack_robust, gradient_spec, run_robust, subset
 from robustmed.summary import summarize
-from robustmed.judging import NORM_SUBSCRIPTS, budget_slack
-from robustmed.tracks import LINF, NORM_COLUMNS, norms
+from robustmed.judging import budget_slack
+from robustmed.tracks import LINF, NORM_COLUMNS, NORM_SUBSCRIPTS, norms
 
 B1 = register("B1", "budget and box respected", ERROR)
 B2 = register("B2", "re-verification of the stored examples", ERROR)
@@ -65,8 +65,7 @@ def budget(ctx: CheckContext, rows: pd.DataFrame) -> Finding:
     ratio = max((r for r in ratios if r == r), default=0.0)  # frozen inputs (ε = 0) have no ratio
     return B1.outcome(over > 0, f"{over} stored row(s) exceed ε" if over else
                       f"every ‖δ‖{NORM_SUBSCRIPTS[norm]} ≤ ε (largest ‖δ‖{NORM_SUBSCRIPTS[norm]}/ε = {ratio:.4f}); "
-                      "box and NaN "
-                      "checked per chunk", max_ratio=ratio)
+                      "box and NaN checked per chunk", max_ratio=ratio)
 
 
 @B2.guard

@@ -22,11 +22,10 @@ from robustmed.balance import class_balance
 from robustmed.reports import corruption_board
 from robustmed.reports.evidence import fired_flags, stale
 from robustmed.stats import wilson
-from robustmed.tracks import L1, L2, LINF, adversarial, norms
+from robustmed.tracks import L1, L2, LINF, WHOLE_IMAGE, adversarial, eps_label, norm_label, norms
 
 STALE_FLAG = "previous engine"
 AA_ATTACKS = ("aa", "aa-rand")
-NORMS = {"Linf": "L∞", "L2": "L2", "L1": "L1"}
 RANDOMIZED_MARK = "*"
 L2_EPS = 0.5  # the L2 boards' default budget (RobustBench's CIFAR-10 L2 board), in [0, 1] pixel units
 L1_EPS = 3.0  # the L1 boards': AutoAttack's CIFAR-10 L1 budget (12 over 3,072 values) at 28×28's 784 values
@@ -189,18 +188,15 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def _eps(eps: float, norm: str = LINF) -> str:
-    return f"{eps:.3g}" if norm in (L2, L1) else f"{eps * 255:.3g}/255"
-
-
 def _title_eps(items: list[Board], eps: float) -> str:
     """The budgets of the boards shown: each norm's own (an L2 ε is not an L∞ one)."""
-    others = [(e, norm) for norm in (L2, L1) for e in sorted({b.eps for b in items if b.norm == norm})]
-    return _eps(eps) + (" (L∞)" if others else "") + "".join(f", {_eps(e, norm)} ({norm})" for e, norm in others)
+    others = [(e, norm) for norm in WHOLE_IMAGE for e in sorted({b.eps for b in items if b.norm == norm})]
+    return eps_label(eps) + (" (L∞)" if others else "") + "".join(f", {eps_label(e, norm)} ({norm})"
+                                                                  for e, norm in others)
 
 
 def heading(board: Board) -> str:
-    return (f"{board.dataset} · {NORMS.get(board.norm, board.norm)}, ε = {_eps(board.eps, board.norm)} · "
+    return (f"{board.dataset} · {norm_label(board.norm)}, ε = {eps_label(board.eps, board.norm)} · "
             f"n = {board.n}, samples {board.samples[:8]}")
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from robustmed import expected
 from robustmed.corruption_summary import summarize_corruptions
 from robustmed.stats import wilson
+from robustmed.tracks import WHOLE_IMAGE, eps_label
 
 KINDS = ("eps", "steps", "eot", "severity")
 
@@ -156,8 +157,8 @@ def describe(rows: pd.DataFrame, kind: str) -> str:
     parts = [", ".join(sorted(rows.dataset.unique())) if "dataset" in rows else "",
              ", ".join(sorted(rows.attack.map(column_attack).unique()))]
     if kind not in ("eps", "severity") and rows.eps.nunique() == 1:
-        whole = next((n for n in ("L2", "L1") if "norm" in rows and (rows["norm"] == n).all()), None)
-        parts.append(f"{whole} ε = {rows.eps.iloc[0]:.3g}" if whole else f"ε = {rows.eps.iloc[0] * 255:.3g}/255")
+        whole = next((n for n in WHOLE_IMAGE if "norm" in rows and (rows["norm"] == n).all()), None)
+        parts.append(f"{whole + ' ' if whole else ''}ε = {eps_label(rows.eps.iloc[0], whole)}")
     parts.append(f"n = {rows.sample_id.nunique()}")
     return " · ".join(p for p in parts if p)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from robustmed.reports.evidence import L1_SUFFIX, L2_SUFFIX, NORM_SUFFIXES, NULL, WORST, Evaluation, column_attack
+from robustmed.reports.evidence import NORM_SUFFIXES, NULL, WORST, Evaluation, column_attack
+from robustmed.tracks import NORM_SUBSCRIPTS, eps_label
 
 PROTOCOL_LABEL = {"adaptive": "", "paper": " (paper protocol)"}
 
@@ -150,13 +151,12 @@ def render(evals: list[Evaluation], defenses: list[str], attacks: list[str], eps
             line.append(_cell(ev, bold, fmt) + (MARK if column in gaps else ""))
         line += [_one_draw(cells, d) for d in datasets] if randomized else []
         body.append([*line, _flags(cells), _note(list(gaps.values()), cells)])
-    l2, l1 = (any(a.endswith(m) for _, a in columns) for m in (L2_SUFFIX, L1_SUFFIX))
-    caption = title or (f"Robust accuracy (%) at ε = {eps * 255:.3g}/255" + (f" (L∞), {eps:.3g} (L2)" if l2 else "")
-                        + (f"{'' if l2 else ' (L∞)'}, {eps:.3g} (L1)" if l1 else "") + ", 95% Wilson intervals")
-    for mark, size in ((L2_SUFFIX, "‖δ‖₂"), (L1_SUFFIX, "‖δ‖₁")):
-        if any(a.endswith(mark) for _, a in columns):
-            caption += (f"; {mark.strip()}: an {mark.strip(' ()')} attack ({size} ≤ ε over the whole image), its worst "
-                        f"case over the {mark.strip(' ()')} attacks alone")
+    whole = [norm for norm, mark in NORM_SUFFIXES.items() if any(a.endswith(mark) for _, a in columns)]
+    caption = title or (f"Robust accuracy (%) at ε = {eps_label(eps)}" + (" (L∞)" if whole else "")
+                        + "".join(f", {eps_label(eps, norm)} ({norm})" for norm in whole) + ", 95% Wilson intervals")
+    for norm in whole:
+        caption += (f"; ({norm}): an {norm} attack (‖δ‖{NORM_SUBSCRIPTS[norm]} ≤ ε over the whole image), its worst "
+                    f"case over the {norm} attacks alone")
     caption += ("; balanced clean: mean per-class recall (a model answering one class scores chance there, and "
                 "that class's share of the samples in the clean column)")
     if randomized:

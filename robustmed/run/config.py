@@ -12,7 +12,7 @@ from pathlib import Path
 from robustmed import data as data_mod, store
 from robustmed.attacks import FAMILIES, parse_attack, parse_eps_list
 from robustmed.attacks.base import SPEC_VERSION
-from robustmed.tracks import CORRUPTIONS, is_corruption_attack
+from robustmed.tracks import CORRUPTIONS, WHOLE_IMAGE, is_corruption_attack
 from robustmed.errors import UserError
 from robustmed.provenance import ENGINE
 
@@ -98,7 +98,7 @@ class BenchConfig:
     def eps_values(self) -> tuple[float, ...]:
         """The budgets; beyond 1 only when every attack that uses ε is L2 or L1 (an L∞ budget above 1 is the box)."""
         specs = [s for s in self.specs() if FAMILIES.get(s.family).uses_eps and s.family != CORRUPTIONS]
-        whole_image = bool(specs) and all(s.norm in ("L2", "L1") for s in specs)
+        whole_image = bool(specs) and all(s.norm in WHOLE_IMAGE for s in specs)
         return parse_eps_list(self.eps, None if whole_image else 1.0)
 
     def unit_size(self) -> int:
