@@ -14,13 +14,19 @@ def _in_ball(result, x, eps):
     assert delta.max() <= eps * (1 + 1e-6) + 1e-6 and result.x_adv.min() >= 0 and result.x_adv.max() <= 1
 
 
-@pytest.mark.parametrize("eps", [0.1, 0.3])
-def test_canonical_l2_matches_pyautoattack(monkeypatch, eps):
-    """Per-sample flags identical to AutoAttack(norm='L2', version='standard'), and x_adv where broken."""
+def _against_reference(monkeypatch, eps: float, attack: str):
+    """The conformance batch, pyautoattack's L2 AutoAttack on it and ``attack`` run by robustmed, same budgets."""
     monkeypatch.setattr(autoattack, "SQUARE_QUERIES", QUERIES)
     model, x, y = _ten_class_batch(12)
     x_ref, y_ref = _reference(model, x, y, n_iter=STEPS, queries=QUERIES, eps=eps, norm="L2")
-    ours = run_autoattack(model, x, y, spec=parse_attack(f"aa{STEPS}:canonical,norm=l2"), eps=eps, seed=SEED)
+    ours = run_autoattack(model, x, y, spec=parse_attack(attack), eps=eps, seed=SEED)
+    return x, y, x_ref, y_ref, ours
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_canonical_l2_matches_pyautoattack(monkeypatch, eps):
+    """Per-sample flags identical to AutoAttack(norm='L2', version='standard'), and x_adv where broken."""
+    x, y, x_ref, y_ref, ours = _against_reference(monkeypatch, eps, f"aa{STEPS}:canonical,norm=l2")
     assert torch.equal(ours.success, y_ref != y)
     assert torch.equal(ours.x_adv[ours.success], x_ref[ours.success])
     _in_ball(ours, x, eps)
@@ -30,9 +36,6 @@ def test_canonical_l2_matches_pyautoattack(monkeypatch, eps):
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_fast_l2_at_least_as_strong_as_pyautoattack(monkeypatch, eps):
     """The early-exit L2 cascade breaks every sample pyautoattack's L2 AutoAttack breaks."""
-    monkeypatch.setattr(autoattack, "SQUARE_QUERIES", QUERIES)
-    model, x, y = _ten_class_batch(12)
-    _, y_ref = _reference(model, x, y, n_iter=STEPS, queries=QUERIES, eps=eps, norm="L2")
-    ours = run_autoattack(model, x, y, spec=parse_attack(f"aa{STEPS}:norm=l2"), eps=eps, seed=SEED)
+    x, y, _, y_ref, ours = _against_reference(monkeypatch, eps, f"aa{STEPS}:norm=l2")
     assert not ((y_ref != y) & ~ours.success).any()
     _in_ball(ours, x, eps)
