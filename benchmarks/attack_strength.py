@@ -170,11 +170,35 @@ def conformance_report(n: int, eps: float, clock) -> list[str]:
             f"target: aa at least as strong as pyautoattack AutoAttack: {at_least_as_strong(aa, ref)}"]
 
 
+def square_copies_report(n: int, clock) -> list[str]:
+    """The fast cascade's Square stage split into copies (attacks/aa_fast.py), alone on the default model: a
+    sample's copies share its 250 queries, so they finish sooner on few rows; what that costs in strength."""
+    from robustmed.attacks.square import best_candidates, square_kernel
+    from robustmed.attacks.eot import margin_loss
+
+    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
+    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:n])
+    x, y, model = x_all[ids], y_all[ids], robustmed.load_model("none").eval()
+    lines = [f"Square-250 as copies, default model, PneumoniaMNIST test, n = {n} seeded"]
+    for eps in (4 / 255, 8 / 255):
+        for copies in (1, 2, 4):
+            kernel = square_kernel(model, eps, queries=-(-250 // copies), seed=0, q=1, device="cpu")
+            started = clock()
+            with torch.random.fork_rng():
+                found = best_candidates(kernel, x.repeat(copies, 1, 1, 1), y.repeat(copies))
+            seconds = clock() - started
+            with torch.no_grad():
+                broken = int((margin_loss(model(found), y.repeat(copies)).view(copies, -1).amax(0) > 0).sum())
+            lines.append(f"  ε = {255 * eps:.0f}/255, {copies} × {-(-250 // copies)} queries: broken {broken}/{n}, "
+                         f"{seconds:.1f} s")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=128, help="PneumoniaMNIST test samples (seeded subset)")
     parser.add_argument("--conformance-n", type=int, default=64, help="samples of the 10-class conformance model")
-    parser.add_argument("--only", choices=("all", "default", "conformance", "randomized"), default="all")
+    parser.add_argument("--only", choices=("all", "default", "conformance", "randomized", "square-copies"), default="all")
     parser.add_argument("--randomized", default="rpan", help="the shipped randomized defense aa-rand is measured on")
     parser.add_argument("--randomized-n", type=int, default=32, help="its PneumoniaMNIST test samples (seeded)")
     parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
@@ -191,6 +215,8 @@ def main() -> None:
         lines += conformance_report(args.conformance_n, 0.03, clock)
     if args.only in ("all", "randomized"):
         lines += randomized_report(args.randomized, args.randomized_n, 4 / 255, clock)
+    if args.only == "square-copies":
+        lines += square_copies_report(64, clock)
     print(f"torch={torch.__version__} threads={torch.get_num_threads()} clock={args.clock}")
     print("\n".join(lines))
 
