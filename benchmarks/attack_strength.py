@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -95,15 +96,28 @@ def at_least_as_strong(ours: dict, reference: dict) -> str:
     return "yes" if missed == 0 else f"no: {missed} sample(s) the reference breaks stay robust"
 
 
-def default_model_report(n: int, eps: float, clock, attacks: tuple[str, ...] = DEFAULT_ATTACKS) -> list[str]:
+def retime(cases: dict[str, dict], again: Callable[[str], dict], repeats: int) -> None:
+    """Time the target's pair (PGD-100, ``aa``) ``repeats`` times in all, alternating, and keep each one's fastest:
+    on a shared machine one run of the same attack has taken from 25 to 36 CPU seconds. The flags must not move."""
+    for _ in range(repeats - 1):
+        for name in ("pgd100", "aa"):
+            rerun = again(name)
+            assert torch.equal(rerun["robust"], cases[name]["robust"]), f"{name}: flags changed between repeats"
+            cases[name]["seconds"] = min(cases[name]["seconds"], rerun["seconds"])
+
+
+def default_model_report(n: int, eps: float, clock, attacks: tuple[str, ...] = DEFAULT_ATTACKS,
+                         repeats: int = 1) -> list[str]:
     x_all, y_all = data_mod.load("pneumoniamnist").split("test")
     ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:n])
     x, y, model = x_all[ids], y_all[ids], robustmed.load_model("none").eval()
     cases = {a: robustmed_case(model, x, y, a, eps, clock) for a in dict.fromkeys(("pgd100", "aa", *attacks))}
+    retime(cases, lambda a: robustmed_case(model, x, y, a, eps, clock), repeats)
     cases["pyautoattack APGD-CE x5"] = reference_case(model, x, y, apgd_ce_restarts(eps), clock)
     aa, pgd = cases["aa"], cases["pgd100"]
+    fastest = f", each the fastest of {repeats}" if repeats > 1 else ""
     return [f"default model (none), PneumoniaMNIST test, n = {n} seeded, ε = {255 * eps:.3g}/255", *table(cases),
-            f"target: aa time / pgd100 time = {aa['seconds'] / pgd['seconds']:.2f} (≤ 2)",
+            f"target: aa time / pgd100 time = {aa['seconds'] / pgd['seconds']:.2f} (≤ 2{fastest})",
             *([f"target: aa at least as strong as aa:canonical: {at_least_as_strong(aa, cases['aa:canonical'])}"]
               if "aa:canonical" in cases else []),
             f"target: aa at least as strong as APGD-CE x5: {at_least_as_strong(aa, cases['pyautoattack APGD-CE x5'])}"]
@@ -203,6 +217,8 @@ def main() -> None:
     parser.add_argument("--randomized-n", type=int, default=32, help="its PneumoniaMNIST test samples (seeded)")
     parser.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                         help="robustmed attacks on the default model (pgd100 and aa always run: the targets need them)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time PGD-100 and aa this many times each, alternating, and keep the fastest")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                         help="cpu: process CPU time (steadier on a shared machine); wall: elapsed time")
     args = parser.parse_args()
@@ -210,7 +226,7 @@ def main() -> None:
     clock = CLOCKS[args.clock]
     lines = []
     if args.only in ("all", "default"):
-        lines += default_model_report(args.n, 4 / 255, clock, tuple(split_attacks(args.attacks)))
+        lines += default_model_report(args.n, 4 / 255, clock, tuple(split_attacks(args.attacks)), args.repeats)
     if args.only in ("all", "conformance"):
         lines += conformance_report(args.conformance_n, 0.03, clock)
     if args.only in ("all", "randomized"):
