@@ -28,8 +28,9 @@ def bits(masks, draws: int) -> np.ndarray:
 
 
 def has_draws(rows: pd.DataFrame) -> bool:
-    """Whether rows carry per-draw verdicts: a randomized model's rows made since the masks were stored."""
-    return "draw_mask" in rows and not (rows.draws <= 1).all()
+    """Whether rows carry per-draw verdicts: a randomized model's rows made since the masks were stored (rows
+    read beside newer runs get the column, empty)."""
+    return "draw_mask" in rows and rows.draw_mask.notna().all() and not (rows.draws <= 1).all()
 
 
 def judgements(group: pd.DataFrame) -> dict[str, np.ndarray] | None:

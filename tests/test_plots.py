@@ -123,3 +123,21 @@ def test_a_randomized_models_steps_curve_is_its_judged_sweep_rows():
     # sample 0, broken by the judged 50-step iterate, stays broken although the kept 100-step one judges robust
     assert out["rpan"].x.tolist() == [10, 50, 100] and out["rpan"].accuracy.tolist() == [1.0, 0.75, 0.5]
     assert curve_steps(long_run.assign(spec=json.dumps({"steps": 100}))).accuracy.iloc[-1] == 0.25  # deterministic
+
+
+def test_a_randomized_steps_curve_reads_each_iterates_draws_beside_runs_without_them():
+    """Judged over draws (masks stored), the k-step point is the expected worst case over the iterates up to k,
+    though ``curves`` names every iterate by its long run; a deterministic run read beside it carries no masks."""
+    from robustmed.reports.plots import curves
+
+    extra = {"randomized": True}
+    judged = _rows([-1, -1]).assign(defense="rpan", model="m", dataset="d", protocol="adaptive", draws=2,
+                                    clean_draw_mask=3)  # both samples right in both clean draws
+    iterates = [judged.assign(attack=name, draw_mask=masks, spec=json.dumps({"steps": k, "extra": extra,
+                                                                              **({"derived_from": "pgd100:sweep=10#x"} if k < 100 else {})}))
+                for name, k, masks in (("pgd100:sweep=10", 100, [3, 1]), ("pgd10@pgd100:sweep=10", 10, [1, 3]))]
+    plain = _rows([-1, 5]).assign(defense="none", model="m", dataset="d", protocol="adaptive", draws=1)
+    out = curves(pd.concat([*iterates, plain]), "steps")
+    # k = 10: sample 0 right in one of 2 draws → (0.5 + 1) / 2; k = 100 adds sample 1's 1 of 2 → (0.5 + 0.5) / 2
+    assert out["rpan"].x.tolist() == [10, 100] and out["rpan"].accuracy.tolist() == [0.75, 0.5]
+    assert out["none"].accuracy.iloc[-1] == 0.5

@@ -77,11 +77,11 @@ def curve_judged_steps(rows: pd.DataFrame) -> pd.DataFrame:
     The k-step point is the per-sample worst case over every judged iterate up to k (an attacker with k
     steps may return any earlier iterate): expected accuracy where the rows hold per-draw verdicts, else
     robust in every draw of every iterate up to k."""
-    verdicts = expected.judgements(rows)
+    steps = spec_field(rows, "steps").astype(int)
+    verdicts = expected.judgements(rows.assign(attack=steps.map(str)))  # one judgement per iterate, keyed by k
     if verdicts is not None:
-        steps = rows.assign(k=spec_field(rows, "steps")).groupby("attack").k.first()
-        return pd.DataFrame([_expected_point(k, verdicts, list(steps[steps <= k].index))
-                             for k in sorted(steps.unique())])
+        ks = sorted(steps.unique())
+        return pd.DataFrame([_expected_point(k, verdicts, [str(j) for j in ks if j <= k]) for k in ks])
     robust = rows.assign(k=spec_field(rows, "steps")).pivot_table(index="sample_id", columns="k", values="robust",
                                                                   aggfunc="min")
     cumulative = robust.astype(int).cummin(axis=1).astype(bool)
