@@ -43,6 +43,13 @@ def fast_rand_stages(num_classes: int) -> list[str]:
     return ["apgd-ce", "apgd-dlr" if num_classes >= 3 else "apgd-ce@random"]
 
 
+def _best_copy(candidates: torch.Tensor, score: torch.Tensor, copies: int) -> torch.Tensor:
+    """Of ``copies`` stacked runs over the same m samples (copy-major rows), each sample's highest-scoring one."""
+    m = len(candidates) // copies
+    choice = score.view(copies, m).argmax(0)
+    return candidates.view(copies, m, *candidates.shape[1:])[choice, torch.arange(m, device=candidates.device)]
+
+
 def _random_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
     return noise.to(x.device).mul_(2 * eps).sub_(eps)
@@ -72,8 +79,7 @@ def _restarts(random_starts: int, clean: bool, salt: int) -> Callable[..., Stage
             result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps,
                           loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
                           norm=spec.norm)
-            score = torch.where(result.success, torch.inf, result.loss).view(k, m)
-            return result.x_adv.view(k, m, *x.shape[1:])[score.argmax(0), torch.arange(m, device=y.device)]
+            return _best_copy(result.x_adv, torch.where(result.success, torch.inf, result.loss), k)
         return attack
     return build
 
@@ -105,15 +111,16 @@ def _square(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tenso
     strength (shorter runs never reach the small squares). A sample's candidate is its copy with the highest mean
     margin over ``square_q`` passes."""
     def attack(x, y, rows):
-        m, copies = len(y), max(1, min(SQUARE_COPIES, SQUARE_ROWS // max(1, len(y))))
+        copies = max(1, min(SQUARE_COPIES, SQUARE_ROWS // max(1, len(y))))
         queries = -(-spec.extra["square_queries"] // copies)
         kernel = square_kernel(forward, eps, queries=queries, seed=seed, q=spec.extra["square_q"], device=x.device,
                                norm=spec.norm)
         repeated = best_candidates(kernel, x.repeat(copies, *([1] * (x.ndim - 1))), y.repeat(copies))
+        if copies == 1:
+            return repeated
         with torch.no_grad():
             margin = sum(margin_loss(forward(repeated), y.repeat(copies)) for _ in range(spec.extra["square_q"]))
-        choice = margin.view(copies, m).argmax(0)
-        return repeated.view(copies, m, *x.shape[1:])[choice, torch.arange(m, device=y.device)]
+        return _best_copy(repeated, margin, copies)
     return attack
 
 

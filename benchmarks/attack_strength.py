@@ -96,6 +96,13 @@ def at_least_as_strong(ours: dict, reference: dict) -> str:
     return "yes" if missed == 0 else f"no: {missed} sample(s) the reference breaks stay robust"
 
 
+def seeded_subset(defense: str, n: int) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """The seeded n-image PneumoniaMNIST test subset every case here runs on, and the shipped model of ``defense``."""
+    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
+    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:n])
+    return x_all[ids], y_all[ids], robustmed.load_model(defense).eval()
+
+
 def retime(cases: dict[str, dict], again: Callable[[str], dict], repeats: int) -> None:
     """Time the target's pair (PGD-100, ``aa``) ``repeats`` times in all, alternating, and keep each one's fastest:
     on a shared machine one run of the same attack has taken from 25 to 36 CPU seconds. The flags must not move."""
@@ -108,9 +115,7 @@ def retime(cases: dict[str, dict], again: Callable[[str], dict], repeats: int) -
 
 def default_model_report(n: int, eps: float, clock, attacks: tuple[str, ...] = DEFAULT_ATTACKS,
                          repeats: int = 1) -> list[str]:
-    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
-    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:n])
-    x, y, model = x_all[ids], y_all[ids], robustmed.load_model("none").eval()
+    x, y, model = seeded_subset("none", n)
     cases = {a: robustmed_case(model, x, y, a, eps, clock) for a in dict.fromkeys(("pgd100", "aa", *attacks))}
     retime(cases, lambda a: robustmed_case(model, x, y, a, eps, clock), repeats)
     cases["pyautoattack APGD-CE x5"] = reference_case(model, x, y, apgd_ce_restarts(eps), clock)
@@ -143,9 +148,7 @@ def randomized_case(model, x, y, attack: str, eps: float, clock) -> dict:
 def randomized_report(defense: str, n: int, eps: float, clock) -> list[str]:
     """``aa-rand`` (early exit) against ``aa-rand:canonical`` and the null attack on a shipped randomized defense:
     expected robust accuracy, its excess over the per-sample best of the run (in points), time and passes."""
-    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
-    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:n])
-    x, y, model = x_all[ids], y_all[ids], robustmed.load_model(defense).eval()
+    x, y, model = seeded_subset(defense, n)
     cases = {a: randomized_case(model, x, y, a, eps, clock) for a in RANDOMIZED_ATTACKS}
     best = np.min([c["expected"] for c in cases.values()], axis=0)
     lines = [f"randomized defense {defense}, PneumoniaMNIST test, n = {n} seeded, ε = {255 * eps:.3g}/255, "
@@ -190,9 +193,7 @@ def square_copies_report(n: int, clock) -> list[str]:
     from robustmed.attacks.square import best_candidates, square_kernel
     from robustmed.attacks.eot import margin_loss
 
-    x_all, y_all = data_mod.load("pneumoniamnist").split("test")
-    ids = np.sort(np.random.default_rng(0).permutation(len(x_all))[:n])
-    x, y, model = x_all[ids], y_all[ids], robustmed.load_model("none").eval()
+    x, y, model = seeded_subset("none", n)
     lines = [f"Square-250 as copies, default model, PneumoniaMNIST test, n = {n} seeded"]
     for eps in (4 / 255, 8 / 255):
         for copies in (1, 2, 4):

@@ -82,8 +82,7 @@ def curve_judged_steps(rows: pd.DataFrame) -> pd.DataFrame:
     if verdicts is not None:
         ks = sorted(steps.unique())
         return pd.DataFrame([_expected_point(k, verdicts, [str(j) for j in ks if j <= k]) for k in ks])
-    robust = rows.assign(k=spec_field(rows, "steps")).pivot_table(index="sample_id", columns="k", values="robust",
-                                                                  aggfunc="min")
+    robust = rows.assign(k=steps).pivot_table(index="sample_id", columns="k", values="robust", aggfunc="min")
     cumulative = robust.astype(int).cummin(axis=1).astype(bool)
     return pd.DataFrame([_point(k, cumulative[k]) for k in cumulative.columns])
 
