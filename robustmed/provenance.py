@@ -48,6 +48,24 @@ def git_commit() -> str | None:
         return stated
 
 
+# What a run's rows depend on: the engine, models, defenses and data handling. Reports and the CLI only read rows.
+ROW_SOURCES = ("attacks", "defenses", "robustmed")
+NOT_ROW_SOURCES = ("robustmed/reports", "robustmed/cli.py", "robustmed/cli_parser.py")
+
+
+def row_source_sha256(root: Path | None = None) -> str:
+    """A digest of every source file that can change a run's rows, so a regeneration interrupted under one
+    version of the code is resumed only by the same version."""
+    root = root or Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for top in ROW_SOURCES:
+        for path in sorted((root / top).rglob("*")):
+            relative = path.relative_to(root).as_posix()
+            if path.is_file() and "__pycache__" not in relative and not relative.startswith(NOT_ROW_SOURCES):
+                digest.update(relative.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def weights_sha256(model: torch.nn.Module) -> str:
     """A hash of the parameters and buffers a model holds once loaded: new weights behind the same code
     (a retrained model read by the same ``--model-file``) name a new run."""

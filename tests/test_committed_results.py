@@ -2,8 +2,13 @@
 
 Issue 10's bar is that `robustmed regress` against the committed rows passes. The default tier reruns the
 cheapest committed run (PGD-20 ε sweep on the undefended model, about 10 s); the slow tier reruns them all.
+
+The slow tier is tens of CPU hours. With ``ROBUSTMED_REGEN_DIR`` set, each rerun goes to a folder named by the digest
+of the code that makes rows, so an interrupted slow tier resumes from its finished work units, and a rerun finished
+by the same code is read back instead of recomputed (docs/results.md, "Regenerating the committed runs").
 """
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import pytest
 
 from robustmed import store
 from robustmed.cli import main
-from robustmed.provenance import ENGINE
+from robustmed.provenance import ENGINE, row_source_sha256
 from robustmed.reports.regress import compare, rerun
 from robustmed.run.config import split_attacks
 from robustmed.suites import load_suite, randomized_defenses
@@ -81,10 +86,19 @@ def test_the_readme_shows_the_table_the_committed_rows_generate(capsys):
     assert table.count("\n") > 10 and table in (RESULTS.parent / "README.md").read_text()
 
 
-def _regenerates(run_dir: Path, tmp_path: Path, capsys) -> None:
+@pytest.fixture(scope="session")
+def reruns(tmp_path_factory) -> Path:
+    """Where reruns go: a scratch folder, or the resumable one ``ROBUSTMED_REGEN_DIR`` names for this code."""
+    root = os.environ.get("ROBUSTMED_REGEN_DIR")
+    if not root:
+        return tmp_path_factory.mktemp("reruns")
+    return Path(root).resolve() / f"rows-source-{row_source_sha256()[:16]}"
+
+
+def _regenerates(run_dir: Path, tmp_path: Path, capsys, reruns: Path) -> None:
     golden = tmp_path / "golden"
     shutil.copytree(run_dir, golden / run_dir.name)
-    candidate = tmp_path / "candidate"
+    candidate = reruns / run_dir.parent.name / run_dir.name
     rerun(store.load_runs(golden), str(candidate), "cpu")
     assert main(["regress", "--baseline", str(golden), "--candidate", str(candidate), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -98,12 +112,13 @@ def _same_rows(old: pd.DataFrame, new: pd.DataFrame) -> None:
                                   new[PER_SAMPLE].sort_values(key).reset_index(drop=True))
 
 
-def _columns_regenerate(run_dir: Path, columns: slice, tmp_path: Path) -> None:
+def _columns_regenerate(run_dir: Path, columns: slice, reruns: Path) -> None:
     """Some of a run's attacks, rerun alone, give its golden rows (regress.rerun says why)."""
     old, manifest = store.read_run(run_dir)
     attacks = split_attacks(manifest["config"]["attack"])[columns]
-    rerun([(old, manifest)], str(tmp_path), "cpu", attacks=attacks)
-    (new, _), = store.load_runs(tmp_path)
+    out = reruns / run_dir.parent.name / f"{run_dir.name}-columns-{columns.start}-{columns.stop}"
+    rerun([(old, manifest)], str(out), "cpu", attacks=attacks)
+    (new, _), = store.load_runs(out)
     expected = set(attacks) | ({"null"} & set(old.attack))  # a randomized run carries its null baseline (C5)
     assert set(new.attack) == expected
     old = old[old.attack.isin(expected)]
@@ -113,8 +128,11 @@ def _columns_regenerate(run_dir: Path, columns: slice, tmp_path: Path) -> None:
     _same_rows(old, new)
 
 
-def _protocol_id(run_dir: Path) -> str:
-    return f"{run_dir.parent.name}/{run_dir.name.split('-pgd')[0]}-{'paper' if 'protocolpaper' in run_dir.name else 'adaptive'}"
+def _run_test_id(run_dir: Path) -> str:
+    """suite/defense-protocol-dataset: names one committed run, so a slow-tier test can be picked by its node id."""
+    manifest = MANIFESTS[run_dir]
+    protocol = "paper" if "protocolpaper" in run_dir.name else "adaptive"
+    return f"{run_dir.parent.name}/{manifest['defense']}-{protocol}-{manifest['dataset']}"
 
 
 RANDOMIZED = [d for d in COMMITTED if any(a["extra"].get("randomized") for a in MANIFESTS[d]["attacks"].values())]
@@ -140,24 +158,24 @@ def _committed_run(suite: str, pattern: str, dataset: str) -> Path:
 
 
 def test_the_cheapest_committed_run_regenerates_sample_for_sample(tmp_path, data_root, capsys, batch_invariant_kernels):
-    _regenerates(_committed_run("fig6-eps", "none-pgd20-*", "pneumoniamnist"), tmp_path, capsys)
+    _regenerates(_committed_run("fig6-eps", "none-pgd20-*", "pneumoniamnist"), tmp_path, capsys, tmp_path / "reruns")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", _current(RANDOMIZED), ids=_protocol_id)
-def test_every_randomized_runs_gradient_columns_regenerate(run_dir, tmp_path, data_root):
+@pytest.mark.parametrize("run_dir", _current(RANDOMIZED), ids=_run_test_id)
+def test_every_randomized_runs_gradient_columns_regenerate(run_dir, data_root, reruns):
     """The EOT PGD/BIM/MIM columns (10 to 15 min a run); the full rerun below adds AA and Square (30 to 40 min)."""
-    _columns_regenerate(run_dir, slice(0, 4), tmp_path)
+    _columns_regenerate(run_dir, slice(0, 4), reruns)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", _current(RANDOMIZED), ids=_protocol_id)
-def test_every_randomized_runs_square_column_regenerates(run_dir, tmp_path, data_root):
+@pytest.mark.parametrize("run_dir", _current(RANDOMIZED), ids=_run_test_id)
+def test_every_randomized_runs_square_column_regenerates(run_dir, data_root, reruns):
     """Square-1000 under EOT-4 (adaptive, 6 to 8 min) or one draw (paper protocol, 1 to 2 min): the gradient-free path."""
-    _columns_regenerate(run_dir, slice(5, 6), tmp_path)
+    _columns_regenerate(run_dir, slice(5, 6), reruns)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_dir", _current(COMMITTED), ids=lambda p: f"{p.parent.name}/{p.name.split('-pgd')[0]}")
-def test_every_committed_run_regenerates_sample_for_sample(run_dir, tmp_path, data_root, capsys):
-    _regenerates(run_dir, tmp_path, capsys)
+@pytest.mark.parametrize("run_dir", _current(COMMITTED), ids=_run_test_id)
+def test_every_committed_run_regenerates_sample_for_sample(run_dir, tmp_path, data_root, capsys, reruns):
+    _regenerates(run_dir, tmp_path, capsys, reruns)
