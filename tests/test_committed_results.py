@@ -26,7 +26,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(m.parent for d in ("table3", "fig6-steps", "fig6-eps", "threats") for m in (RESULTS / d).glob("*/manifest.json"))
 MANIFESTS = {d: json.loads((d / store.MANIFEST_FILE).read_text()) for d in COMMITTED}
 PER_SAMPLE = ["sample_id", "attack", "eps", "clean_correct", "adv_pred", "robust", "first_success_step"]
-DRAW_COUNTS = ["correct_draws", "draws", "clean_correct_draws"]  # a randomized run's expected accuracy is read from them
+# a randomized run's per-draw verdicts (expected accuracy and its interval are read from the masks)
+DRAWS = ["correct_draws", "draws", "clean_correct_draws", "draw_mask", "clean_draw_mask"]
 
 
 def test_every_committed_run_loads_with_its_declared_rows():
@@ -109,7 +110,7 @@ def _regenerates(run_dir: Path, tmp_path: Path, capsys, reruns: Path) -> None:
 
 def _same_rows(old: pd.DataFrame, new: pd.DataFrame) -> None:
     key = ["attack", "eps", "sample_id"]
-    columns = PER_SAMPLE + [c for c in DRAW_COUNTS if c in old]
+    columns = PER_SAMPLE + [c for c in DRAWS if c in old]
     pd.testing.assert_frame_equal(old[columns].sort_values(key).reset_index(drop=True),
                                   new[columns].sort_values(key).reset_index(drop=True))
 
