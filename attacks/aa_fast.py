@@ -4,8 +4,8 @@ Every stage runs robustmed's shrinking-batch APGD (``apgd.py``) or Square on the
 stages left, so a pass is spent only where a verdict can still change. What each stage is for:
 the first APGD-CE run from the harness's seeded start breaks nearly every breakable sample; the
 survivors get targeted runs where the class count gives targets, then starts the first run did not
-try (the clean image, fresh seeded random points) side by side in one batch, and a gradient-free Square run last, as a
-check against gradient masking. The order and budgets follow the measured yield of each stage
+try (the clean image and seeded vertices of the ε-box) side by side in one batch, and a gradient-free Square run
+last, as a check against gradient masking. The order and budgets follow the measured yield of each stage
 (docs/performance.md, "AutoAttack at PGD-100 cost").
 """
 from __future__ import annotations
@@ -21,8 +21,11 @@ from robustmed.attacks.pgd import padding_bits
 from robustmed.attacks.square import best_candidates, square_kernel
 
 FAST_TARGETS = 3  # targeted runs (C ≥ 3) aim at the clean prediction's runners-up, most likely first
-FAST_RANDOM_STARTS = 2  # beside the clean start, on every sample the first run left
-FAST_WIDE_STARTS = 8  # then on what those leave; each start runs its full schedule (late halvings break them)
+# Beside the clean start, each sample the first run left gets seeded vertex starts: at least FAST_STARTS_MIN, and
+# more when few samples are left, up to FAST_STARTS_MAX, so the batch holds about FAST_START_ROWS rows. A hard sample
+# breaks from a few percent of starts, each with its whole schedule (docs/performance.md): only many starts find it.
+FAST_STARTS_MIN, FAST_STARTS_MAX, FAST_START_ROWS = 10, 32, 100
+RAND_RESTART_SALT = 10  # aa-rand's second start (C = 2), seeded apart from the first run's
 FAST_SQUARE_QUERIES = 250
 SQUARE_COPIES, SQUARE_ROWS = 4, 32  # on few survivors, up to 4 copies each, at most 32 rows (docs/performance.md)
 
@@ -31,9 +34,15 @@ Stage = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x
 
 def fast_stages(num_classes: int) -> list[str]:
     """Untargeted CE from the seeded start, then (survivors only) targeted runs where C ≥ 3, the clean start and
-    two seeded random starts side by side in one batch, eight more random starts on what those leave, Square."""
+    10–32 seeded vertex starts side by side in one batch, Square."""
     targeted = ["apgd-t"] if num_classes >= 3 else []
-    return ["apgd-ce", *targeted, "apgd-ce@restarts", "apgd-ce@wide", "square"]
+    return ["apgd-ce", *targeted, "apgd-ce@starts", "square"]
+
+
+def fast_start_budget() -> dict[str, int]:
+    """The starts stage's budget as the expanded spec stores it."""
+    return {"clean": 1, "vertices_min": FAST_STARTS_MIN, "vertices_max": FAST_STARTS_MAX,
+            "batch_rows": FAST_START_ROWS}
 
 
 def fast_rand_stages(num_classes: int) -> list[str]:
@@ -50,9 +59,10 @@ def _best_copy(candidates: torch.Tensor, score: torch.Tensor, copies: int) -> to
     return candidates.view(copies, m, *candidates.shape[1:])[choice, torch.arange(m, device=candidates.device)]
 
 
-def _random_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
-    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-    return noise.to(x.device).mul_(2 * eps).sub_(eps)
+def _random_start(x: torch.Tensor, eps: float, seed: int, vertex: bool = False) -> torch.Tensor:
+    """A seeded start: uniform in the box [−ε, ε]ᵈ, or (``vertex``) one of its vertices, each sign a coin flip."""
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype).to(x.device)
+    return noise.sub_(.5).sign_().mul_(eps) if vertex else noise.mul_(2 * eps).sub_(eps)
 
 
 def _from_start(loss: str) -> Callable[..., Stage]:
@@ -66,15 +76,18 @@ def _from_start(loss: str) -> Callable[..., Stage]:
     return build
 
 
-def _restarts(random_starts: int, clean: bool, salt: int) -> Callable[..., Stage]:
-    """APGD-CE from the clean start (``clean``) and ``random_starts`` seeded random ones, all in one batch (a pass
-    over a few rows costs about what a pass over one does on small models); a sample's rows leave together once
-    one of them breaks."""
+def _restarts(random_starts: int, clean: bool, salt: int, vertex: bool = False,
+              fill_rows: int = 0, most: int = 0) -> Callable[..., Stage]:
+    """APGD-CE from the clean start (``clean``) and ``random_starts`` seeded random ones (more, up to ``most``,
+    when ``fill_rows`` over the samples left allows), all in one batch; a sample's rows leave together once one of
+    them breaks."""
     def build(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
         def attack(x, y, rows):
-            k, m = int(clean) + random_starts, len(y)
+            m = len(y)
+            randoms = max(random_starts, min(most, fill_rows // m))
+            k = int(clean) + randoms
             starts = torch.cat([*([torch.zeros_like(x)] if clean else []),
-                                *(_random_start(x, eps, seed + salt + r) for r in range(1, random_starts + 1))])
+                                *(_random_start(x, eps, seed + salt + r, vertex) for r in range(1, randoms + 1))])
             group = torch.arange(m, device=y.device).repeat(k)
             result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps,
                           loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
@@ -127,9 +140,9 @@ def _square(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tenso
 FAST_STAGES: dict[str, Callable[..., Stage]] = {
     "apgd-ce": _from_start("ce"),
     "apgd-dlr": _from_start("dlr"),
-    "apgd-ce@random": _restarts(1, clean=False, salt=FAST_RANDOM_STARTS + FAST_WIDE_STARTS),
-    "apgd-ce@restarts": _restarts(FAST_RANDOM_STARTS, clean=True, salt=0),
-    "apgd-ce@wide": _restarts(FAST_WIDE_STARTS, clean=False, salt=FAST_RANDOM_STARTS),
+    "apgd-ce@random": _restarts(1, clean=False, salt=RAND_RESTART_SALT),
+    "apgd-ce@starts": _restarts(FAST_STARTS_MIN, clean=True, salt=0, vertex=True, fill_rows=FAST_START_ROWS,
+                                most=FAST_STARTS_MAX),
     "apgd-t": _targeted,
     "square": _square,
 }

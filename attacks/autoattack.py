@@ -172,6 +172,8 @@ def _adapter(stages: Callable[[int], list[str]], restarts_of: Callable[[int], di
             cascade = fast(num_classes)
             extra = {**spec.extra, "cascade": cascade,
                      "n_target_classes": min(aa_fast.FAST_TARGETS, num_classes - 1) if "apgd-t" in cascade else 0}
+            if "apgd-ce@starts" in cascade:
+                extra["starts"] = aa_fast.fast_start_budget()
             if spec.eot > 1:  # a sample leaves a run only once wrong in every draw of a step (E1: stored)
                 extra["early_exit"] = "wrong in every EOT draw"
             if "square" not in cascade:
@@ -255,7 +257,8 @@ def run_autoattack(forward, x, y, *, spec: AttackSpec, eps: float, start=None, s
 
 for _name, _stages, _restarts, _fast, _l1, _description, _defaults, _amp in (  # FAB overflows fp16: AA stays fp32
     ("aa", standard_stages, standard_restarts, fast_stages, True,
-     "AutoAttack: early-exit APGD-CE, then on survivors APGD-T (C ≥ 3), 11 more starts, Square-250; "
+     "AutoAttack: early-exit APGD-CE, then on survivors APGD-T (C ≥ 3), the clean and 10-32 vertex starts, "
+     "Square-250; "
      "aa:canonical: the standard APGD-CE, APGD-T, FAB-T, Square-5000 (adapted to C, check A7)", {}, False),
     ("aa-rand", rand_stages, rand_restarts, fast_rand_stages, False,
      "AutoAttack rand with EOT 20: early-exit APGD-CE, then on survivors APGD-DLR (C = 2: APGD-CE from one more "

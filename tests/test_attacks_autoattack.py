@@ -169,7 +169,7 @@ def test_aa_names_the_fast_cascade_and_aa_canonical_the_standard_one():
     assert stored.name == "aa" and stored.digest(EPS) != fast.digest(EPS)
     assert stored.to_json(EPS) == canonical.to_json(EPS).replace('"aa:canonical"', '"aa"')
     assert FAMILIES.get("aa").adapt(fast, 2).extra["cascade"] == [
-        "apgd-ce", "apgd-ce@restarts", "apgd-ce@wide", "square"]
+        "apgd-ce", "apgd-ce@starts", "square"]
     assert "apgd-t" in FAMILIES.get("aa").adapt(fast, 10).extra["cascade"]
     with pytest.raises(Exception, match="canonical"):
         parse_attack("aa:quick")
