@@ -269,4 +269,5 @@ for _name, _stages, _restarts, _fast, _l1, _description, _defaults, _amp in (  #
         alpha=lambda eps, steps: 2 * eps, alpha_rule="apgd: initial step 2*eps, halved adaptively",
         defaults=_defaults, randomized_eot=20, adapt=_adapter(_stages, _restarts, _fast, _l1), amp=_amp,
         reports_stages=True, default_variant="fast", norms=("Linf", "L2", "L1"),
+        revisions={"fast": 1} if _name == "aa" else {},  # 1: the starts stage (clean + 10-32 vertex starts)
     ))

@@ -133,6 +133,9 @@ class AttackFamily:
     reports_stages: bool = False  # takes ``on_stage(fraction)``: a cascade says how many of its stages are done
     default_variant: str = ""  # what the bare name means from spec version 3 on (``NAME:canonical``: the "" form)
     norms: tuple[str, ...] = ("Linf",)  # threat models it attacks in (``norm=l2``)
+    # variant → revision, bumped when what a variant computes changes under the same name: a run's id includes it,
+    # so a run stored by the earlier form is never read back as this one's
+    revisions: dict = field(default_factory=dict)
 
 
 FAMILIES: Registry[AttackFamily] = Registry("attack")

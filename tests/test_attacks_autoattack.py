@@ -215,3 +215,16 @@ def test_fast_cascade_is_as_strong_as_pyautoattacks_standard_cascade_at_small_bu
     assert 0 < theirs.sum() < len(y) and not (theirs & ~ours.success).any()
     assert (ours.x_adv - x).abs().max() <= 0.02 + 1e-6
     assert counter.forward + counter.backward < reference.forward + reference.backward
+
+
+def test_a_revised_variant_never_reads_back_a_run_its_earlier_form_stored(monkeypatch):
+    """Bumping a variant's revision moves the id of every run that names it, and only those."""
+    from robustmed.run.config import BenchConfig, run_id_for
+
+    def ids():
+        return [run_id_for(BenchConfig(attack=a), "none", None, "d") for a in ("pgd10,aa", "aa:canonical", "pgd10")]
+
+    before = ids()
+    monkeypatch.setitem(FAMILIES.get("aa").revisions, "fast", FAMILIES.get("aa").revisions["fast"] + 1)
+    after = ids()
+    assert after[0] != before[0] and after[1:] == before[1:]

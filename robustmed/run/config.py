@@ -125,6 +125,9 @@ def run_id_for(cfg: BenchConfig, defense: str, checkpoint_sha256: str | None, da
            "engine": ENGINE}
     if versions := sorted({s.version for s in cfg.specs()} - {SPEC_VERSION}):
         key["spec_versions"] = versions  # a name whose meaning moved (aa) never reads back the older run
+    if revised := sorted({f"{s.family}:{s.variant or 'canonical'}@{r}" for s in cfg.specs()
+                          if (r := FAMILIES.get(s.family).revisions.get(s.variant, 0))}):
+        key["revisions"] = revised
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     safe_attack = cfg.attack.replace(",", "+").replace(":", "_").replace("=", "").replace("/", "-")[:60]
     return f"{defense}-{safe_attack}-{tag}"
