@@ -76,25 +76,33 @@ def _from_start(loss: str) -> Callable[..., Stage]:
     return build
 
 
-def _restarts(random_starts: int, clean: bool, salt: int, vertex: bool = False,
-              fill_rows: int = 0, most: int = 0) -> Callable[..., Stage]:
-    """APGD-CE from the clean start (``clean``) and ``random_starts`` seeded random ones (more, up to ``most``,
-    when ``fill_rows`` over the samples left allows), all in one batch; a sample's rows leave together once one of
-    them breaks."""
-    def build(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
-        def attack(x, y, rows):
-            m = len(y)
-            randoms = max(random_starts, min(most, fill_rows // m))
-            k = int(clean) + randoms
-            starts = torch.cat([*([torch.zeros_like(x)] if clean else []),
-                                *(_random_start(x, eps, seed + salt + r, vertex) for r in range(1, randoms + 1))])
-            group = torch.arange(m, device=y.device).repeat(k)
-            result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps,
-                          loss="ce", start=starts, eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
-                          norm=spec.norm)
-            return _best_copy(result.x_adv, torch.where(result.success, torch.inf, result.loss), k)
-        return attack
-    return build
+def _apgd_ce_from(forward, x, y, spec: AttackSpec, eps: float, starts: list[torch.Tensor]) -> torch.Tensor:
+    """APGD-CE from each of ``starts`` (perturbations of ``x``), all in one batch; a sample's rows leave together
+    once one of them breaks, and its best row is its candidate."""
+    k, m = len(starts), len(y)
+    group = torch.arange(m, device=y.device).repeat(k)
+    result = apgd(forward, x.repeat(k, *([1] * (x.ndim - 1))), y.repeat(k), eps=eps, steps=spec.steps, loss="ce",
+                  start=torch.cat(starts), eot=max(1, spec.eot), bucket_bits=padding_bits(spec), group=group,
+                  norm=spec.norm)
+    return _best_copy(result.x_adv, torch.where(result.success, torch.inf, result.loss), k)
+
+
+def _random_restart(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
+    """APGD-CE from one more seeded uniform start (``aa-rand`` on two classes)."""
+    return lambda x, y, rows: _apgd_ce_from(forward, x, y, spec, eps,
+                                            [_random_start(x, eps, seed + RAND_RESTART_SALT + 1)])
+
+
+def _starts(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
+    """APGD-CE from the clean image and seeded vertex starts, with the budget the spec stores (``starts``): at least
+    ``vertices_min`` per sample, more when few samples are left, up to ``vertices_max`` or ``batch_rows`` rows."""
+    budget = spec.extra["starts"]
+
+    def attack(x, y, rows):
+        vertices = max(budget["vertices_min"], min(budget["vertices_max"], budget["batch_rows"] // len(y)))
+        return _apgd_ce_from(forward, x, y, spec, eps, [torch.zeros_like(x)] + [
+            _random_start(x, eps, seed + r, vertex=True) for r in range(1, vertices + 1)])
+    return attack
 
 
 def _targeted(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tensor | None) -> Stage:
@@ -140,9 +148,8 @@ def _square(forward, eps: float, spec: AttackSpec, seed: int, start: torch.Tenso
 FAST_STAGES: dict[str, Callable[..., Stage]] = {
     "apgd-ce": _from_start("ce"),
     "apgd-dlr": _from_start("dlr"),
-    "apgd-ce@random": _restarts(1, clean=False, salt=RAND_RESTART_SALT),
-    "apgd-ce@starts": _restarts(FAST_STARTS_MIN, clean=True, salt=0, vertex=True, fill_rows=FAST_START_ROWS,
-                                most=FAST_STARTS_MAX),
+    "apgd-ce@random": _random_restart,
+    "apgd-ce@starts": _starts,
     "apgd-t": _targeted,
     "square": _square,
 }
