@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from robustmed.allocator import malloc_state
+from robustmed.kernels import kernel_fingerprint
 
 # Bumped when the engine's per-sample results change for the same config (2: one candidate per sample
 # and attack, judged once over fresh draws; nested ε on randomized models; binary AA at full strength).
@@ -77,18 +78,32 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def cpu_model() -> str:
+    """The CPU's model name where the system states it (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: torch.device | str = "cpu") -> dict:
     device = torch.device(device)
     info = {
         "system": platform.system(),
         "python": platform.python_version(),
         "processor": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "malloc": malloc_state()["malloc"],
+        "kernels": kernel_fingerprint(device),  # where it matches, a rerun must give the stored rows bit for bit
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

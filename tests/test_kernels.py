@@ -1,0 +1,33 @@
+"""Every run records how its machine's kernels round fp32 arithmetic, so a regeneration knows whether exact rows
+are to be expected (tests/test_committed_results.py)."""
+import subprocess
+import sys
+
+import torch
+
+from robustmed.kernels import kernel_fingerprint
+from robustmed.provenance import machine
+
+
+def test_the_fingerprint_is_stable_and_leaves_the_callers_random_stream_alone():
+    torch.manual_seed(3)
+    state = torch.random.get_rng_state()
+    first = kernel_fingerprint()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert first == kernel_fingerprint() and len(first) == 16 and int(first, 16) >= 0
+
+
+def test_every_run_and_checkpoint_records_it_with_the_cpu():
+    info = machine()
+    assert info["kernels"] == kernel_fingerprint() and info["cpu"] and info["cpu_capability"]
+
+
+def test_another_process_with_the_same_settings_gets_the_same_fingerprint():
+    probe = "import torch; torch.set_num_threads(1); from robustmed.kernels import kernel_fingerprint as k; print(k())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert out == kernel_fingerprint()
+    finally:
+        torch.set_num_threads(threads)
