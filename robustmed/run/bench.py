@@ -217,6 +217,7 @@ class _Run:
     run_dir: Path
     units: list
     bpda_sites: int
+    source_commit: str | None  # read when the run starts: the tree may move on while it computes
 
 
 
@@ -301,7 +302,7 @@ def start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRep
     units = plan_mod.plan(run_id, str(run_dir), attacks, ctx.ids, cfg.unit_size(), job)
     if executor is not None and executor.name == "local":
         _share_with_units(cfg, ctx, target, job)
-    run = _Run(cfg, ctx, target, preflight, run_dir, units, sites)
+    run = _Run(cfg, ctx, target, preflight, run_dir, units, sites, git_commit())
     _write_plan(run)
     return run
 
@@ -340,7 +341,7 @@ def finish(run: _Run) -> BenchReport:
         "executor": cfg.executor, "shard_size": cfg.unit_size(),
         "checks": cfg.checks, "findings": [f.to_json() for f in findings], "unreliable": unreliable(findings),
         "bpda_sites": run.bpda_sites,
-        "git_commit": git_commit(), "packages": package_versions(), "machine": machine(ctx.device),
+        "git_commit": run.source_commit, "packages": package_versions(), "machine": machine(ctx.device),
         **run_extras(ctx, adversarial(rows)),
     }
     store.finish_run(run.run_dir, rows, manifest)

@@ -1,12 +1,15 @@
-"""Every run records how its machine's kernels round fp32 arithmetic, so a regeneration knows whether exact rows
-are to be expected (tests/test_committed_results.py)."""
+"""What a run records about the code and machine that made it (check E2): the commit its code came from, and how
+the machine's kernels round fp32 arithmetic, so a regeneration knows whether exact rows are to be expected
+(tests/test_committed_results.py)."""
 import subprocess
 import sys
 
 import torch
 
+from robustmed import store
 from robustmed.kernels import kernel_fingerprint
 from robustmed.provenance import machine
+from robustmed.run import bench
 
 
 def test_the_fingerprint_is_stable_and_leaves_the_callers_random_stream_alone():
@@ -31,3 +34,12 @@ def test_another_process_with_the_same_settings_gets_the_same_fingerprint():
         assert out == kernel_fingerprint()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_run_names_the_commit_its_code_came_from_not_the_one_checked_out_when_it_ends(data_root, tmp_path,
+                                                                                          monkeypatch):
+    commits = iter(["commit-at-start", "commit-at-finish"])
+    monkeypatch.setattr(bench, "git_commit", lambda: next(commits))
+    report = bench.run_bench(bench.BenchConfig(defense="none", attack="pgd2", n=8, out=str(tmp_path), progress=False))
+    _, manifest = store.read_run(report.run_dir)
+    assert manifest["git_commit"] == "commit-at-start" and manifest["machine"]["kernels"] == kernel_fingerprint()
