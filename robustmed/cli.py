@@ -165,7 +165,7 @@ def cmd_plot(args) -> int:
 def cmd_regress(args) -> int:
     import tempfile
 
-    from robustmed.reports.regress import compare, rerun, verdict
+    from robustmed.reports.regress import compare, kernel_notes, rerun, verdict
     from robustmed.store import load_runs
 
     baseline = load_runs(args.baseline)
@@ -178,9 +178,10 @@ def cmd_regress(args) -> int:
             rerun(baseline, scratch, args.device)
             candidate = load_runs(scratch)
         comparisons, missing = compare(baseline, candidate)
+        notes = kernel_notes(baseline, candidate)
     reasons = verdict(comparisons, missing, args.tolerance, args.alpha)
     if args.json:
-        print(json.dumps({"passed": not reasons, "reasons": reasons, "groups": [
+        print(json.dumps({"passed": not reasons, "reasons": reasons, "notes": notes, "groups": [
             {"group": list(map(str, c.group)), "n": c.n, "baseline": c.baseline_accuracy,
              "candidate": c.candidate_accuracy, "flipped_down": c.flipped_down, "flipped_up": c.flipped_up,
              "p_value": c.p_value} for c in comparisons]}))
@@ -189,6 +190,8 @@ def cmd_regress(args) -> int:
             print(f"{'/'.join(map(str, c.group))}: {100 * c.baseline_accuracy:.1f} → {100 * c.candidate_accuracy:.1f} "
                   f"(n {c.n}, lost {c.flipped_down or 'none'}, gained {c.flipped_up or 'none'}, "
                   f"McNemar p {c.p_value:.3g})")
+        for note in notes:
+            print(f"note: {note}")
         print("FAIL: " + "; ".join(reasons) if reasons else "PASS: no significant robust-accuracy drop")
     return 1 if reasons else 0
 

@@ -13,7 +13,7 @@ from robustmed.cli import main
 from robustmed.reports.evidence import WORST, evaluations
 from robustmed.reports.leaderboard import STALE_FLAG, boards, render_html, render_markdown
 from robustmed.provenance import ENGINE
-from robustmed.reports.regress import compare, mcnemar_exact, verdict
+from robustmed.reports.regress import compare, kernel_notes, mcnemar_exact, verdict
 from robustmed.reports.tables import render
 
 EPS = 4 / 255
@@ -96,6 +96,18 @@ def test_regress_logic_names_flipped_samples(runs):
     assert verdict(*compare(baseline, baseline), tolerance=0.0, alpha=0.05) == []
 
 
+def test_regress_notes_a_golden_run_made_on_kernels_that_round_differently():
+    def run(run_id, kernels):
+        return None, {"run_id": run_id, "machine": {"kernels": kernels} if kernels else {}}
+
+    here = [run("candidate", "aaaa")]
+    assert kernel_notes([run("same", "aaaa")], here) == []
+    (other,) = kernel_notes([run("other", "bbbb")], here)
+    (unrecorded,) = kernel_notes([run("old", None)], here)
+    assert other.startswith("other was made on kernels bbbb, the candidate on aaaa")
+    assert unrecorded.startswith("old was made on kernels it did not record")
+
+
 GOLDEN = store.Path(__file__).resolve().parent.parent / "results" / "golden" / "ci"
 
 
@@ -104,7 +116,9 @@ def test_regress_cli_fails_on_a_perturbed_golden_and_passes_unchanged(tmp_path, 
     golden = tmp_path / "golden"
     shutil.copytree(GOLDEN, golden)
     assert main(["regress", "--baseline", str(golden), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["passed"] is True
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is True and [n.split(" was made on ")[1][:29] for n in report["notes"]] == [
+        "kernels it did not record, th"]  # the golden run predates the record
     (run_dir,) = [p for p in golden.iterdir() if p.is_dir()]
     rows = pd.read_parquet(run_dir / store.ROWS_FILE)
     flip = rows[(rows.attack == "pgd10") & rows.clean_correct & ~rows.robust].sample_id.head(8).tolist()

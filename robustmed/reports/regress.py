@@ -124,3 +124,18 @@ def verdict(comparisons: list[Comparison], missing: list, tolerance: float, alph
         elif c.drop > tolerance:
             reasons.append(f"{label}: drop {100 * c.drop:.1f} pt exceeds the tolerance {100 * tolerance:.1f} pt")
     return reasons
+
+
+def kernel_notes(baseline_runs, candidate_runs) -> list[str]:
+    """Golden runs made on kernels that round differently from every candidate run's (or that predate the record):
+    there a sample near the boundary can flip from arithmetic alone, so only the paired test is meaningful."""
+    here = {(m or {}).get("machine", {}).get("kernels") for _, m in candidate_runs} - {None}
+    notes = []
+    for _, manifest in baseline_runs:
+        recorded = manifest.get("machine", {}).get("kernels")
+        if recorded is None or (here and recorded not in here):
+            made_on = f"kernels {recorded}" if recorded else "kernels it did not record"
+            notes.append(f"{manifest.get('run_id', '?')} was made on {made_on}, the candidate on "
+                         f"{', '.join(sorted(here)) or 'unrecorded ones'}: per-sample flips there can come from "
+                         "rounding alone; the paired test is the gate")
+    return notes
