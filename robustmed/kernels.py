@@ -40,10 +40,12 @@ def kernel_fingerprint(device: torch.device | str = "cpu") -> str:
         net = _probe_network(generator).to(device)
     images = torch.rand(PROBE_BATCH, 1, 28, 28, generator=generator).to(device)
     digest = hashlib.sha256()
-    for batch in (images, images[:1]):
-        batch = batch.clone().requires_grad_()
-        logits = net(batch)
-        (gradient,) = torch.autograd.grad(logits[:, 1].sum() - logits[:, 0].sum(), batch)
-        for tensor in (logits, gradient):
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    # on a GPU, deterministic kernels: a fingerprint that changed from call to call would match nothing
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        for batch in (images, images[:1]):
+            batch = batch.clone().requires_grad_()
+            logits = net(batch)
+            (gradient,) = torch.autograd.grad(logits[:, 1].sum() - logits[:, 0].sum(), batch)
+            for tensor in (logits, gradient):
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
