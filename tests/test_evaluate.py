@@ -12,7 +12,7 @@ from robustmed.seeds import select_subset
 
 @pytest.fixture(scope="module")
 def pneumonia(data_root):
-    return load("pneumoniamnist").split("test")
+    return load("pneumoniamnist", data_root).split("test")
 
 
 def test_a_randomized_defense_is_attacked_with_eot_and_judged_over_draws_without_being_told(pneumonia):
