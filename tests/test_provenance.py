@@ -9,7 +9,7 @@ import torch
 from robustmed import store
 from robustmed.kernels import kernel_fingerprint
 from robustmed.provenance import machine
-from robustmed.run import bench
+from robustmed.run import bench, work
 
 
 def test_the_fingerprint_is_stable_and_leaves_the_callers_random_stream_alone():
@@ -39,7 +39,14 @@ def test_another_process_with_the_same_settings_gets_the_same_fingerprint():
 def test_a_run_names_the_commit_its_code_came_from_not_the_one_checked_out_when_it_ends(data_root, tmp_path,
                                                                                           monkeypatch):
     commits = iter(["commit-at-start", "commit-at-finish"])
-    monkeypatch.setattr(bench, "git_commit", lambda: next(commits))
-    report = bench.run_bench(bench.BenchConfig(defense="none", attack="pgd2", n=8, out=str(tmp_path), progress=False))
+    monkeypatch.setattr(work, "git_commit", lambda: next(commits))
+    work.source_commit.cache_clear()
+    try:
+        report = bench.run_bench(bench.BenchConfig(defense="none", attack="pgd2", n=8, out=str(tmp_path),
+                                                   progress=False))
+    finally:
+        work.source_commit.cache_clear()
     _, manifest = store.read_run(report.run_dir)
     assert manifest["git_commit"] == "commit-at-start" and manifest["machine"]["kernels"] == kernel_fingerprint()
+    units = [store.read_unit(report.run_dir, unit["unit_id"])[1] for unit in manifest["units"]]
+    assert units and {unit["git_commit"] for unit in units} == {"commit-at-start"}  # its units name the same

@@ -32,7 +32,7 @@ from robustmed.ordinal import judged_rows
 from robustmed.resolve import with_null_baseline
 from robustmed.summary import summarize
 from robustmed.progress import status
-from robustmed.provenance import ENGINE, git_commit, machine, package_versions
+from robustmed.provenance import ENGINE, machine, package_versions
 from robustmed.randomness import is_randomized
 from robustmed.run import plan as plan_mod, work
 from robustmed.run.config import BenchConfig, identity, job_config, out_root, resumed, run_id_for, split_attacks
@@ -217,7 +217,7 @@ class _Run:
     run_dir: Path
     units: list
     bpda_sites: int
-    source_commit: str | None  # read when the run starts: the tree may move on while it computes
+    source_commit: str | None  # the commit its units record (read once per process, when the run starts)
 
 
 
@@ -302,7 +302,7 @@ def start(cfg: BenchConfig, executor: Executor | None = None) -> _Run | BenchRep
     units = plan_mod.plan(run_id, str(run_dir), attacks, ctx.ids, cfg.unit_size(), job)
     if executor is not None and executor.name == "local":
         _share_with_units(cfg, ctx, target, job)
-    run = _Run(cfg, ctx, target, preflight, run_dir, units, sites, git_commit())
+    run = _Run(cfg, ctx, target, preflight, run_dir, units, sites, work.source_commit())
     _write_plan(run)
     return run
 

@@ -114,8 +114,9 @@ def compute(unit: Unit, device) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    """Once per process: a worker runs many units, and `git status` is not free."""
+def source_commit() -> str | None:
+    """The commit this process's code came from, read once: a worker runs many units, `git status` is not free,
+    and the tree may move on while they compute."""
     return git_commit()
 
 
@@ -125,7 +126,7 @@ def preload(spec: dict, device_name: str | None = None) -> None:
     look up the commit units record, before its first unit arrives. ``spec`` is a :func:`load_spec` or a job;
     what a unit computes does not depend on whether its model was preloaded."""
     _load(spec, resolve_device(device_name or spec["config"]["device"]))
-    _git_commit()
+    source_commit()
 
 
 
@@ -142,6 +143,6 @@ def run(unit: Unit, device_name: str | None = None) -> dict:
     rows = compute(unit, device)
     meta = {"run_id": unit.run_id, "index": unit.index, "attack": unit.attack, "sample_ids": list(unit.sample_ids),
             "wall_time_s": round(time.perf_counter() - started, 3), "device": str(device),
-            "git_commit": _git_commit()}
+            "git_commit": source_commit()}
     store.write_unit(unit.run_dir, unit.unit_id, rows, meta)
     return store.read_unit(unit.run_dir, unit.unit_id)[1]
