@@ -8,6 +8,7 @@ expected to regenerate sample for sample only where its fingerprint matches (doc
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -49,3 +50,21 @@ def kernel_fingerprint(device: torch.device | str = "cpu") -> str:
             for tensor in (logits, gradient):
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=8)
+def _cached(device: str, threads: int) -> str:
+    return kernel_fingerprint(device)
+
+
+def process_fingerprint(device: torch.device | str = "cpu") -> str:
+    """This process's fingerprint, computed once per device and thread count: every unit a worker computes records
+    it, so a run whose units ran on several machines says which kernels made which rows."""
+    return _cached(str(torch.device(device)), torch.get_num_threads())
+
+
+def run_fingerprints(manifest: dict) -> set[str | None]:
+    """The kernels a stored run's rows were made on: each unit's own record where units kept one, else the
+    finishing machine's (None where the run predates the record)."""
+    recorded = manifest.get("machine", {}).get("kernels")
+    return {unit.get("kernels", recorded) for unit in manifest.get("units", [])} or {recorded}

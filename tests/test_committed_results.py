@@ -18,7 +18,7 @@ import pytest
 from robustmed import store
 from robustmed.cli import main
 from robustmed.provenance import ENGINE, row_source_sha256
-from robustmed.kernels import kernel_fingerprint
+from robustmed.kernels import kernel_fingerprint, run_fingerprints
 from robustmed.reports.regress import compare, rerun, verdict
 from robustmed.run.config import split_attacks
 from robustmed.suites import load_suite, randomized_defenses
@@ -116,11 +116,11 @@ def _same_rows(old: pd.DataFrame, new: pd.DataFrame, manifest: dict, flips: int 
     key = ["attack", "eps", "sample_id"]
     columns = PER_SAMPLE + [c for c in DRAWS if c in old]
     old, new = (frame[columns].sort_values(key).reset_index(drop=True) for frame in (old, new))
-    recorded, here = manifest.get("machine", {}).get("kernels"), kernel_fingerprint("cpu")
-    if recorded != here and not old.equals(new):
+    recorded, here = run_fingerprints(manifest), kernel_fingerprint("cpu")
+    if recorded != {here} and not old.equals(new):
         differing = int((old[columns[3:]] != new[columns[3:]]).any(axis=1).sum())
-        made_on = (f"kernels {recorded}, this machine's {here}" if recorded else
-                   "before runs recorded their kernels")
+        made_on = (f"kernels {', '.join(sorted(recorded - {None}))}, this machine's {here}" if None not in recorded
+                   else "before runs recorded their kernels")
         pytest.skip(f"{differing} of {len(old)} rows differ ({flips} verdict(s) flipped, no significant change): the "
                     f"run was made on a machine whose kernels round differently ({made_on}); its rows regenerate "
                     "exactly only on such a machine")

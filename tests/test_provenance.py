@@ -7,7 +7,7 @@ import sys
 import torch
 
 from robustmed import store
-from robustmed.kernels import kernel_fingerprint
+from robustmed.kernels import kernel_fingerprint, run_fingerprints
 from robustmed.provenance import machine
 from robustmed.run import bench, work
 
@@ -50,3 +50,17 @@ def test_a_run_names_the_commit_its_code_came_from_not_the_one_checked_out_when_
     assert manifest["git_commit"] == "commit-at-start" and manifest["machine"]["kernels"] == kernel_fingerprint()
     units = [store.read_unit(report.run_dir, unit["unit_id"])[1] for unit in manifest["units"]]
     assert units and {unit["git_commit"] for unit in units} == {"commit-at-start"}  # its units name the same
+
+
+def test_every_unit_records_the_kernels_of_the_process_that_computed_it(data_root, tmp_path):
+    report = bench.run_bench(bench.BenchConfig(defense="none", attack="pgd2,bim2", n=8, out=str(tmp_path),
+                                               progress=False))
+    _, manifest = store.read_run(report.run_dir)
+    assert len(manifest["units"]) == 2
+    assert {unit["kernels"] for unit in manifest["units"]} == {kernel_fingerprint()}
+    assert run_fingerprints(manifest) == {kernel_fingerprint()}
+
+
+def test_a_run_older_than_the_unit_record_is_judged_by_its_finishing_machine():
+    assert run_fingerprints({"machine": {"kernels": "aaaa"}, "units": [{}, {}]}) == {"aaaa"}
+    assert run_fingerprints({"machine": {}}) == {None}

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import untrained_checkpoint
+from robustmed.kernels import process_fingerprint
 from robustmed.run.bench import BenchConfig, run_benches
 from robustmed.suites import load_suite, run_suite
 
@@ -72,3 +73,12 @@ def test_ray_and_local_executors_give_identical_rows(tmp_path, data_root, pni_ch
         pd.testing.assert_frame_equal(mine.rows.drop(columns="attack_time_s"),
                                       theirs.rows.drop(columns="attack_time_s"))
     assert _cpus_released(2)  # the worker actors were stopped with the runs
+
+
+def test_each_unit_computed_on_a_worker_records_that_workers_kernels(tmp_path, data_root, ray_cluster):
+    """Check E2 across machines: the manifest's machine is the finishing one, each unit names its own kernels."""
+    (report,) = run_benches([BenchConfig(defense="none", attack="pgd1,bim1", n=8, out=str(tmp_path), progress=False,
+                                         device="cpu", executor="ray")])
+    worker = ray.get(ray.remote(num_cpus=1)(process_fingerprint).remote("cpu"))
+    assert len(report.manifest["units"]) == 2
+    assert {unit["kernels"] for unit in report.manifest["units"]} == {worker}

@@ -108,6 +108,19 @@ def test_regress_notes_a_golden_run_made_on_kernels_that_round_differently():
     assert unrecorded.startswith("old was made on kernels it did not record")
 
 
+def test_regress_reads_the_kernels_each_unit_ran_on_when_a_run_was_spread_over_machines():
+    def run(run_id, finishing, *per_unit):
+        return None, {"run_id": run_id, "machine": {"kernels": finishing},
+                      "units": [{"kernels": k} if k else {} for k in per_unit]}
+
+    here = [run("candidate", "aaaa", "aaaa", "cccc")]
+    assert kernel_notes([run("spread", "aaaa", "cccc", "aaaa")], here) == []
+    (partly,) = kernel_notes([run("partly", "aaaa", "aaaa", "bbbb")], here)
+    (resumed,) = kernel_notes([run("resumed", None, "aaaa", None)], here)
+    assert partly.startswith("partly was made on kernels aaaa, bbbb, the candidate on aaaa, cccc")
+    assert resumed.startswith("resumed was made on kernels aaaa and kernels it did not record")
+
+
 GOLDEN = store.Path(__file__).resolve().parent.parent / "results" / "golden" / "ci"
 
 

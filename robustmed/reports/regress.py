@@ -15,6 +15,7 @@ import pandas as pd
 from robustmed.attacks import FAMILIES
 from robustmed.attacks.base import SPEC_VERSION
 from robustmed.errors import UserError
+from robustmed.kernels import run_fingerprints
 from robustmed.tracks import corruption_mask
 
 KEY = ["defense", "model", "dataset", "protocol", "attack", "eps", "sample_id"]
@@ -129,12 +130,14 @@ def verdict(comparisons: list[Comparison], missing: list, tolerance: float, alph
 def kernel_notes(baseline_runs, candidate_runs) -> list[str]:
     """Golden runs made on kernels that round differently from every candidate run's (or that predate the record):
     there a sample near the boundary can flip from arithmetic alone, so only the paired test is meaningful."""
-    here = {(m or {}).get("machine", {}).get("kernels") for _, m in candidate_runs} - {None}
+    here = set().union(*(run_fingerprints(m or {}) for _, m in candidate_runs)) - {None}
     notes = []
     for _, manifest in baseline_runs:
-        recorded = manifest.get("machine", {}).get("kernels")
-        if recorded is None or (here and recorded not in here):
-            made_on = f"kernels {recorded}" if recorded else "kernels it did not record"
+        recorded = run_fingerprints(manifest)
+        if None in recorded or (here and not recorded <= here):
+            known = sorted(recorded - {None})
+            made_on = " and ".join([f"kernels {', '.join(known)}"] * bool(known) +
+                                   ["kernels it did not record"] * (None in recorded))
             notes.append(f"{manifest.get('run_id', '?')} was made on {made_on}, the candidate on "
                          f"{', '.join(sorted(here)) or 'unrecorded ones'}: per-sample flips there can come from "
                          "rounding alone; the paired test is the gate")

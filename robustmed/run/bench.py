@@ -237,6 +237,12 @@ def _write_plan(run: _Run) -> None:
 
 
 
+def _unit_entry(meta: dict) -> dict:
+    """A unit's line in the manifest; units stored before they recorded their kernels have none."""
+    entry = {k: meta[k] for k in ("unit_id", "attack", "rows", "rows_sha256", "wall_time_s", "device")}
+    return {**entry, "kernels": meta["kernels"]} if "kernels" in meta else entry
+
+
 def _stored_report(cfg: BenchConfig, run_dir: Path) -> BenchReport:
     rows, manifest = store.read_run(run_dir)
     return BenchReport(cfg, run_dir, manifest, manifest["summary"], rows, reused=True)
@@ -336,8 +342,7 @@ def finish(run: _Run) -> BenchReport:
         "eps": list(cfg.eps_values()),
         "summary": summary,
         "wall_time_s": round(sum(m["wall_time_s"] for m in unit_metas) + time.perf_counter() - started, 2),
-        "units": [{k: m[k] for k in ("unit_id", "attack", "rows", "rows_sha256", "wall_time_s", "device")}
-                  for m in unit_metas],
+        "units": [_unit_entry(m) for m in unit_metas],
         "executor": cfg.executor, "shard_size": cfg.unit_size(),
         "checks": cfg.checks, "findings": [f.to_json() for f in findings], "unreliable": unreliable(findings),
         "bpda_sites": run.bpda_sites,

@@ -16,6 +16,7 @@ from robustmed import store
 from robustmed.attacks import parse_attack, parse_eps_list
 from robustmed.checks.bpda import bpda
 from robustmed.errors import UserError
+from robustmed.kernels import process_fingerprint
 from robustmed.ordinal import criterion_of, judged_rows
 from robustmed.provenance import git_commit, resolve_device
 from robustmed.run.config import BenchConfig
@@ -123,10 +124,12 @@ def source_commit() -> str | None:
 
 def preload(spec: dict, device_name: str | None = None) -> None:
     """Load a run's model and split into this process's cache (checked against the planned checkpoint), and
-    look up the commit units record, before its first unit arrives. ``spec`` is a :func:`load_spec` or a job;
+    look up the commit and kernels units record, before its first unit arrives. ``spec`` is a :func:`load_spec` or a job;
     what a unit computes does not depend on whether its model was preloaded."""
-    _load(spec, resolve_device(device_name or spec["config"]["device"]))
+    device = resolve_device(device_name or spec["config"]["device"])
+    _load(spec, device)
     source_commit()
+    process_fingerprint(device)
 
 
 
@@ -143,6 +146,6 @@ def run(unit: Unit, device_name: str | None = None) -> dict:
     rows = compute(unit, device)
     meta = {"run_id": unit.run_id, "index": unit.index, "attack": unit.attack, "sample_ids": list(unit.sample_ids),
             "wall_time_s": round(time.perf_counter() - started, 3), "device": str(device),
-            "git_commit": source_commit()}
+            "git_commit": source_commit(), "kernels": process_fingerprint(device)}
     store.write_unit(unit.run_dir, unit.unit_id, rows, meta)
     return store.read_unit(unit.run_dir, unit.unit_id)[1]
