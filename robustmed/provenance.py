@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from robustmed.allocator import malloc_state
-from robustmed.kernels import kernel_fingerprint
+from robustmed.kernels import process_fingerprint
 
 # Bumped when the engine's per-sample results change for the same config (2: one candidate per sample
 # and attack, judged once over fresh draws; nested ε on randomized models; binary AA at full strength).
@@ -103,7 +103,7 @@ def machine(device: torch.device | str = "cpu") -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "malloc": malloc_state()["malloc"],
-        "kernels": kernel_fingerprint(device),  # where it matches, a rerun must give the stored rows bit for bit
+        "kernels": process_fingerprint(device),  # where it matches, a rerun must give the stored rows bit for bit
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
