@@ -20,7 +20,7 @@ from robustmed.cli import main
 from robustmed.provenance import ENGINE, row_source_sha256
 from robustmed.kernels import process_fingerprint, run_fingerprints
 from robustmed.reports.regress import compare, rerun, verdict
-from robustmed.run.config import split_attacks
+from robustmed.run.config import split_attacks, with_norm
 from robustmed.suites import load_suite, randomized_defenses
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -155,9 +155,11 @@ def _columns_regenerate(run_dir: Path, families: set, reruns: Path) -> None:
 
 
 def _columns(run_dir: Path, families: set) -> list[str]:
-    """The run's attacks, as its command line gave them, whose family is one of these."""
-    manifest = MANIFESTS[run_dir]
-    return [a for a in split_attacks(manifest["config"]["attack"]) if manifest["attacks"][a]["family"] in families]
+    """The run's attacks whose family is one of these, named as its rows and `regress.rerun` name them (under the
+    run's --norm, where it had one)."""
+    manifest, norm = MANIFESTS[run_dir], MANIFESTS[run_dir]["config"].get("norm")
+    named = (with_norm(a, norm) for a in split_attacks(manifest["config"]["attack"]))
+    return [a for a in named if manifest["attacks"][a]["family"] in families]
 
 
 def _run_test_id(run_dir: Path) -> str:
