@@ -19,8 +19,7 @@ from robustmed import store
 from robustmed.cli import main
 from robustmed.provenance import ENGINE, row_source_sha256
 from robustmed.kernels import process_fingerprint, run_fingerprints
-from robustmed.reports.regress import compare, rerun, verdict
-from robustmed.run.config import split_attacks, with_norm
+from robustmed.reports.regress import compare, rerun, stored_config, verdict
 from robustmed.suites import load_suite, randomized_defenses
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -55,22 +54,15 @@ def test_every_committed_run_parses_back_to_the_attacks_it_stored():
     """A stored run's attack names, read as the spec version it was made with, resolve to exactly the expanded specs
     its manifest stored (same digests, so same seeds): after ``aa`` and ``aa-rand`` became early-exit cascades,
     `regress` still reruns the committed ``aa``/``aa-rand`` columns as pyautoattack's cascades they were."""
-    from dataclasses import fields
-
-    from robustmed.reports.regress import stored_spec_version
     from robustmed.resolve import resolve_eps_mode, resolve_spec
-    from robustmed.run.bench import BenchConfig
     from robustmed.tracks import is_corruption_attack
 
-    known = {f.name for f in fields(BenchConfig)}
     checked = 0
     for run_dir in _current(COMMITTED):
         if not isinstance(run_dir, Path):  # awaiting re-measurement (skipped in the tests below)
             continue
         manifest = MANIFESTS[run_dir]
-        config = {k: v for k, v in manifest["config"].items() if k in known}
-        config.setdefault("spec_version", stored_spec_version(manifest))
-        specs = BenchConfig(**config).specs()
+        specs = stored_config(manifest).specs()
         assert {s.name for s in specs} <= set(manifest["attacks"]), run_dir.name
         for spec in (s for s in specs if not is_corruption_attack(s.name)):  # resolved with its data set's set
             stored = manifest["attacks"][spec.name]
@@ -157,9 +149,8 @@ def _columns_regenerate(run_dir: Path, families: set, reruns: Path) -> None:
 def _columns(run_dir: Path, families: set) -> list[str]:
     """The run's attacks whose family is one of these, named as its rows and `regress.rerun` name them (under the
     run's --norm, where it had one)."""
-    manifest, norm = MANIFESTS[run_dir], MANIFESTS[run_dir]["config"].get("norm")
-    named = (with_norm(a, norm) for a in split_attacks(manifest["config"]["attack"]))
-    return [a for a in named if manifest["attacks"][a]["family"] in families]
+    manifest = MANIFESTS[run_dir]
+    return [a for a in stored_config(manifest).attack_names() if manifest["attacks"][a]["family"] in families]
 
 
 def _run_test_id(run_dir: Path) -> str:
@@ -176,7 +167,7 @@ GRADIENT, SQUARE = {"pgd", "bim", "mim"}, {"square"}
 def _part_of(runs: list[Path], families: set) -> list[Path]:
     """The runs in which these families are some of the attacks, not none and not all (the full rerun covers those):
     Table 3's and the threats suite's, not Fig. 6's single sweeps."""
-    return [d for d in runs if 0 < len(_columns(d, families)) < len(split_attacks(MANIFESTS[d]["config"]["attack"]))]
+    return [d for d in runs if 0 < len(_columns(d, families)) < len(stored_config(MANIFESTS[d]).attack_names())]
 
 
 def _previous_engine(run_dir: Path) -> bool:

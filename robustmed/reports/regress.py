@@ -76,6 +76,18 @@ def stored_spec_version(manifest: dict) -> str | None:
     return SPEC_VERSION if set(versions.values()) == {SPEC_VERSION} else None
 
 
+def stored_config(manifest: dict):
+    """The configuration a stored run was made with, its attack names read as the spec version that made it."""
+    from dataclasses import fields
+
+    from robustmed.run.bench import BenchConfig
+
+    known = {f.name for f in fields(BenchConfig)}
+    config = {k: v for k, v in manifest["config"].items() if k in known}
+    config.setdefault("spec_version", stored_spec_version(manifest))
+    return BenchConfig(**config)
+
+
 def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
     """Run each golden run's stored configuration again, into ``out``.
 
@@ -83,19 +95,16 @@ def rerun(baseline_runs, out: str, device: str = "auto", attacks=None) -> None:
     id, attack, ε), never from the run's other attacks, so a column reruns on its own and must match
     its golden rows. That makes an hour-long randomized run checkable column by column.
     """
-    from dataclasses import fields
+    from dataclasses import replace
 
-    from robustmed.run.bench import BenchConfig, run_bench, split_attacks
-    from robustmed.run.config import with_norm
+    from robustmed.run.bench import run_bench, split_attacks
 
-    known = {f.name for f in fields(BenchConfig)}
     for _, manifest in baseline_runs:
-        config = {k: v for k, v in manifest["config"].items() if k in known}
-        config.setdefault("spec_version", stored_spec_version(manifest))
-        if attacks is not None:
-            config["attack"] = ",".join(a for a in split_attacks(config["attack"])  # rows name --norm's attacks
-                                         if with_norm(a, config.get("norm")) in attacks)
-        run_bench(BenchConfig(**{**config, "out": out, "progress": False, "device": device}))
+        config = stored_config(manifest)
+        if attacks is not None:  # rows name the attacks under the run's --norm; its command line as given
+            given = zip(split_attacks(config.attack), config.attack_names())
+            config = replace(config, attack=",".join(a for a, named in given if named in attacks))
+        run_bench(replace(config, out=out, progress=False, device=device))
 
 
 def compare(baseline_runs, candidate_runs) -> tuple[list[Comparison], list[tuple]]:
