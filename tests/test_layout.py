@@ -64,3 +64,12 @@ def test_modules_and_functions_stay_small():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{name}.{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+def test_every_package_is_installed():
+    """A package left out of pyproject's list is missing from a wheel, though an editable install hides it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {name for name, path in _modules().items() if path.name == "__init__.py"}
+    assert packages == listed, {"not listed": sorted(packages - listed), "listed, not a package": sorted(listed - packages)}
