@@ -1,6 +1,7 @@
 """The house rules that keep robustmed readable: imports point one way (no cycle, function-level imports
-included) and no module or function outgrows one screenful of intent."""
+included), no module or function outgrows one screenful of intent, and every package reaches a wheel."""
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +69,6 @@ def test_modules_and_functions_stay_small():
 
 def test_every_package_is_installed():
     """A package left out of pyproject's list is missing from a wheel, though an editable install hides it."""
-    import tomllib
-
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {name for name, path in _modules().items() if path.name == "__init__.py"}
     assert packages == listed, {"not listed": sorted(packages - listed), "listed, not a package": sorted(listed - packages)}
